@@ -1,0 +1,140 @@
+"""Command-line settings: one Config, each task's study settings as its defaults.
+
+A flag left unset takes its task's default from TASK_DEFAULTS (the study's
+settings, ../shared/SPEC.md); derived values (run name, output paths) are
+computed once here.
+"""
+import argparse
+import dataclasses
+import os
+
+TASKS = ("baseline", "custom", "supcon", "simclr", "lora")
+
+# The study's settings; lora's lr is ours (adapters want a larger step, as in PEFT's examples).
+TASK_DEFAULTS = {
+    "baseline": dict(lr=2e-5, dropout=0.1, batch_size=16),
+    "custom": dict(lr=5e-5, dropout=0.1, batch_size=16, llrd=0.8, warmup_ratio=0.1),
+    "supcon": dict(lr=5e-5, dropout=0.3, batch_size=16, temperature=0.07, contrastive_epochs=10, contrastive_lr=1e-4),
+    "simclr": dict(lr=5e-5, dropout=0.2, batch_size=32, temperature=0.1, contrastive_epochs=10, contrastive_lr=1e-4),
+    "lora": dict(lr=3e-4, dropout=0.1, batch_size=16, lora_rank=8),
+}
+COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
+                       lora_rank=None, lora_targets="query-value")
+# Flags that only mean something for some tasks; elsewhere they are an error, not silently ignored.
+TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon", "simclr"),
+             "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
+             "lora_targets": ("lora",)}
+
+
+@dataclasses.dataclass
+class Config:
+    task: str
+    data: str | None
+    label: str
+    model: str | None
+    max_length: int
+    epochs: int
+    lr: float
+    eps: float
+    weight_decay: float
+    batch_size: int
+    dropout: float
+    seed: int
+    llrd: float
+    warmup_ratio: float
+    temperature: float | None
+    contrastive_epochs: int
+    contrastive_lr: float | None
+    lora_rank: int | None
+    lora_alpha: int | None
+    lora_targets: str
+    fast: bool
+    cache_dir: str
+    out_dir: str
+    run_name: str = ""
+
+    @property
+    def results_path(self):
+        return os.path.join(self.out_dir, f"{self.run_name}.json")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Fine-tune a BERT-family encoder on MASSIVE (English) intents.")
+    p.add_argument("--task", choices=TASKS, default="baseline", help="fine-tuning strategy")
+    p.add_argument("--data", default=os.environ.get("MASSIVE_DATA"),
+                   help="MASSIVE release file (en-US.jsonl); default $MASSIVE_DATA, else the hub")
+    p.add_argument("--label", choices=("scenario", "intent"), default="scenario", help="18 scenarios or 60 intents")
+    p.add_argument("--model", default=None,
+                   help="hub id or folder of the encoder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens kept, truncating from the left")
+    p.add_argument("--epochs", type=int, default=10, help="cross-entropy epochs (phase 2 of supcon/simclr)")
+    p.add_argument("--lr", type=float, help="peak learning rate (top layer under LLRD); task default")
+    p.add_argument("--eps", type=float, default=1e-8, help="AdamW epsilon")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/LayerNorm)")
+    p.add_argument("--batch-size", type=int, help="training batch size; task default")
+    p.add_argument("--dropout", type=float, help="dropout on [CLS] before the head; task default")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--llrd", type=float, help="layer-wise LR decay factor per layer going down (1 = off)")
+    p.add_argument("--warmup-ratio", type=float, help="fraction of steps of linear warmup (0 = off)")
+    p.add_argument("--temperature", type=float, help="contrastive temperature (supcon/simclr)")
+    p.add_argument("--contrastive-epochs", type=int, help="phase-1 epochs (supcon/simclr)")
+    p.add_argument("--contrastive-lr", type=float, help="phase-1 learning rate (supcon/simclr)")
+    p.add_argument("--lora-rank", type=int, help="LoRA rank (lora)")
+    p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 2 x rank)")
+    p.add_argument("--lora-targets", choices=("query-value", "all-linear"),
+                   help="encoder layers that get adapters (lora)")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                   help="dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; "
+                        "--no-fast is the study's way (pad to max length, fp32)")
+    p.add_argument("--cache-dir", default="assets/cache", help="where tokenized features are cached")
+    p.add_argument("--out-dir", default="results", help="where results/<run name>.json goes")
+    return p
+
+
+def run_name(cfg):
+    model = os.path.basename(os.path.normpath(cfg.model)) if cfg.model else "minilm"
+    parts = [cfg.task, cfg.label, model, f"lr{cfg.lr:g}", f"bs{cfg.batch_size}", f"e{cfg.epochs}"]
+    if cfg.task == "custom":
+        parts.append(f"llrd{cfg.llrd:g}-wu{cfg.warmup_ratio:g}")
+    if cfg.task in ("supcon", "simclr"):
+        parts.append(f"t{cfg.temperature:g}-ce{cfg.contrastive_epochs}-clr{cfg.contrastive_lr:g}")
+    if cfg.task == "lora":
+        parts.append(f"r{cfg.lora_rank}-{cfg.lora_targets}")
+    if not cfg.fast:
+        parts.append("slow")
+    parts.append(f"s{cfg.seed}")
+    return "-".join(parts)
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    for k, tasks in TASK_ONLY.items():
+        if args[k] is not None and args["task"] not in tasks:
+            parser.error(f"--{k.replace('_', '-')} applies only to --task {'/'.join(tasks)}")
+    for k, v in {**COMMON_DEFAULTS, **TASK_DEFAULTS[args["task"]]}.items():
+        if args.get(k) is None:
+            args[k] = v
+    if args["task"] == "lora" and args["lora_alpha"] is None:
+        args["lora_alpha"] = 2 * args["lora_rank"]
+    cfg = Config(**args)
+
+    def check(ok, msg):
+        if not ok:
+            parser.error(msg)
+
+    check(cfg.epochs >= 1, "--epochs must be at least 1")
+    check(cfg.batch_size >= 2, "--batch-size must be at least 2")
+    check(cfg.max_length >= 2, "--max-length must be at least 2")
+    check(cfg.lr > 0 and cfg.eps > 0 and cfg.weight_decay >= 0, "--lr and --eps must be positive, --weight-decay >= 0")
+    check(0 <= cfg.dropout < 1, "--dropout must be in [0, 1)")
+    check(0 < cfg.llrd <= 1, "--llrd must be in (0, 1]")
+    check(0 <= cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)")
+    if cfg.task in ("supcon", "simclr"):
+        check(cfg.temperature > 0, "--temperature must be positive")
+        check(cfg.contrastive_epochs >= 0 and cfg.contrastive_lr > 0,
+              "--contrastive-epochs must be >= 0 and --contrastive-lr positive")
+    if cfg.task == "lora":
+        check(cfg.lora_rank >= 1 and cfg.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1")
+    cfg.run_name = run_name(cfg)
+    return cfg

@@ -1,0 +1,187 @@
+"""MASSIVE (English) data: read the release file or the hub, tokenize once, cache, batch.
+
+The official release is JSON lines with `partition` (train/dev/test), `utt`,
+`scenario` and `intent`; `dev` becomes `validation`. Tokenized features are
+pickled under `assets/cache/` with a key that covers everything they depend on
+(data bytes, tokenizer vocabulary, max length, label column), so a changed input
+never reuses a stale cache, and a cache that fails its checks is rebuilt.
+"""
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+PARTITIONS = {"train": "train", "dev": "validation", "test": "test"}
+HUB_ID, HUB_CONFIG = "AmazonScience/massive", "en-US"
+CACHE_VERSION = 1
+
+
+class UserError(Exception):
+    """A bad input the user can fix; main() prints it as one line and exits non-zero."""
+
+
+def read_jsonl(path, label):
+    """Read a MASSIVE release file into {split: [(text, label_name), ...]}."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file not found: {path}")
+    splits = {s: [] for s in SPLITS}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object")
+            for field in ("partition", "utt", label):
+                if not isinstance(row.get(field), str):
+                    raise UserError(f"{path}:{n}: missing or non-text field '{field}'")
+            if row["partition"] not in PARTITIONS:
+                raise UserError(f"{path}:{n}: unknown partition '{row['partition']}' (expected train, dev or test)")
+            splits[PARTITIONS[row["partition"]]].append((row["utt"], row[label]))
+    return splits
+
+
+def read_hub(label):
+    """The same data from the Hugging Face hub (needs `datasets` and a network)."""
+    try:
+        import datasets  # lazily: machines without it can still train from a file
+
+        ds = datasets.load_dataset(HUB_ID, HUB_CONFIG)
+    except Exception as e:
+        raise UserError(f"could not load {HUB_ID} ({HUB_CONFIG}) from the hub ({type(e).__name__}); "
+                        "offline, pass --data PATH/en-US.jsonl (the MASSIVE release file) or set MASSIVE_DATA") from None
+    names = ds["train"].features[label].names  # the hub stores labels as ClassLabel ids
+    return {s: [(r["utt"], names[r[label]]) for r in ds[s]] for s in SPLITS}
+
+
+def build_labels(splits):
+    """Sorted label names of train; a validation/test label unseen in train is an error."""
+    for s in SPLITS:
+        if not splits[s]:
+            raise UserError(f"the {s} split is empty")
+    labels = sorted({y for _, y in splits["train"]})
+    known = set(labels)
+    for s in ("validation", "test"):
+        unseen = sorted({y for _, y in splits[s]} - known)
+        if unseen:
+            raise UserError(f"{s} has labels that train lacks: {', '.join(unseen[:5])}")
+    return labels
+
+
+def tokenizer_fingerprint(tokenizer):
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps([type(tokenizer).__name__, tokenizer.do_lower_case
+                                      if hasattr(tokenizer, "do_lower_case") else None, vocab]).encode()).hexdigest()
+
+
+def cache_key(source, tokenizer, max_length, label):
+    if os.path.isfile(source):
+        with open(source, "rb") as f:
+            source = hashlib.sha256(f.read()).hexdigest()
+    parts = [CACHE_VERSION, source, tokenizer_fingerprint(tokenizer), max_length, label]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def tokenize(splits, labels, tokenizer, max_length):
+    """{split: {"input_ids": [[int]], "labels": [int], "texts": [str]}}, unpadded."""
+    tokenizer.truncation_side = "left"  # the study keeps the end of long utterances
+    index = {y: i for i, y in enumerate(labels)}
+    out = {}
+    for s in SPLITS:
+        texts = [t for t, _ in splits[s]]
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        out[s] = {"input_ids": ids, "labels": [index[y] for _, y in splits[s]], "texts": texts}
+    return out
+
+
+def load_cache(path, key):
+    """The cached features, or None (with a warning) when the file is missing, corrupt or foreign."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            blob = pickle.load(f)
+        if not (isinstance(blob, dict) and blob.get("key") == key and set(blob["features"]) == set(SPLITS)):
+            raise ValueError("key or layout mismatch")
+        return blob
+    except Exception as e:
+        log.warning("ignoring cache %s (%s); rebuilding it", path, e)
+        return None
+
+
+def atomic_write(path, write):
+    """Write via a temporary file and rename, so readers never see a half-written file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_features(cfg, tokenizer):
+    """Labels and tokenized splits for cfg.data (a release file, or the hub when None), cached."""
+    source = cfg.data or f"hub:{HUB_ID}/{HUB_CONFIG}"
+    key = cache_key(source, tokenizer, cfg.max_length, cfg.label)
+    path = os.path.join(cfg.cache_dir, f"massive-{cfg.label}-{key[:16]}.pkl")
+    blob = load_cache(path, key)
+    if blob is None:
+        splits = read_jsonl(cfg.data, cfg.label) if cfg.data else read_hub(cfg.label)
+        labels = build_labels(splits)
+        blob = {"key": key, "labels": labels, "features": tokenize(splits, labels, tokenizer, cfg.max_length)}
+        atomic_write(path, lambda f: pickle.dump(blob, f))
+        log.info("cached tokenized features in %s", path)
+    else:
+        log.info("loaded tokenized features from %s", path)
+    return blob["labels"], blob["features"]
+
+
+class Features(torch.utils.data.Dataset):
+    def __init__(self, split):
+        self.ids, self.labels = split["input_ids"], split["labels"]
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_length=128):
+    """Batches of padded tensors.
+
+    fast: pad each batch to its longest member; training batches are grouped by
+    length (random mega-batches, re-drawn every epoch) and evaluation batches are
+    sorted by length. Otherwise the study's way: every row padded to max_length
+    and plain random batches.
+    """
+    data = Features(split)
+    if fast:
+        collate = DataCollatorWithPadding(tokenizer)
+    else:
+        collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [len(x) for x in data.ids]
+    if train and fast:
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    if train:
+        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+    order = sorted(range(len(data)), key=lengths.__getitem__) if fast else list(range(len(data)))
+    return DataLoader(torch.utils.data.Subset(data, order), batch_size=batch_size, collate_fn=collate)

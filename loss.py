@@ -1,0 +1,41 @@
+"""Contrastive loss for the first phase of supcon and simclr (pure functions)."""
+import torch
+
+
+def supcon_loss(features, labels=None, temperature=0.07):
+    """Supervised contrastive loss, L_out of Khosla et al. 2020 (eq. 2); SimCLR/NT-Xent when labels is None.
+
+    features: (B, V, D), L2-normalised, V views of each of B examples (V >= 2 without labels).
+    labels:   (B,) integer class ids, or None: then an anchor's only positives are
+              the other views of its own example (SimCLR, Chen et al. 2020).
+    Returns a scalar: for each of the B*V anchors i with positives P(i),
+        -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) ),
+    averaged over anchors that have at least one positive (with V >= 2 every
+    anchor does; with V = 1 a class seen once has none, and contributes nothing
+    instead of NaN).
+    """
+    if features.dim() != 3:
+        raise ValueError(f"features must be (batch, views, dim), got {tuple(features.shape)}")
+    b, v, _ = features.shape
+    if labels is None and v < 2:
+        raise ValueError("without labels the loss needs at least 2 views per example")
+    device = features.device
+    if labels is None:
+        same = torch.eye(b, dtype=torch.bool, device=device)
+    else:
+        if labels.shape != (b,):
+            raise ValueError(f"labels must be ({b},), got {tuple(labels.shape)}")
+        same = labels.to(device)[:, None] == labels.to(device)[None, :]  # (B, B)
+    z = features.transpose(0, 1).reshape(v * b, -1)  # (VB, D): view-major, row k is example k % B
+    logits = z @ z.T / temperature  # (VB, VB)
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # stability; cancels in the ratio
+    self_mask = torch.eye(v * b, dtype=torch.bool, device=device)
+    positives = same.repeat(v, v) & ~self_mask
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    n_pos = positives.sum(1)
+    mean_log_prob_pos = log_prob.masked_fill(~positives, 0).sum(1) / n_pos.clamp(min=1)
+    has_pos = n_pos > 0
+    if not has_pos.any():
+        return features.sum() * 0.0  # keeps the graph, contributes no gradient
+    return -mean_log_prob_pos[has_pos].mean()

@@ -1,0 +1,218 @@
+"""Fine-tune an encoder on MASSIVE with one of five strategies, in one training loop.
+
+A task is a list of phases; a phase is (loss step, trainable parameters,
+epochs, learning rate). baseline, custom and lora have one cross-entropy phase
+(custom adds LLRD and warmup, lora wraps the encoder in adapters); supcon and
+simclr first train with the contrastive loss on two dropout views, then drop
+the projection head and fine-tune with cross-entropy.
+
+    python main.py --task baseline --data ../shared/data/massive/en-US.jsonl
+"""
+import contextlib
+import logging
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from arguments import parse_args
+from dataloader import UserError, load_features, make_loader
+from loss import supcon_loss
+from model import apply_lora, build_model, count_parameters, load_tokenizer, resolve_model
+from utils import build_optimizer, build_param_groups, environment, macro_f1, set_seed, setup_logging, write_json
+
+log = logging.getLogger("main")
+EVAL_BATCH = 256
+
+
+def ce_step(model, batch, cfg):
+    """Cross-entropy on the classifier; returns (loss, number of correct predictions)."""
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    return F.cross_entropy(logits.float(), batch["labels"]), (logits.argmax(-1) == batch["labels"]).sum()
+
+
+def contrastive_step(model, batch, cfg):
+    """SupCon (supcon) or SimCLR (simclr) on two dropout views: the batch goes through twice in one pass."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    z = model.embed(ids.repeat(2, 1), mask.repeat(2, 1)).float()  # (2B, H), views differ only by dropout
+    features = torch.stack(z.chunk(2), dim=1)  # (B, 2, H)
+    labels = batch["labels"] if cfg.task == "supcon" else None
+    return supcon_loss(features, labels, cfg.temperature), None
+
+
+def phases(cfg):
+    """(name, step, epochs, lr, prefix of the module the phase does not train)."""
+    classify = ("classify", ce_step, cfg.epochs, cfg.lr, "projection")
+    if cfg.task in ("supcon", "simclr") and cfg.contrastive_epochs:
+        return [("contrastive", contrastive_step, cfg.contrastive_epochs, cfg.contrastive_lr, "head"), classify]
+    return [classify]
+
+
+def autocast(device, enabled):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def use_bf16(device):
+    """bf16 autocast only where the hardware does bf16 natively; emulated bf16 is slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported()
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device, amp):
+    """Loss, accuracy, macro-F1 and predictions (in the split's original order) on an evaluation loader."""
+    was_training = model.training
+    model.eval()
+    loss, preds = torch.zeros((), device=device), []
+    with autocast(device, amp):
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(batch["input_ids"], batch["attention_mask"]).float()
+            loss += F.cross_entropy(logits, batch["labels"], reduction="sum")
+            preds.append(logits.argmax(-1))
+    model.train(was_training)
+    order = loader.dataset.indices  # evaluation loaders may sort rows by length
+    sorted_preds = torch.cat(preds).tolist()
+    out = [0] * len(order)
+    for i, p in zip(order, sorted_preds):
+        out[i] = p
+    labels = loader.dataset.dataset.labels
+    n_classes = logits.shape[-1]
+    acc = sum(p == y for p, y in zip(out, labels)) / len(labels)
+    return {"loss": loss.item() / len(labels), "accuracy": acc, "macro_f1": macro_f1(out, labels, n_classes),
+            "predictions": out}
+
+
+def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, desc):
+    """One pass over the training loader; returns mean loss and accuracy (None for contrastive steps)."""
+    model.train()
+    total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=None)
+    for i, batch in enumerate(bar):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device, amp):
+            loss, n_correct = step(model, batch, cfg)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        n = batch["labels"].shape[0]
+        total_loss += loss.detach() * n
+        if n_correct is not None:
+            correct += n_correct
+        seen += n
+        if i % 50 == 0:  # reading the loss forces a device sync, so not every step
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    acc = correct.item() / seen if step is ce_step else None
+    return total_loss.item() / seen, acc
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    setup_logging()
+    set_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = cfg.fast and use_bf16(device)
+
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load encoder '{resolve_model(cfg.model)}': {str(e).splitlines()[0]}") from None
+    labels, features = load_features(cfg, tokenizer)
+    for i in (0, 1):
+        ids = features["train"]["input_ids"][i]
+        log.info("example: %r -> %s", tokenizer.decode(ids), labels[features["train"]["labels"][i]])
+
+    net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"))
+    n_layers = net.encoder.config.num_hidden_layers
+    model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
+    model.to(device)
+    total, trainable = count_parameters(model)
+
+    def loader(split, train):
+        bs = cfg.batch_size if train else EVAL_BATCH
+        return make_loader(features[split], tokenizer, bs, train, cfg.seed, cfg.fast, cfg.max_length)
+
+    train_loader, val_loader, test_loader = loader("train", True), loader("validation", False), loader("test", False)
+    log.info("run %s: %d train / %d val / %d test examples, %d classes, batch %d, %d steps per epoch, device %s, "
+             "bf16 %s", cfg.run_name, len(train_loader.dataset), len(features["validation"]["labels"]),
+             len(features["test"]["labels"]), len(labels), cfg.batch_size, len(train_loader), device, amp)
+    log.info("parameters: %d total, %d trainable (%.2f%%)", total, trainable, 100 * trainable / total)
+
+    before = evaluate(model, test_loader, device, amp)
+    log.info("before training: test loss %.4f, test accuracy %.4f", before["loss"], before["accuracy"])
+
+    history, best = [], {"val_accuracy": -1.0}
+    for phase, step, epochs, lr, frozen in phases(cfg):
+        if phase == "classify" and net.projection is not None:
+            net.projection = None  # the projection head serves only the contrastive phase
+        named = [(n, p) for n, p in model.named_parameters() if frozen not in n.split(".")]
+        groups = build_param_groups(named, lr, cfg.weight_decay, cfg.llrd, n_layers)
+        total_steps = epochs * len(train_loader)
+        optimizer, scheduler = build_optimizer(groups, cfg.eps, cfg.fast, total_steps, cfg.warmup_ratio)
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            train_loss, train_acc = train_epoch(model, train_loader, optimizer, scheduler, step, cfg, device, amp,
+                                                f"{phase} {epoch}/{epochs}")
+            seconds = time.perf_counter() - t0
+            row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                   "lr": scheduler.get_last_lr()[0], "seconds": seconds}
+            if phase == "classify":
+                val = evaluate(model, val_loader, device, amp)
+                row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
+                if val["accuracy"] > best["val_accuracy"]:
+                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best = {"val_accuracy": val["accuracy"], "epoch": epoch, "state": state}
+            history.append(row)
+            log.info("%s epoch %d/%d: train loss %.4f%s%s, %.1fs", phase, epoch, epochs, train_loss,
+                     f", train acc {train_acc:.4f}" if train_acc is not None else "",
+                     f", val loss {row['val_loss']:.4f}, val acc {row['val_accuracy']:.4f}" if "val_loss" in row else "",
+                     seconds)
+
+    test = evaluate(model, test_loader, device, amp)
+    model.load_state_dict(best["state"])
+    best_test = evaluate(model, test_loader, device, amp)
+    log.info("test: loss %.4f, accuracy %.4f, macro-F1 %.4f (final); accuracy %.4f at the best validation epoch %d",
+             test["loss"], test["accuracy"], test["macro_f1"], best_test["accuracy"], best["epoch"])
+
+    seconds = {ph: [r["seconds"] for r in history if r["phase"] == ph] for ph in ("contrastive", "classify")}
+    results = {
+        "run_name": cfg.run_name,
+        "task": cfg.task,
+        "config": {k: v for k, v in vars(cfg).items() if k != "run_name"},
+        "environment": {**environment(device), "encoder": resolve_model(cfg.model), "bf16": amp,
+                        "parameters_total": total, "parameters_trainable": trainable,
+                        "trainable_percent": 100 * trainable / total},
+        "labels": labels,
+        "before_test_loss": before["loss"],
+        "before_test_accuracy": before["accuracy"],
+        "history": history,
+        "seconds_per_epoch": sum(seconds["classify"]) / len(seconds["classify"]),
+        "contrastive_seconds_per_epoch": (sum(seconds["contrastive"]) / len(seconds["contrastive"])
+                                          if seconds["contrastive"] else None),
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "best_epoch": best["epoch"],
+        "best_val_accuracy": best["val_accuracy"],
+        "best_test_loss": best_test["loss"],
+        "best_test_accuracy": best_test["accuracy"],
+        "best_test_macro_f1": best_test["macro_f1"],
+        "test_predictions": test["predictions"],
+        "test_labels": features["test"]["labels"],
+    }
+    write_json(cfg.results_path, results)
+    log.info("wrote %s", cfg.results_path)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

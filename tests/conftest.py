@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny random BERT with the bundled tokenizer, and a small MASSIVE-format file."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCENARIOS = {
+    "alarm": ["wake me up at five am", "set an alarm for noon", "cancel my alarm", "alarm at seven please"],
+    "weather": ["is it raining today", "what is the weather like", "will it snow tomorrow", "how hot is it outside"],
+    "music": ["play some jazz", "next song please", "turn up the music", "play my favourite playlist"],
+}
+
+
+def write_massive(path, rows_per_split=None):
+    """A small file in the MASSIVE release format: every scenario in every partition."""
+    rows, n = [], 0
+    for partition, repeat in (rows_per_split or {"train": 3, "dev": 1, "test": 1}).items():
+        for scenario, utts in SCENARIOS.items():
+            for utt in utts * repeat:
+                rows.append({"id": str(n), "locale": "en-US", "partition": partition, "scenario": scenario,
+                             "intent": f"{scenario}_{'set' if n % 2 else 'query'}", "utt": utt,
+                             "annot_utt": utt, "worker_id": "0"})
+                n += 1
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A randomly initialised 2-layer BERT saved with the bundled tokenizer: loads like any hub model."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from model import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(resolve_model(None))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    return str(write_massive(tmp_path / "en-US.jsonl"))
+
+
+@pytest.fixture
+def run_args(tiny_model, data_file, tmp_path):
+    """Arguments for a seconds-long end-to-end run into tmp_path."""
+    return ["--model", tiny_model, "--data", data_file, "--epochs", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--out-dir", str(tmp_path / "results")]

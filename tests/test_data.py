@@ -1,0 +1,135 @@
+import json
+import logging
+import os
+import pickle
+import types
+
+import pytest
+import torch
+
+from conftest import write_massive
+from dataloader import UserError, build_labels, load_features, make_loader, read_jsonl
+from model import load_tokenizer
+
+
+def cfg_for(data, tmp_path, **kw):
+    return types.SimpleNamespace(**{"data": str(data), "label": "scenario", "max_length": 128,
+                                    "cache_dir": str(tmp_path / "c"), **kw})
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(None)
+
+
+def test_reads_release_format(data_file):
+    splits = read_jsonl(data_file, "scenario")
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [36, 12, 12]
+    assert splits["validation"][0] == ("wake me up at five am", "alarm")
+    assert build_labels(splits) == ["alarm", "music", "weather"]
+
+
+def test_intent_labels(data_file):
+    assert build_labels(read_jsonl(data_file, "intent"))[0] == "alarm_query"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", r"bad\.jsonl:2: malformed JSON"),
+    ('{"partition": "train", "scenario": "alarm"}', r"bad\.jsonl:2: missing or non-text field 'utt'"),
+    ('{"partition": "train", "utt": "hi"}', r"bad\.jsonl:2: missing or non-text field 'scenario'"),
+    ('{"partition": "holdout", "utt": "hi", "scenario": "alarm"}', r"unknown partition 'holdout'"),
+    ('[1, 2]', r"bad\.jsonl:2: expected a JSON object"),
+])
+def test_bad_lines_name_file_and_line(tmp_path, line, message):
+    good = json.dumps({"partition": "train", "utt": "hi", "scenario": "alarm"})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(UserError, match=message):
+        read_jsonl(str(path), "scenario")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="data file not found"):
+        read_jsonl(str(tmp_path / "nope.jsonl"), "scenario")
+
+
+def test_empty_split_and_unseen_label(tmp_path):
+    path = write_massive(tmp_path / "a.jsonl", {"train": 1, "test": 1})
+    with pytest.raises(UserError, match="validation split is empty"):
+        build_labels(read_jsonl(str(path), "scenario"))
+    splits = read_jsonl(write_massive(tmp_path / "b.jsonl"), "scenario")
+    splits["test"].append(("order a pizza", "takeaway"))
+    with pytest.raises(UserError, match="test has labels that train lacks: takeaway"):
+        build_labels(splits)
+
+
+def test_left_truncation_keeps_the_end(tmp_path, tok):
+    path = tmp_path / "long.jsonl"
+    write_massive(path)
+    with open(path, "a") as f:
+        f.write(json.dumps({"partition": "train", "utt": "one two three four five six seven eight", "scenario": "alarm"}) + "\n")
+    labels, feats = load_features(cfg_for(path, tmp_path, max_length=5), tok)
+    ids = feats["train"]["input_ids"][-1]
+    assert len(ids) == 5
+    assert tok.decode(ids) == "[CLS] six seven eight [SEP]"
+
+
+def test_cache_reused_and_keyed(tmp_path, tok, data_file, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = cfg_for(data_file, tmp_path)
+    labels, feats = load_features(cfg, tok)
+    files = os.listdir(cfg.cache_dir)
+    assert len(files) == 1
+    assert load_features(cfg, tok)[1] == feats
+    assert "loaded tokenized features" in caplog.text
+    # every input the features depend on gives a different cache file
+    load_features(cfg_for(data_file, tmp_path, max_length=8), tok)
+    load_features(types.SimpleNamespace(**{**vars(cfg), "label": "intent"}), tok)
+    with open(data_file, "a") as f:
+        f.write(json.dumps({"partition": "train", "utt": "snooze", "scenario": "alarm"}) + "\n")
+    assert len(load_features(cfg, tok)[1]["train"]["labels"]) == 37
+    assert len(os.listdir(cfg.cache_dir)) == 4
+
+
+@pytest.mark.parametrize("garbage", [b"not a pickle", pickle.dumps({"key": "someone else's", "features": {}}),
+                                     pickle.dumps([1, 2, 3])])
+def test_corrupt_or_foreign_cache_is_rebuilt(tmp_path, tok, data_file, caplog, garbage):
+    cfg = cfg_for(data_file, tmp_path)
+    labels, feats = load_features(cfg, tok)
+    (path,) = [os.path.join(cfg.cache_dir, f) for f in os.listdir(cfg.cache_dir)]
+    with open(path, "wb") as f:
+        f.write(garbage)
+    assert load_features(cfg, tok) == (labels, feats)
+    assert "ignoring cache" in caplog.text
+    with open(path, "rb") as f:
+        assert pickle.load(f)["features"] == feats  # repaired on disk
+
+
+def test_dynamic_padding_and_length_grouping(tmp_path, tok, data_file):
+    _, feats = load_features(cfg_for(data_file, tmp_path), tok)
+    lengths = [len(x) for x in feats["train"]["input_ids"]]
+    loader = make_loader(feats["train"], tok, 4, train=True, seed=0)
+    batches = list(loader)
+    assert sum(len(b["labels"]) for b in batches) == 36
+    for b in batches:
+        assert b["input_ids"].shape == b["attention_mask"].shape
+        assert b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max())  # padded to the longest only
+    assert max(b["input_ids"].shape[1] for b in batches) == max(lengths)
+    epoch2 = list(loader)
+    assert [b["labels"].tolist() for b in batches] != [b["labels"].tolist() for b in epoch2]  # reshuffled
+
+
+def test_study_way_pads_to_max_length(tmp_path, tok, data_file):
+    _, feats = load_features(cfg_for(data_file, tmp_path), tok)
+    for train in (True, False):
+        batch = next(iter(make_loader(feats["train"], tok, 4, train=train, fast=False, max_length=32)))
+        assert batch["input_ids"].shape == (4, 32)
+
+
+def test_eval_loader_is_sorted_and_complete(tmp_path, tok, data_file):
+    _, feats = load_features(cfg_for(data_file, tmp_path), tok)
+    loader = make_loader(feats["test"], tok, 5, train=False)
+    widths = [b["input_ids"].shape[1] for b in loader]
+    assert widths == sorted(widths)
+    assert sorted(loader.dataset.indices) == list(range(12))
+    assert torch.cat([b["labels"] for b in loader]).tolist() == [feats["test"]["labels"][i] for i in loader.dataset.indices]

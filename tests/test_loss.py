@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loss import supcon_loss
+
+
+def reference(features, labels, t):
+    """L_out of Khosla et al. (2020), eq. 2, written as literally as possible."""
+    b, v, _ = features.shape
+    z = [features[k % b, k // b] for k in range(b * v)]
+    lab = [(labels[k % b].item() if labels is not None else k % b) for k in range(b * v)]
+    total, anchors = 0.0, 0
+    for i in range(b * v):
+        pos = [p for p in range(b * v) if p != i and lab[p] == lab[i]]
+        if not pos:
+            continue
+        denom = sum(math.exp(float(z[i] @ z[a]) / t) for a in range(b * v) if a != i)
+        total += -sum(math.log(math.exp(float(z[i] @ z[p]) / t) / denom) for p in pos) / len(pos)
+        anchors += 1
+    return total / anchors
+
+
+def feats(b=6, v=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(b, v, d, generator=g, dtype=torch.float64), dim=-1)
+
+
+@pytest.mark.parametrize("t", [0.07, 0.5])
+def test_matches_reference_supervised(t):
+    f, y = feats(), torch.tensor([0, 1, 0, 2, 1, 0])
+    assert supcon_loss(f, y, t).item() == pytest.approx(reference(f, y, t), rel=1e-9)
+
+
+def test_matches_reference_simclr_and_three_views():
+    f = feats(v=3)
+    assert supcon_loss(f, None, 0.1).item() == pytest.approx(reference(f, None, 0.1), rel=1e-9)
+
+
+def test_simclr_equals_supcon_with_distinct_labels():
+    f = feats()
+    assert supcon_loss(f, None, 0.1).item() == pytest.approx(supcon_loss(f, torch.arange(6), 0.1).item())
+
+
+def test_invariant_to_batch_permutation():
+    f, y = feats(), torch.tensor([0, 1, 0, 2, 1, 0])
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(1))
+    assert supcon_loss(f[perm], y[perm]).item() == pytest.approx(supcon_loss(f, y).item())
+
+
+def test_anchor_without_positive_is_skipped_and_finite():
+    f, y = feats(v=1), torch.tensor([0, 1, 0, 2, 1, 3])  # classes 2 and 3 have a single view: no positive
+    loss = supcon_loss(f, y, 0.07)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(reference(f, y, 0.07), rel=1e-9)
+    alone = feats(b=3, v=1).requires_grad_()
+    loss = supcon_loss(alone, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(alone.grad == 0)
+
+
+def test_stable_at_tiny_temperature():
+    f = feats()
+    assert torch.isfinite(supcon_loss(f, torch.tensor([0, 1, 0, 2, 1, 0]), 1e-4))
+
+
+def test_gradient_pulls_positives_together():
+    f = feats().requires_grad_()
+    supcon_loss(f, None, 0.1).backward()
+    step = F.normalize(f - 0.1 * f.grad, dim=-1)
+    assert (step[:, 0] * step[:, 1]).sum(-1).mean() > (f[:, 0] * f[:, 1]).sum(-1).mean()
+
+
+@pytest.mark.parametrize("shape, labels", [((6, 8), None), ((6, 1, 8), None), ((6, 2, 8), torch.zeros(5))])
+def test_bad_shapes(shape, labels):
+    with pytest.raises(ValueError):
+        supcon_loss(torch.zeros(shape), labels)

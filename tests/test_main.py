@@ -1,0 +1,105 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import main as cli
+from arguments import parse_args
+from dataloader import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOP_KEYS = {"run_name", "task", "config", "environment", "labels", "before_test_loss", "before_test_accuracy",
+            "history", "seconds_per_epoch", "contrastive_seconds_per_epoch", "test_loss", "test_accuracy",
+            "test_macro_f1", "best_epoch", "best_val_accuracy", "best_test_loss", "best_test_accuracy",
+            "best_test_macro_f1", "test_predictions", "test_labels"}
+ROW_KEYS = {"phase", "epoch", "train_loss", "train_accuracy", "lr", "seconds"}
+
+
+@pytest.mark.parametrize("task, extra", [
+    ("baseline", []), ("custom", []), ("supcon", ["--contrastive-epochs", "1"]),
+    ("simclr", ["--contrastive-epochs", "1"]), ("lora", ["--lora-rank", "4"]),
+])
+def test_end_to_end(run_args, task, extra):
+    results = cli.main(["--task", task, *run_args, *extra])
+    path = parse_args(["--task", task, *run_args, *extra]).results_path
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(results))
+    assert TOP_KEYS <= set(saved)
+    assert saved["labels"] == ["alarm", "music", "weather"]
+    assert len(saved["test_predictions"]) == 12
+    assert 0 <= saved["test_accuracy"] <= 1 and saved["test_loss"] > 0
+    classify = [r for r in saved["history"] if r["phase"] == "classify"]
+    assert [r["epoch"] for r in classify] == [1, 2]
+    for r in classify:
+        assert ROW_KEYS | {"val_loss", "val_accuracy", "val_macro_f1"} <= set(r)
+    contrastive = [r for r in saved["history"] if r["phase"] == "contrastive"]
+    assert len(contrastive) == (1 if task in ("supcon", "simclr") else 0)
+    env = saved["environment"]
+    assert env["parameters_trainable"] <= env["parameters_total"]
+    if task == "lora":
+        assert env["trainable_percent"] < 10
+    else:
+        assert env["parameters_trainable"] == env["parameters_total"]
+
+
+def test_same_command_same_numbers(run_args):
+    a = cli.main(["--task", "supcon", "--contrastive-epochs", "1", *run_args])
+    b = cli.main(["--task", "supcon", "--contrastive-epochs", "1", *run_args])
+    strip = lambda r: [{k: v for k, v in row.items() if k != "seconds"} for row in r["history"]]
+    assert strip(a) == strip(b)
+    assert a["test_predictions"] == b["test_predictions"] and a["test_loss"] == b["test_loss"]
+
+
+def test_learns_on_a_separable_toy_set(run_args):
+    res = cli.main(["--task", "baseline", *run_args, "--epochs", "15", "--lr", "3e-3", "--batch-size", "4"])
+    assert res["test_accuracy"] > res["before_test_accuracy"]
+    assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"]
+
+
+def test_run_names_and_task_defaults():
+    assert parse_args([]).run_name == "baseline-scenario-minilm-lr2e-05-bs16-e10-s42"
+    cfg = parse_args(["--task", "custom", "--warmup-ratio", "0"])
+    assert (cfg.lr, cfg.llrd, cfg.warmup_ratio) == (5e-5, 0.8, 0.0)
+    cfg = parse_args(["--task", "simclr"])
+    assert (cfg.temperature, cfg.batch_size, cfg.dropout, cfg.contrastive_lr) == (0.1, 32, 0.2, 1e-4)
+    cfg = parse_args(["--task", "lora", "--lora-rank", "16"])
+    assert (cfg.lora_alpha, cfg.lr) == (32, 3e-4) and "r16" in cfg.run_name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "nope"], "invalid choice"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--dropout", "1.5"], "--dropout must be in"),
+    (["--temperature", "0.1"], "--temperature applies only to --task supcon/simclr"),
+    (["--task", "supcon", "--temperature", "0"], "--temperature must be positive"),
+    (["--lora-rank", "4"], "--lora-rank applies only to --task lora"),
+    (["--lr", "abc"], "invalid float value"),
+])
+def test_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_model_is_a_user_error(run_args, tmp_path):
+    with pytest.raises(UserError, match="could not load encoder"):
+        cli.main([*run_args, "--model", str(tmp_path / "no-such-model")])
+
+
+def test_cli_bad_data_is_one_line_and_leaves_results_alone(tmp_path, run_args):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"partition": "train", "utt": "hi", "scenario": "alarm"}\n{oops\n')
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    (results / "keep.json").write_text("{}")
+    args = [a if a != run_args[3] else str(bad) for a in run_args]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes)"
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(results) == ["keep.json"]

@@ -1,0 +1,89 @@
+import pytest
+import torch
+from transformers import AutoModel
+
+from model import Classifier, apply_lora, build_model, count_parameters
+from utils import build_optimizer, build_param_groups, macro_f1
+
+
+@pytest.fixture
+def net(tiny_model):
+    torch.manual_seed(0)
+    return build_model(tiny_model, n_classes=5, dropout=0.1, projection=True)
+
+
+def test_shapes(net):
+    ids = torch.randint(1000, 2000, (3, 7))
+    mask = torch.ones_like(ids)
+    assert net(ids, mask).shape == (3, 5)
+    z = net.embed(ids, mask)
+    assert z.shape == (3, 32)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(3))
+    assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [256, 5]
+    assert net.encoder.pooler is None
+
+
+def test_padding_does_not_change_logits(net):
+    net.eval()
+    ids = torch.randint(1000, 2000, (1, 5))
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 5), torch.zeros(1, 4)], 1).long()
+    assert torch.allclose(net(ids, torch.ones_like(ids)), net(padded, mask), atol=1e-5)
+
+
+def test_param_groups_llrd(net):
+    lr, decay = 1e-3, 0.5
+    groups = build_param_groups(net.named_parameters(), lr, 0.01, decay, n_layers=2)
+    names = [n for g in groups for n in g["names"]]
+    assert sorted(names) == sorted(n for n, _ in net.named_parameters())  # each parameter exactly once
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["head.0.weight"]["lr"] == lr
+    assert by_name["projection.weight"]["lr"] == lr
+    assert by_name["encoder.encoder.layer.1.attention.self.query.weight"]["lr"] == lr
+    assert by_name["encoder.encoder.layer.0.attention.self.query.weight"]["lr"] == lr * decay
+    assert by_name["encoder.embeddings.word_embeddings.weight"]["lr"] == lr * decay ** 2
+    assert by_name["head.0.bias"]["weight_decay"] == 0
+    assert by_name["encoder.embeddings.LayerNorm.weight"]["weight_decay"] == 0
+    assert by_name["head.0.weight"]["weight_decay"] == 0.01
+
+
+def test_param_groups_skip_frozen(net):
+    for p in net.encoder.parameters():
+        p.requires_grad_(False)
+    groups = build_param_groups(net.named_parameters(), 1e-3, 0.0, 0.8, n_layers=2)
+    assert {n.split(".")[0] for g in groups for n in g["names"]} == {"head", "projection"}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_warmup_then_linear_decay(net, fused):
+    groups = build_param_groups(net.named_parameters(), 1.0, 0.0, 0.5, n_layers=2)
+    opt, sched = build_optimizer(groups, 1e-8, fused, total_steps=10, warmup_ratio=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.0, 0.5, 1.0, 0.875])
+    assert lrs[-1] == pytest.approx(0.125)
+    assert sched.get_last_lr()[-1] == pytest.approx(0.0)
+    assert len({g["lr"] for g in opt.param_groups}) == 1  # all groups at the same point of the schedule (at 0)
+
+
+def test_lora_trains_adapters_and_head_only(tiny_model):
+    net = build_model(tiny_model, n_classes=5, dropout=0.1)
+    total_before, _ = count_parameters(net)
+    model = apply_lora(net, rank=4, alpha=8, targets="query-value")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".head." in n for n in trainable)
+    assert any(".head.modules_to_save." in n for n in trainable)
+    assert not any("key" in n for n in trainable)
+    all_linear = apply_lora(build_model(tiny_model, 5, 0.1), 4, 8, "all-linear")
+    lora_modules = {n.split(".lora_")[0] for n, p in all_linear.named_parameters() if "lora_" in n}
+    assert any(n.endswith("attention.self.key") for n in lora_modules)
+    assert any(n.endswith("intermediate.dense") for n in lora_modules)
+    assert not any(".head." in n for n in lora_modules)
+
+
+def test_macro_f1():
+    assert macro_f1([0, 1, 1, 2], [0, 1, 2, 2], 4) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert macro_f1([0, 0], [0, 0], 3) == 1.0
