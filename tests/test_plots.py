@@ -1,0 +1,73 @@
+import json
+import os
+
+import pytest
+
+import plots
+
+
+def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), **config):
+    cfg = {"label": "scenario", "model": None, "temperature": 0.1, "lora_rank": 8, "llrd": 1.0, "warmup_ratio": 0.0,
+           **config}
+    history = [{"phase": ph, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": None if ph != "classify" else 0.5 + 0.1 * e,
+                "lr": 1e-5, "seconds": 2.0,
+                **({"val_loss": 0.9 / e, "val_accuracy": 0.6 + 0.1 * e} if ph == "classify" else {})}
+               for ph in phases for e in (1, 2)]
+    run = {"run_name": f"{task}-x-s{seed}", "task": task, "config": cfg,
+           "environment": {"parameters_trainable": 100, "parameters_total": 400, "trainable_percent": 25.0},
+           "history": history, "seconds_per_epoch": 2.0, "test_loss": 0.5, "test_accuracy": acc,
+           "test_macro_f1": acc - 0.1, "labels": ["a", "b", "c"], "test_labels": [0, 0, 1, 2, 2],
+           "test_predictions": [0, 1, 1, 2, 2]}
+    path = tmp_path / f"{run['run_name']}.json"
+    path.write_text(json.dumps(run))
+    return str(path)
+
+
+def test_figures_and_table(tmp_path, capsys):
+    files = [fake_run(tmp_path, seed=42, acc=0.90), fake_run(tmp_path, seed=43, acc=0.92),
+             fake_run(tmp_path, task="supcon", acc=0.95, phases=("contrastive", "classify"))]
+    out = tmp_path / "plots"
+    assert plots.main([*files, "--out-dir", str(out)]) == 0
+    assert {"baseline-x-s42.png", "baseline-x-s43.png", "supcon-x-s42.png", "comparison.png", "table.md",
+            "supcon-x-s42-confusion.png", "supcon-x-s42-per-class.md"} <= set(os.listdir(out))
+    table = (out / "table.md").read_text()
+    assert "| baseline [scenario] | 2 | 0.5000 | 91.00 ± 1.41% | 81.00% | 100 (25.00%) | 2.0 |" in table
+    assert "| SupCon (t=0.1) [scenario] | 1 | 0.5000 | 95.00% |" in table
+    printed = capsys.readouterr().out
+    assert table.strip() in printed and str(out) in printed
+
+
+def test_per_class_scores(tmp_path):
+    run = json.loads(open(fake_run(tmp_path)).read())
+    cm, precision, recall, f1, support = plots.per_class(run)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 2]]
+    assert precision.tolist() == [1.0, 0.5, 1.0] and recall.tolist() == [0.5, 1.0, 1.0]
+    assert f1[0] == pytest.approx(2 / 3) and support.tolist() == [2, 1, 2]
+
+
+def test_custom_variants_are_named(tmp_path):
+    names = {plots.experiment(json.loads(open(fake_run(tmp_path, task="custom", llrd=l, warmup_ratio=w)).read()))[0]
+             for l, w in ((0.8, 0.1), (0.8, 0.0), (1.0, 0.1))}
+    assert names == {"LLRD + warmup [scenario]", "LLRD only [scenario]", "warmup only [scenario]"}
+
+
+def test_bad_files_are_named_and_others_still_plotted(tmp_path, capsys):
+    good = fake_run(tmp_path)
+    (tmp_path / "notes.json").write_text('{"hello": 1}')
+    (tmp_path / "broken.json").write_text("{")
+    out = tmp_path / "plots"
+    code = plots.main([good, str(tmp_path / "notes.json"), str(tmp_path / "broken.json"),
+                       str(tmp_path / "missing.json"), "nothing/*.json", "--out-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"skipping {tmp_path / 'notes.json'}: not a results file" in err
+    assert f"skipping {tmp_path / 'broken.json'}: not JSON" in err
+    assert f"skipping {tmp_path / 'missing.json'}: no such file" in err
+    assert "skipping nothing/*.json: no such file (a pattern that matched nothing?)" in err
+    assert (out / "baseline-x-s42.png").exists()
+
+
+def test_nothing_to_plot(tmp_path, capsys):
+    assert plots.main([str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "p")]) == 1
+    assert "error: no results files to plot" in capsys.readouterr().err
+    assert plots.main([fake_run(tmp_path), "--run", "nope", "--out-dir", str(tmp_path / "p")]) == 1
