@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import os
 
-TASKS = ("baseline", "custom", "supcon", "simclr", "lora")
+TASKS = ("baseline", "custom", "supcon", "simclr", "lora", "predict")
 
 # The study's settings; lora's lr is ours (adapters want a larger step, as in PEFT's examples).
 TASK_DEFAULTS = {
@@ -17,13 +17,15 @@ TASK_DEFAULTS = {
     "supcon": dict(lr=5e-5, dropout=0.3, batch_size=16, temperature=0.07, contrastive_epochs=10, contrastive_lr=1e-4),
     "simclr": dict(lr=5e-5, dropout=0.2, batch_size=32, temperature=0.1, contrastive_epochs=10, contrastive_lr=1e-4),
     "lora": dict(lr=3e-4, dropout=0.1, batch_size=16, lora_rank=8),
+    "predict": dict(lr=0.0, dropout=0.0, batch_size=256),  # batch: utterances per forward pass
 }
 COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
                        lora_rank=None, lora_targets="query-value")
 # Flags that only mean something for some tasks; elsewhere they are an error, not silently ignored.
 TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon", "simclr"),
              "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
-             "lora_targets": ("lora",)}
+             "lora_targets": ("lora",), "checkpoint": ("predict",), "input": ("predict",), "top_k": ("predict",),
+             "format": ("predict",), "texts": ("predict",)}
 
 
 @dataclasses.dataclass
@@ -51,11 +53,23 @@ class Config:
     fast: bool
     cache_dir: str
     out_dir: str
+    save: bool
+    checkpoint_dir: str
+    resume: bool
+    checkpoint: str | None
+    texts: list | None
+    input: str | None
+    top_k: int | None
+    format: str | None
     run_name: str = ""
 
     @property
     def results_path(self):
         return os.path.join(self.out_dir, f"{self.run_name}.json")
+
+    @property
+    def run_dir(self):
+        return os.path.join(self.checkpoint_dir, self.run_name)
 
 
 def build_parser():
@@ -88,6 +102,16 @@ def build_parser():
                         "--no-fast is the study's way (pad to max length, fp32)")
     p.add_argument("--cache-dir", default="assets/cache", help="where tokenized features are cached")
     p.add_argument("--out-dir", default="results", help="where results/<run name>.json goes")
+    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
+                   help="save the best-validation model and a per-epoch resume state under --checkpoint-dir")
+    p.add_argument("--checkpoint-dir", default="checkpoints", help="runs are saved in CHECKPOINT_DIR/<run name>/")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
+    g = p.add_argument_group("prediction (--task predict)")
+    g.add_argument("texts", nargs="*", default=None, help="utterances to classify")
+    g.add_argument("--checkpoint", help="a run's checkpoint folder (CHECKPOINT_DIR/<run name>)")
+    g.add_argument("--input", help="file with one utterance per line ('-' for standard input)")
+    g.add_argument("--top-k", type=int, help="labels shown per utterance (default 3)")
+    g.add_argument("--format", choices=("text", "jsonl"), help="output format (default text)")
     return p
 
 
@@ -109,9 +133,11 @@ def run_name(cfg):
 def parse_args(argv=None):
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    args["texts"] = args["texts"] or None
     for k, tasks in TASK_ONLY.items():
         if args[k] is not None and args["task"] not in tasks:
-            parser.error(f"--{k.replace('_', '-')} applies only to --task {'/'.join(tasks)}")
+            what = "utterances apply" if k == "texts" else f"--{k.replace('_', '-')} applies"
+            parser.error(f"{what} only to --task {'/'.join(tasks)}")
     for k, v in {**COMMON_DEFAULTS, **TASK_DEFAULTS[args["task"]]}.items():
         if args.get(k) is None:
             args[k] = v
@@ -122,6 +148,13 @@ def parse_args(argv=None):
     def check(ok, msg):
         if not ok:
             parser.error(msg)
+
+    if cfg.task == "predict":
+        check(cfg.checkpoint, "--task predict needs --checkpoint DIR")
+        check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
+        cfg.top_k, cfg.format = cfg.top_k or 3, cfg.format or "text"
+        check(cfg.top_k >= 1, "--top-k must be at least 1")
+        return cfg
 
     check(cfg.epochs >= 1, "--epochs must be at least 1")
     check(cfg.batch_size >= 2, "--batch-size must be at least 2")

@@ -180,7 +180,8 @@ def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_leng
     lengths = [len(x) for x in data.ids]
     if train and fast:
         sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
-        return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+        # the loader holds the generator too, so a resumed run can restore the epoch order
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, generator=generator, collate_fn=collate)
     if train:
         return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
     order = sorted(range(len(data)), key=lengths.__getitem__) if fast else list(range(len(data)))

@@ -7,20 +7,26 @@ simclr first train with the contrastive loss on two dropout views, then drop
 the projection head and fine-tune with cross-entropy.
 
     python main.py --task baseline --data ../shared/data/massive/en-US.jsonl
+    python main.py --task predict --checkpoint checkpoints/<run name> "wake me up at seven"
 """
 import contextlib
+import json
 import logging
+import os
+import random
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from arguments import parse_args
-from dataloader import UserError, load_features, make_loader
+from dataloader import UserError, atomic_write, load_features, make_loader
 from loss import supcon_loss
-from model import apply_lora, build_model, count_parameters, load_tokenizer, resolve_model
+from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, resolve_model,
+                   save_checkpoint)
 from utils import build_optimizer, build_param_groups, environment, macro_f1, set_seed, setup_logging, write_json
 
 log = logging.getLogger("main")
@@ -112,12 +118,37 @@ def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, des
     return total_loss.item() / seen, acc
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
-    setup_logging()
+def rng_state(loader):
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "loader": loader.generator.get_state()}
+
+
+def set_rng_state(state, loader):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    loader.generator.set_state(state["loader"])
+
+
+def load_resume_state(cfg):
+    path = os.path.join(cfg.run_dir, "last.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: nothing to resume in {cfg.run_dir} (no last.pt: the run finished or never started)")
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as e:
+        raise UserError(f"--resume: {path} is unreadable ({type(e).__name__}); delete it to start over") from None
+    if state.get("config") != vars(cfg) | {"resume": state["config"]["resume"]}:
+        raise UserError(f"--resume: {path} was written with other settings")
+    log.info("resuming %s after %s epoch %d", cfg.run_name, state["phase"], state["epoch"])
+    return state
+
+
+def train(cfg):
     set_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = cfg.fast and use_bf16(device)
+    resume = load_resume_state(cfg) if cfg.resume else None
 
     try:
         tokenizer = load_tokenizer(cfg.model)
@@ -144,18 +175,29 @@ def main(argv=None):
              len(features["test"]["labels"]), len(labels), cfg.batch_size, len(train_loader), device, amp)
     log.info("parameters: %d total, %d trainable (%.2f%%)", total, trainable, 100 * trainable / total)
 
-    before = evaluate(model, test_loader, device, amp)
-    log.info("before training: test loss %.4f, test accuracy %.4f", before["loss"], before["accuracy"])
+    if resume:
+        before, history, best = resume["before"], resume["history"], resume["best"]
+    else:
+        before, history, best = evaluate(model, test_loader, device, amp), [], {"val_accuracy": -1.0}
+        log.info("before training: test loss %.4f, test accuracy %.4f", before["loss"], before["accuracy"])
 
-    history, best = [], {"val_accuracy": -1.0}
-    for phase, step, epochs, lr, frozen in phases(cfg):
+    for phase_index, (phase, step, epochs, lr, frozen) in enumerate(phases(cfg)):
+        if resume and phase_index < resume["phase_index"]:
+            continue
         if phase == "classify" and net.projection is not None:
             net.projection = None  # the projection head serves only the contrastive phase
         named = [(n, p) for n, p in model.named_parameters() if frozen not in n.split(".")]
         groups = build_param_groups(named, lr, cfg.weight_decay, cfg.llrd, n_layers)
         total_steps = epochs * len(train_loader)
         optimizer, scheduler = build_optimizer(groups, cfg.eps, cfg.fast, total_steps, cfg.warmup_ratio)
-        for epoch in range(1, epochs + 1):
+        first_epoch = 1
+        if resume and phase_index == resume["phase_index"]:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            set_rng_state(resume["rng"], train_loader)
+            first_epoch = resume["epoch"] + 1
+        for epoch in range(first_epoch, epochs + 1):
             t0 = time.perf_counter()
             train_loss, train_acc = train_epoch(model, train_loader, optimizer, scheduler, step, cfg, device, amp,
                                                 f"{phase} {epoch}/{epochs}")
@@ -173,6 +215,12 @@ def main(argv=None):
                      f", train acc {train_acc:.4f}" if train_acc is not None else "",
                      f", val loss {row['val_loss']:.4f}, val acc {row['val_accuracy']:.4f}" if "val_loss" in row else "",
                      seconds)
+            if cfg.save:  # everything an interrupted run needs to continue exactly as if it never stopped
+                state = {"config": vars(cfg), "phase_index": phase_index, "phase": phase, "epoch": epoch,
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "rng": rng_state(train_loader), "history": history,
+                         "best": best, "before": before}
+                atomic_write(os.path.join(cfg.run_dir, "last.pt"), lambda f: torch.save(state, f))
 
     test = evaluate(model, test_loader, device, amp)
     model.load_state_dict(best["state"])
@@ -206,9 +254,72 @@ def main(argv=None):
         "test_predictions": test["predictions"],
         "test_labels": features["test"]["labels"],
     }
+    if cfg.save:  # the best-validation model, which is what the model now holds
+        meta = {"run_name": cfg.run_name, "labels": labels, "config": results["config"], "best_epoch": best["epoch"],
+                "best_test_accuracy": best_test["accuracy"], "max_length": cfg.max_length}
+        save_checkpoint(model, tokenizer, meta, os.path.join(cfg.run_dir, "best"))
+        os.remove(os.path.join(cfg.run_dir, "last.pt"))  # finished: nothing left to resume
+        log.info("saved the best-validation model (epoch %d) in %s", best["epoch"], os.path.join(cfg.run_dir, "best"))
     write_json(cfg.results_path, results)
     log.info("wrote %s", cfg.results_path)
     return results
+
+
+def read_utterances(cfg):
+    if cfg.texts:
+        return cfg.texts
+    if cfg.input and cfg.input != "-":
+        try:
+            with open(cfg.input, encoding="utf-8", errors="replace") as f:
+                return f.read().splitlines()
+        except OSError as e:
+            raise UserError(f"cannot read --input {cfg.input}: {e.strerror}") from None
+    if cfg.input is None and sys.stdin.isatty():
+        raise UserError("nothing to classify: give utterances, --input FILE, or pipe lines into standard input")
+    return sys.stdin.read().splitlines()
+
+
+def predict(cfg):
+    """Top-k labels with probabilities for each utterance, from a saved checkpoint; returns the records."""
+    path = cfg.checkpoint
+    if os.path.isdir(os.path.join(path, "best")):  # a run folder rather than its best/ model
+        path = os.path.join(path, "best")
+    if not os.path.isdir(path):
+        raise UserError(f"checkpoint folder not found: {cfg.checkpoint}")
+    try:
+        model, tokenizer, meta = load_checkpoint(path)
+    except (ValueError, OSError, KeyError) as e:
+        raise UserError(f"cannot load checkpoint {cfg.checkpoint}: {str(e).splitlines()[0]}") from None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    texts = read_utterances(cfg)
+    tokenizer.truncation_side = "left"  # as in training
+    ids = tokenizer([t.strip() for t in texts], truncation=True, max_length=meta["max_length"])["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
+    probs = [None] * len(ids)
+    with torch.inference_mode(), autocast(device, use_bf16(device)):
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = order[start:start + cfg.batch_size]
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(device)
+            p = model(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
+            for i, row in zip(chunk, p.cpu()):
+                probs[i] = row
+    labels, k = meta["labels"], min(cfg.top_k, len(meta["labels"]))
+    records = []
+    for text, p in zip(texts, probs):
+        top = [] if not text.strip() else [(labels[j], float(p[j])) for j in p.topk(k).indices.tolist()]
+        records.append({"text": text, "predictions": [{"label": y, "probability": round(q, 4)} for y, q in top]})
+        if cfg.format == "jsonl":
+            print(json.dumps(records[-1], ensure_ascii=False))
+        else:
+            print("\t".join([text] + [f"{y} {q:.3f}" for y, q in top] if top else [text, "(empty)"]))
+    return records
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    setup_logging()
+    return predict(cfg) if cfg.task == "predict" else train(cfg)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 `projection` (hidden -> hidden) exists only for the contrastive phase of supcon
 and simclr; the classification phase drops it, as SupContrast and SimCSE do.
 """
+import json
+import os
+import shutil
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -65,3 +69,48 @@ def apply_lora(model, rank, alpha, targets, dropout=0.1):
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         modules_to_save=["head"], exclude_modules=["head.0", "head.2"])
     return get_peft_model(model, config)
+
+
+def save_checkpoint(model, tokenizer, meta, path):
+    """The encoder in save_pretrained format (the adapter alone for LoRA), the head, tokenizer and meta.json.
+
+    Written into a temporary folder that then replaces `path`, so a crash never
+    leaves a half-written checkpoint in place of a good one.
+    """
+    tmp = path.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if meta["config"]["task"] == "lora":
+        model.save_pretrained(os.path.join(tmp, "adapter"))  # adapter weights + the head (modules_to_save)
+    else:
+        model.encoder.save_pretrained(os.path.join(tmp, "encoder"))
+        torch.save(model.head.state_dict(), os.path.join(tmp, "head.pt"))
+    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """(model in eval mode, tokenizer, meta) from a folder written by save_checkpoint; ValueError if unusable."""
+    meta_path = os.path.join(path, "meta.json")
+    if not os.path.isfile(meta_path):
+        raise ValueError(f"no checkpoint in {path} (expected {meta_path})")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    cfg, n_classes = meta["config"], len(meta["labels"])
+    lora = cfg["task"] == "lora"
+    needed = ["tokenizer", "adapter"] if lora else ["tokenizer", "encoder", "head.pt"]
+    missing = [n for n in needed if not os.path.exists(os.path.join(path, n))]
+    if missing:
+        raise ValueError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+    if lora:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(build_model(cfg["model"], n_classes, cfg["dropout"]),
+                                          os.path.join(path, "adapter"))
+    else:
+        model = Classifier(AutoModel.from_pretrained(os.path.join(path, "encoder")), n_classes, cfg["dropout"])
+        model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
+    return model.eval(), tokenizer, meta
