@@ -59,7 +59,10 @@ def read_hub(label):
     try:
         import datasets  # lazily: machines without it can still train from a file
 
-        ds = datasets.load_dataset(HUB_ID, HUB_CONFIG)
+        try:
+            ds = datasets.load_dataset(HUB_ID, HUB_CONFIG)
+        except RuntimeError:  # datasets >= 4 runs no loading scripts; the hub's parquet conversion needs none
+            ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, revision="refs/convert/parquet")
     except Exception as e:
         raise UserError(f"could not load {HUB_ID} ({HUB_CONFIG}) from the hub ({type(e).__name__}); "
                         "offline, pass --data PATH/en-US.jsonl (the MASSIVE release file) or set MASSIVE_DATA") from None

@@ -133,3 +133,12 @@ def test_eval_loader_is_sorted_and_complete(tmp_path, tok, data_file):
     assert widths == sorted(widths)
     assert sorted(loader.dataset.indices) == list(range(12))
     assert torch.cat([b["labels"] for b in loader]).tolist() == [feats["test"]["labels"][i] for i in loader.dataset.indices]
+
+
+def test_offline_without_file_says_how_to_point_at_one(monkeypatch):
+    from dataloader import read_hub
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="pass --data PATH/en-US.jsonl"):
+        read_hub("scenario")
