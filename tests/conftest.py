@@ -56,4 +56,4 @@ def data_file(tmp_path):
 def run_args(tiny_model, data_file, tmp_path):
     """Arguments for a seconds-long end-to-end run into tmp_path."""
     return ["--model", tiny_model, "--data", data_file, "--epochs", "2", "--cache-dir", str(tmp_path / "cache"),
-            "--out-dir", str(tmp_path / "results")]
+            "--out-dir", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "checkpoints")]
