@@ -48,14 +48,16 @@ def load_results(paths):
 
 def experiment(r):
     """A readable name for the settings of a run, seed left out."""
-    c = r["config"]
-    name = {"baseline": "baseline", "supcon": f"SupCon (t={c['temperature']:g})",
-            "simclr": f"SimCLR (t={c['temperature']:g})",
-            "lora": f"LoRA r={c['lora_rank']}" + (" all-linear" if c.get("lora_targets") == "all-linear" else "")}.get(
-        r["task"])
-    if r["task"] == "custom":
+    c, task = r["config"], r["task"]
+    if task in ("supcon", "simclr"):
+        name = f"{'SupCon' if task == 'supcon' else 'SimCLR'} (t={c['temperature']:g})"
+    elif task == "lora":
+        name = f"LoRA r={c['lora_rank']}" + (" all-linear" if c.get("lora_targets") == "all-linear" else "")
+    elif task == "custom":
         llrd, warm = c["llrd"] < 1, c["warmup_ratio"] > 0
         name = "LLRD + warmup" if llrd and warm else "LLRD only" if llrd else "warmup only" if warm else "custom (neither)"
+    else:
+        name = task
     rest = re.sub(r"-s\d+$", "", r["run_name"])  # everything else that distinguishes runs
     return f"{name} [{c['label']}]", rest
 

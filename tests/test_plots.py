@@ -7,7 +7,8 @@ import plots
 
 
 def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), **config):
-    cfg = {"label": "scenario", "model": None, "temperature": 0.1, "lora_rank": 8, "llrd": 1.0, "warmup_ratio": 0.0,
+    cfg = {"label": "scenario", "model": None, "llrd": 1.0, "warmup_ratio": 0.0,  # as main.py writes them
+           "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
     history = [{"phase": ph, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": None if ph != "classify" else 0.5 + 0.1 * e,
                 "lr": 1e-5, "seconds": 2.0,
@@ -25,7 +26,8 @@ def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), 
 
 def test_figures_and_table(tmp_path, capsys):
     files = [fake_run(tmp_path, seed=42, acc=0.90), fake_run(tmp_path, seed=43, acc=0.92),
-             fake_run(tmp_path, task="supcon", acc=0.95, phases=("contrastive", "classify"))]
+             fake_run(tmp_path, task="supcon", acc=0.95, phases=("contrastive", "classify")),
+             fake_run(tmp_path, task="lora", acc=0.89)]
     out = tmp_path / "plots"
     assert plots.main([*files, "--out-dir", str(out)]) == 0
     assert {"baseline-x-s42.png", "baseline-x-s43.png", "supcon-x-s42.png", "comparison.png", "table.md",
@@ -33,6 +35,7 @@ def test_figures_and_table(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| baseline [scenario] | 2 | 0.5000 | 91.00 ± 1.41% | 81.00% | 100 (25.00%) | 2.0 |" in table
     assert "| SupCon (t=0.1) [scenario] | 1 | 0.5000 | 95.00% |" in table
+    assert "| LoRA r=8 [scenario] | 1 | 0.5000 | 89.00% |" in table
     printed = capsys.readouterr().out
     assert table.strip() in printed and str(out) in printed
 
