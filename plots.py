@@ -58,6 +58,10 @@ def experiment(r):
         name = "LLRD + warmup" if llrd and warm else "LLRD only" if llrd else "warmup only" if warm else "custom (neither)"
     else:
         name = task
+    if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
+        name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
+    if not c.get("fast", True):
+        name += ", study's way"
     rest = re.sub(r"-s\d+$", "", r["run_name"])  # everything else that distinguishes runs
     return f"{name} [{c['label']}]", rest
 

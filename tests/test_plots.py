@@ -7,7 +7,7 @@ import plots
 
 
 def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), **config):
-    cfg = {"label": "scenario", "model": None, "llrd": 1.0, "warmup_ratio": 0.0,  # as main.py writes them
+    cfg = {"label": "scenario", "model": None, "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
     history = [{"phase": ph, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": None if ph != "classify" else 0.5 + 0.1 * e,
@@ -52,6 +52,8 @@ def test_custom_variants_are_named(tmp_path):
     names = {plots.experiment(json.loads(open(fake_run(tmp_path, task="custom", llrd=l, warmup_ratio=w)).read()))[0]
              for l, w in ((0.8, 0.1), (0.8, 0.0), (1.0, 0.1))}
     assert names == {"LLRD + warmup [scenario]", "LLRD only [scenario]", "warmup only [scenario]"}
+    slow = json.loads(open(fake_run(tmp_path, epochs=1, fast=False)).read())
+    assert plots.experiment(slow)[0] == "baseline, 1 epoch, study's way [scenario]"
 
 
 def test_bad_files_are_named_and_others_still_plotted(tmp_path, capsys):
