@@ -17,7 +17,7 @@ TASK_DEFAULTS = {
     "supcon": dict(lr=5e-5, dropout=0.3, batch_size=16, temperature=0.07, contrastive_epochs=10, contrastive_lr=1e-4),
     "simclr": dict(lr=5e-5, dropout=0.2, batch_size=32, temperature=0.1, contrastive_epochs=10, contrastive_lr=1e-4),
     "lora": dict(lr=3e-4, dropout=0.1, batch_size=16, lora_rank=8),
-    "predict": dict(lr=0.0, dropout=0.0, batch_size=256),  # batch: utterances per forward pass
+    "predict": dict(lr=0.0, dropout=0.0, batch_size=128),  # batch: utterances per forward pass
 }
 COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
                        lora_rank=None, lora_targets="query-value")

@@ -23,7 +23,7 @@ from transformers import DataCollatorWithPadding
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arguments import parse_args  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
-from main import ce_step, evaluate, train_epoch, use_bf16  # noqa: E402
+from main import EVAL_BATCH, ce_step, evaluate, train_epoch, use_bf16  # noqa: E402
 from model import build_model, load_tokenizer  # noqa: E402
 from utils import (build_optimizer, build_param_groups, keep_freed_memory, set_seed, setup_logging,  # noqa: E402
                    write_json)
@@ -124,7 +124,7 @@ def main():
     model.eval()
     evals = {}
     # the study's way gets a slice of the test split: all of it would take minutes
-    for name, fast, amp, bs, n in (("study", False, False, 16, 480), ("fast", True, bf16, 256, None)):
+    for name, fast, amp, bs, n in (("study", False, False, 16, 480), ("fast", True, bf16, EVAL_BATCH, None)):
         texts, gold = feats["test"]["texts"][:n], feats["test"]["labels"][:n]
         t = time.perf_counter()
         ids = tok(texts, truncation=True, max_length=cfg.max_length)["input_ids"]

@@ -66,7 +66,8 @@ def test_checkpoint_reproduces_recorded_test_accuracy(run_args, tmp_path, task):
     assert meta["labels"] == results["labels"]
     _, feats = load_features(cfg, tokenizer)
     amp = cli.use_bf16(torch.device("cpu"))
-    test = cli.evaluate(model, make_loader(feats["test"], tokenizer, 256, False), torch.device("cpu"), amp)
+    loader = make_loader(feats["test"], tokenizer, cli.EVAL_BATCH, False)
+    test = cli.evaluate(model, loader, torch.device("cpu"), amp)
     assert test["accuracy"] == results["best_test_accuracy"]
     assert test["loss"] == pytest.approx(results["best_test_loss"], rel=1e-6)
     saved = os.listdir(os.path.join(cfg.run_dir, "best"))
