@@ -1,5 +1,4 @@
 """Small pure helpers: seeding, logging, parameter groups, optimizer and schedule, metrics, results files."""
-import ctypes
 import json
 import logging
 import platform
@@ -20,23 +19,6 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def keep_freed_memory():
-    """Make glibc keep freed memory in the heap instead of returning it to the OS.
-
-    The dense gradient of the word embeddings (30522 x 384 floats for MiniLM) is
-    allocated anew at every step; glibc serves such large blocks with mmap and
-    unmaps them on free, so every step page-faults ~47 MB of fresh zeroed pages,
-    which cost as much as a third of a CPU training step. Returns False where
-    this is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
 def setup_logging():

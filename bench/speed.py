@@ -25,8 +25,7 @@ from arguments import parse_args  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
 from main import EVAL_BATCH, ce_step, evaluate, train_epoch, use_bf16  # noqa: E402
 from model import build_model, load_tokenizer  # noqa: E402
-from utils import (build_optimizer, build_param_groups, keep_freed_memory, set_seed, setup_logging,  # noqa: E402
-                   write_json)
+from utils import build_optimizer, build_param_groups, set_seed, setup_logging, write_json  # noqa: E402
 
 
 def matmul_peak(dtype, n=2048, reps=10):
@@ -90,13 +89,12 @@ def main():
     grouped = make_loader(train, tok, cfg.batch_size, True, 0, fast=True)
     bf16 = use_bf16(torch.device("cpu"))
     grouped_batches = sample(grouped, args.steps)
-    configs = [  # (name, batches, bf16, fused AdamW, heap kept); the allocator setting is one-way, so it comes last
-        ("study: pad to 128, fp32, foreach AdamW", sample(study, args.study_steps), False, False, False),
-        ("+ dynamic padding", sample(random_dynamic, args.steps), False, False, False),
-        ("+ batches grouped by length", grouped_batches, False, False, False),
-        ("+ bf16 autocast", grouped_batches, bf16, False, False),
-        ("+ fused AdamW", grouped_batches, bf16, True, False),
-        ("+ freed memory kept (our default)", grouped_batches, bf16, True, True),
+    configs = [  # (name, batches, bf16, fused AdamW)
+        ("study: pad to 128, fp32, foreach AdamW", sample(study, args.study_steps), False, False),
+        ("+ dynamic padding", sample(random_dynamic, args.steps), False, False),
+        ("+ batches grouped by length", grouped_batches, False, False),
+        ("+ bf16 autocast", grouped_batches, bf16, False),
+        ("+ fused AdamW (our default)", grouped_batches, bf16, True),
     ]
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     model = build_model(cfg.model, len(labels), cfg.dropout)
@@ -107,16 +105,13 @@ def main():
           f"training FLOPs per token {flops_tok / 1e6:.1f} M")
     print(f"{'configuration':40s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} {'tok/s':>7s} {'% peak':>7s}")
     rows = []
-    for name, batches, use16, fused, keep in configs:
-        if keep:
-            keep_freed_memory()
+    for name, batches, use16, fused in configs:
         sec, real, padded, model = time_steps(cfg, batches, len(labels), use16, fused)
         tok_s = real / sec
         peak = peak16 if use16 else peak32
         rows.append({"name": name, "seconds_per_step": sec, "seconds_per_epoch": sec * steps_per_epoch,
                      "real_tokens_per_step": real, "padded_tokens_per_step": padded, "tokens_per_second": tok_s,
-                     "fraction_of_peak": tok_s * flops_tok / peak, "bf16": use16, "fused_adamw": fused,
-                     "freed_memory_kept": keep})
+                     "fraction_of_peak": tok_s * flops_tok / peak, "bf16": use16, "fused_adamw": fused})
         r = rows[-1]
         print(f"{name:40s} {sec:7.3f} {r['seconds_per_epoch']:8.1f} {rows[0]['seconds_per_step'] / sec:7.1f}x "
               f"{tok_s:7.0f} {100 * r['fraction_of_peak']:6.1f}%")
