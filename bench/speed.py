@@ -9,7 +9,7 @@ peak. Exits non-zero if any path fails.
     python bench/speed.py --data ../shared/data/massive/en-US.jsonl
 """
 import argparse
-import json
+import copy
 import os
 import platform
 import random
@@ -23,7 +23,7 @@ from transformers import DataCollatorWithPadding
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arguments import parse_args  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
-from main import EVAL_BATCH, ce_step, evaluate, train_epoch, use_bf16  # noqa: E402
+from main import EVAL_BATCH, ce_step, classify, evaluate, train_epoch, use_bf16  # noqa: E402
 from model import build_model, load_tokenizer  # noqa: E402
 from utils import build_optimizer, build_param_groups, set_seed, setup_logging, write_json  # noqa: E402
 
@@ -130,6 +130,15 @@ def main():
         evals[name] = {"utterances_per_second": len(texts) / sec, "seconds": sec, "accuracy": m["accuracy"]}
         print(f"evaluation ({name}): {len(texts)} utterances in {sec:.2f}s = {len(texts) / sec:.0f} utterances/s "
               f"(tokenization included)")
+    # inference as `main.py --task predict` runs it: raw text in, bf16 weights where the CPU has bf16
+    infer = copy.deepcopy(model).to(torch.bfloat16 if bf16 else torch.float32)
+    texts = feats["test"]["texts"]
+    t = time.perf_counter()
+    classify(infer, tok, texts, cfg.max_length, EVAL_BATCH, torch.device("cpu"))
+    sec = time.perf_counter() - t
+    evals["predict"] = {"utterances_per_second": len(texts) / sec, "seconds": sec}
+    print(f"inference (predict path, {'bf16' if bf16 else 'fp32'} weights): {len(texts)} utterances in {sec:.2f}s = "
+          f"{len(texts) / sec:.0f} utterances/s (tokenization included)")
     ratio = rows[0]["seconds_per_step"] / rows[-1]["seconds_per_step"]
     print(f"training speed-up, ours vs the study's way: {ratio:.1f}x; evaluation speed-up: "
           f"{evals['fast']['utterances_per_second'] / evals['study']['utterances_per_second']:.1f}x")
