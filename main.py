@@ -109,12 +109,12 @@ def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, des
         optimizer.zero_grad(set_to_none=True)
         n = batch["labels"].shape[0]
         total_loss += loss.detach() * n
-        if n_correct is not None:
+        if n_correct is not None:  # contrastive steps have no accuracy
             correct += n_correct
         seen += n
         if i % 50 == 0:  # reading the loss forces a device sync, so not every step
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    acc = correct.item() / seen if step is ce_step else None
+    acc = correct.item() / seen if n_correct is not None else None
     return total_loss.item() / seen, acc
 
 
