@@ -27,7 +27,8 @@ from dataloader import UserError, atomic_write, load_features, make_loader
 from loss import supcon_loss
 from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, resolve_model,
                    save_checkpoint)
-from utils import build_optimizer, build_param_groups, environment, macro_f1, set_seed, setup_logging, write_json
+from utils import (build_optimizer, build_param_groups, cpu_attention, environment, keep_freed_memory, macro_f1, set_seed,
+                   setup_logging, write_json)
 
 log = logging.getLogger("main")
 EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of cache and run slower
@@ -148,6 +149,8 @@ def train(cfg):
     set_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = cfg.fast and use_bf16(device)
+    if cfg.fast and device.type == "cpu":
+        keep_freed_memory()
     resume = load_resume_state(cfg) if cfg.resume else None
 
     try:
@@ -159,7 +162,8 @@ def train(cfg):
         ids = features["train"]["input_ids"][i]
         log.info("example: %r -> %s", tokenizer.decode(ids), labels[features["train"]["labels"][i]])
 
-    net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"))
+    net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"),
+                      attention=cpu_attention(device, cfg.fast))
     n_layers = net.encoder.config.num_hidden_layers
     model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
     model.to(device)
@@ -304,11 +308,11 @@ def predict(cfg):
         path = os.path.join(path, "best")
     if not os.path.isdir(path):
         raise UserError(f"checkpoint folder not found: {cfg.checkpoint}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model, tokenizer, meta = load_checkpoint(path)
+        model, tokenizer, meta = load_checkpoint(path, cpu_attention(device, fast=True))
     except (ValueError, OSError, KeyError) as e:
         raise UserError(f"cannot load checkpoint {cfg.checkpoint}: {str(e).splitlines()[0]}") from None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device, torch.bfloat16 if use_bf16(device) else torch.float32)
     texts = read_utterances(cfg)
     probs = classify(model, tokenizer, texts, meta["max_length"], cfg.batch_size, device)

@@ -50,8 +50,9 @@ class Classifier(nn.Module):
         return F.normalize(self.projection(self.cls(input_ids, attention_mask)), dim=-1)
 
 
-def build_model(model_name, n_classes, dropout, projection=False):
-    encoder = AutoModel.from_pretrained(resolve_model(model_name))
+def build_model(model_name, n_classes, dropout, projection=False, attention=None):
+    """attention: the encoder's attn_implementation ("eager", "sdpa"); None lets transformers choose."""
+    encoder = AutoModel.from_pretrained(resolve_model(model_name), attn_implementation=attention)
     return Classifier(encoder, n_classes, dropout, projection)
 
 
@@ -91,7 +92,7 @@ def save_checkpoint(model, tokenizer, meta, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, attention=None):
     """(model in eval mode, tokenizer, meta) from a folder written by save_checkpoint; ValueError if unusable."""
     meta_path = os.path.join(path, "meta.json")
     if not os.path.isfile(meta_path):
@@ -108,9 +109,10 @@ def load_checkpoint(path):
     if lora:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(build_model(cfg["model"], n_classes, cfg["dropout"]),
+        model = PeftModel.from_pretrained(build_model(cfg["model"], n_classes, cfg["dropout"], attention=attention),
                                           os.path.join(path, "adapter"))
     else:
-        model = Classifier(AutoModel.from_pretrained(os.path.join(path, "encoder")), n_classes, cfg["dropout"])
+        model = Classifier(AutoModel.from_pretrained(os.path.join(path, "encoder"), attn_implementation=attention),
+                           n_classes, cfg["dropout"])
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

@@ -1,4 +1,6 @@
-"""Small pure helpers: seeding, logging, parameter groups, optimizer and schedule, metrics, results files."""
+"""Small pure helpers: seeding, logging, CPU speed settings, parameter groups, optimizer and schedule, metrics,
+results files."""
+import ctypes
 import json
 import logging
 import platform
@@ -26,6 +28,32 @@ def setup_logging():
     # transformers' own progress bars and notices would interleave with ours
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def cpu_attention(device, fast):
+    """The attention kernel for the fast path: on CPU, plain matmul attention; elsewhere transformers' choice (SDPA).
+
+    On short utterances the backward of SDPA's CPU flash kernel costs more than
+    all the linear layers of a step; eager attention is the same equation.
+    """
+    return "eager" if fast and device.type == "cpu" else None
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    Every step allocates a dense embedding gradient (vocabulary x hidden, 47 MB
+    for MiniLM); by default glibc mmaps it afresh and unmaps it after the
+    optimizer step, and faulting in those new pages takes longer than the
+    backward pass that fills them. No-op where libc has no mallopt (macOS).
+    """
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        pass
 
 
 def layer_depth(name, n_layers):

@@ -11,6 +11,7 @@ import main as cli
 from arguments import parse_args
 from dataloader import UserError, load_features, make_loader
 from model import load_checkpoint
+from utils import cpu_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,12 +63,12 @@ def test_checkpoint_reproduces_recorded_test_accuracy(run_args, tmp_path, task):
     args = ["--task", task, *run_args, "--checkpoint-dir", str(tmp_path / "ckpt")]
     results = cli.main(args)
     cfg = parse_args(args)
-    model, tokenizer, meta = load_checkpoint(os.path.join(cfg.run_dir, "best"))
+    cpu = torch.device("cpu")
+    model, tokenizer, meta = load_checkpoint(os.path.join(cfg.run_dir, "best"), cpu_attention(cpu, fast=True))
     assert meta["labels"] == results["labels"]
     _, feats = load_features(cfg, tokenizer)
-    amp = cli.use_bf16(torch.device("cpu"))
     loader = make_loader(feats["test"], tokenizer, cli.EVAL_BATCH, False)
-    test = cli.evaluate(model, loader, torch.device("cpu"), amp)
+    test = cli.evaluate(model, loader, cpu, cli.use_bf16(cpu))
     assert test["accuracy"] == results["best_test_accuracy"]
     assert test["loss"] == pytest.approx(results["best_test_loss"], rel=1e-6)
     saved = os.listdir(os.path.join(cfg.run_dir, "best"))
