@@ -1,8 +1,7 @@
 import pytest
 import torch
-from transformers import AutoModel
 
-from model import Classifier, apply_lora, build_model, count_parameters
+from model import apply_lora, build_model, count_parameters
 from utils import build_optimizer, build_param_groups, macro_f1
 
 
@@ -29,6 +28,22 @@ def test_padding_does_not_change_logits(net):
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(1, 5), torch.zeros(1, 4)], 1).long()
     assert torch.allclose(net(ids, torch.ones_like(ids)), net(padded, mask), atol=1e-5)
+
+
+def test_eager_attention_matches_default(tiny_model):
+    """The CPU fast path swaps the attention kernel; outputs and gradients must not change."""
+    ids = torch.randint(1000, 2000, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    outs = []
+    for attention in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        m = build_model(tiny_model, n_classes=5, dropout=0.0, attention=attention)
+        assert m.encoder.config._attn_implementation == attention
+        logits = m(ids, mask)
+        logits.sum().backward()
+        outs.append((logits, m.encoder.embeddings.word_embeddings.weight.grad))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
 
 
 def test_param_groups_llrd(net):
