@@ -103,12 +103,16 @@ def plot_run(r, path):
     cls = [(i, row) for i, row in zip(x, h) if row["phase"] == "classify"]
     ax_acc.plot([i for i, _ in cls], [row["train_accuracy"] for _, row in cls], "o-", label="train")
     ax_acc.plot([i for i, _ in cls], [row["val_accuracy"] for _, row in cls], "s-", label="validation")
-    ax_loss.plot(x, [row["train_loss"] for row in h], "o-", label="train")
-    ax_loss.plot([i for i, _ in cls], [row["val_loss"] for _, row in cls], "s-", label="validation")
-    if len(cls) < len(h):
+    con = [(i, row) for i, row in zip(x, h) if row["phase"] == "contrastive"]
+    if con:  # a different loss: its own line, not joined to cross-entropy
+        ax_loss.plot([i for i, _ in con], [row["train_loss"] for _, row in con], "^-", color="tab:gray",
+                     label="train (contrastive)")
+    ax_loss.plot([i for i, _ in cls], [row["train_loss"] for _, row in cls], "o-", color="tab:blue", label="train")
+    ax_loss.plot([i for i, _ in cls], [row["val_loss"] for _, row in cls], "s-", color="tab:orange",
+                 label="validation")
+    if con:
         for ax in (ax_acc, ax_loss):
-            ax.axvline(len(h) - len(cls) + 0.5, color="grey", ls="--", lw=1)
-        ax_loss.text(0.02, 0.95, "contrastive | cross-entropy", transform=ax_loss.transAxes, va="top", fontsize=8)
+            ax.axvline(len(con) + 0.5, color="grey", ls="--", lw=1)
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{experiment(r)[0]}: accuracy")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in (ax_acc, ax_loss):
