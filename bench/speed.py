@@ -2,38 +2,53 @@
 
 Times the same number of training steps on batches drawn at random from one
 epoch of each configuration (so per-epoch time = mean step time x steps per
-epoch), then an evaluation pass over the test split with tokenization included.
+epoch), each configuration in a fresh process (what a process did before, e.g.
+how far its heap has grown, changes its speed), then evaluation passes over the
+test split with tokenization included.
 Reports tokens per second and the fraction of this machine's measured matmul
 peak. Exits non-zero if any path fails.
 
     python bench/speed.py --data ../shared/data/massive/en-US.jsonl
+    python bench/speed.py --data ... --model bert-base-uncased --random-init   # bert-base shapes, no weights needed
 """
 import argparse
 import copy
+import logging
+import multiprocessing
 import os
 import platform
 import random
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding
+from transformers import AutoConfig, AutoModel, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arguments import parse_args  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
 from main import EVAL_BATCH, ce_step, classify, evaluate, train_epoch, use_bf16  # noqa: E402
-from model import build_model, load_tokenizer  # noqa: E402
-from utils import build_optimizer, build_param_groups, set_seed, setup_logging, write_json  # noqa: E402
+from model import Classifier, build_model, load_tokenizer, resolve_model  # noqa: E402
+from utils import (build_optimizer, build_param_groups, cpu_attention, keep_freed_memory,  # noqa: E402
+                   set_seed, setup_logging, write_json)
 
 
-def matmul_peak(dtype, n=2048, reps=10):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype, device, n=2048, reps=10):
+    n = 8192 if device.type == "cuda" else n
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    sync(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
 
 
@@ -43,34 +58,58 @@ def train_flops_per_token(config):
     return 3 * layers * (2 * (4 * h * h + 2 * h * i))
 
 
-def time_steps(cfg, batches, n_classes, bf16, fused):
+def quiet_logging():
+    setup_logging()
+    logging.getLogger("utils").setLevel(logging.WARNING)  # param-group lines, once per configuration
+
+
+def make_model(cfg, n_classes, attention, random_init, device):
+    if not random_init:
+        return build_model(cfg.model, n_classes, cfg.dropout, attention=attention).to(device)
+    config = AutoConfig.from_pretrained(resolve_model(cfg.model))  # the architecture alone: no weights to download
+    return Classifier(AutoModel.from_config(config, attn_implementation=attention), n_classes, cfg.dropout).to(device)
+
+
+def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, random_init):
+    """Mean seconds per training step, real and padded tokens per step; run in a fresh process."""
+    quiet_logging()
+    if keep:
+        keep_freed_memory()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(cfg.seed)
-    model = build_model(cfg.model, n_classes, cfg.dropout)
+    model = make_model(cfg, n_classes, attention, random_init, device)
     groups = build_param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, 1.0,
                                 model.encoder.config.num_hidden_layers)
     opt, sched = build_optimizer(groups, cfg.eps, fused, total_steps=10 * len(batches), warmup_ratio=0)
-    device = torch.device("cpu")
-    train_epoch(model, batches[:2], opt, sched, ce_step, cfg, device, bf16, "warm-up")
+    train_epoch(model, batches[:3], opt, sched, ce_step, cfg, device, bf16, "warm-up")
+    sync(device)
     t = time.perf_counter()
     train_epoch(model, batches, opt, sched, ce_step, cfg, device, bf16, "timed")
+    sync(device)
     seconds = (time.perf_counter() - t) / len(batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
     padded = sum(b["input_ids"].numel() for b in batches) / len(batches)
-    return seconds, real, padded, model
+    return seconds, real, padded
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("MASSIVE_DATA"), help="MASSIVE release file")
+    p.add_argument("--model", default=None, help="encoder (hub id or folder); default: the bundled MiniLM")
+    p.add_argument("--random-init", action="store_true",
+                   help="random weights in --model's architecture: its config.json and tokenizer are all it needs")
     p.add_argument("--steps", type=int, default=40, help="timed steps per fast configuration")
     p.add_argument("--study-steps", type=int, default=10, help="timed steps for the study's way (slow)")
-    p.add_argument("--out", default="results/bench/speed-cpu.json")
+    p.add_argument("--eval-passes", type=int, default=3, help="timed evaluation passes, after one warm-up pass")
+    p.add_argument("--out", default=None, help="results JSON (default: results/bench/speed-<cpu|cuda>.json)")
     args = p.parse_args()
-    setup_logging()
-    import logging
-    logging.getLogger("utils").setLevel(logging.WARNING)  # param-group lines, once per configuration
+    quiet_logging()
 
-    cfg = parse_args(["--task", "baseline", "--data", args.data] if args.data else ["--task", "baseline"])
+    argv = ["--task", "baseline"] + (["--data", args.data] if args.data else []) + (
+        ["--model", args.model] if args.model else [])
+    cfg = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = args.out or f"results/bench/speed-{device.type}.json"
     tok = load_tokenizer(cfg.model)
     labels, feats = load_features(cfg, tok)
     train = feats["train"]
@@ -87,54 +126,78 @@ def main():
                                 collate_fn=DataCollatorWithPadding(tok))
     study = make_loader(train, tok, cfg.batch_size, True, 0, fast=False, max_length=cfg.max_length)
     grouped = make_loader(train, tok, cfg.batch_size, True, 0, fast=True)
-    bf16 = use_bf16(torch.device("cpu"))
+    bf16 = use_bf16(device)
     grouped_batches = sample(grouped, args.steps)
-    configs = [  # (name, batches, bf16, fused AdamW)
-        ("study: pad to 128, fp32, foreach AdamW", sample(study, args.study_steps), False, False),
-        ("+ dynamic padding", sample(random_dynamic, args.steps), False, False),
-        ("+ batches grouped by length", grouped_batches, False, False),
-        ("+ bf16 autocast", grouped_batches, bf16, False),
-        ("+ fused AdamW (our default)", grouped_batches, bf16, True),
+    on_cpu = device.type == "cpu"
+    # (name, batches, bf16, fused AdamW, attention, glibc keeps freed memory); each row adds one lever to the last.
+    configs = [
+        ("study: pad to 128, fp32, foreach AdamW", sample(study, args.study_steps), False, False, None, False),
+        ("+ dynamic padding", sample(random_dynamic, args.steps), False, False, None, False),
+        ("+ batches grouped by length", grouped_batches, False, False, None, False),
+        ("+ bf16 autocast", grouped_batches, bf16, False, None, False),
+        ("+ fused AdamW", grouped_batches, bf16, True, None, False),
     ]
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    model = build_model(cfg.model, len(labels), cfg.dropout)
-    flops_tok = train_flops_per_token(model.encoder.config)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; bf16 autocast available: {bf16}")
+    if on_cpu:
+        configs += [("+ glibc keeps freed memory", grouped_batches, bf16, True, None, True),
+                    ("+ eager attention", grouped_batches, bf16, True, "eager", True)]
+    peak32, peak16 = matmul_peak(torch.float32, device), matmul_peak(torch.bfloat16, device)
+    flops_tok = train_flops_per_token(AutoConfig.from_pretrained(resolve_model(cfg.model)))
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"machine: {machine}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
+          f"bf16 autocast: {bf16}; encoder: {resolve_model(cfg.model)}{' (random init)' if args.random_init else ''}")
     print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s; "
           f"training FLOPs per token {flops_tok / 1e6:.1f} M")
-    print(f"{'configuration':40s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} {'tok/s':>7s} {'% peak':>7s}")
+    print(f"{'configuration (our default: the last row)':42s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} "
+          f"{'tok/s':>7s} {'% peak':>7s}")
     rows = []
-    for name, batches, use16, fused in configs:
-        sec, real, padded, model = time_steps(cfg, batches, len(labels), use16, fused)
+    spawn = multiprocessing.get_context("spawn")
+    for name, batches, use16, fused, attention, keep in configs:
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            sec, real, padded = pool.submit(time_steps, cfg, len(labels), batches, use16, fused, attention, keep,
+                                            args.random_init).result()
         tok_s = real / sec
         peak = peak16 if use16 else peak32
         rows.append({"name": name, "seconds_per_step": sec, "seconds_per_epoch": sec * steps_per_epoch,
                      "real_tokens_per_step": real, "padded_tokens_per_step": padded, "tokens_per_second": tok_s,
-                     "fraction_of_peak": tok_s * flops_tok / peak, "bf16": use16, "fused_adamw": fused})
+                     "fraction_of_peak": tok_s * flops_tok / peak, "bf16": use16, "fused_adamw": fused,
+                     "attention": attention or "default", "keep_freed_memory": keep})
         r = rows[-1]
-        print(f"{name:40s} {sec:7.3f} {r['seconds_per_epoch']:8.1f} {rows[0]['seconds_per_step'] / sec:7.1f}x "
+        print(f"{name:42s} {sec:7.3f} {r['seconds_per_epoch']:8.1f} {rows[0]['seconds_per_step'] / sec:7.1f}x "
               f"{tok_s:7.0f} {100 * r['fraction_of_peak']:6.1f}%")
 
-    model.eval()
     evals = {}
-    # the study's way gets a slice of the test split: all of it would take minutes
-    for name, fast, amp, bs, n in (("study", False, False, 16, 480), ("fast", True, bf16, EVAL_BATCH, None)):
-        texts, gold = feats["test"]["texts"][:n], feats["test"]["labels"][:n]
-        t = time.perf_counter()
-        ids = tok(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
-        split = {"input_ids": ids, "labels": gold}
-        m = evaluate(model, make_loader(split, tok, bs, False, fast=fast, max_length=cfg.max_length),
-                     torch.device("cpu"), amp)
-        sec = time.perf_counter() - t
-        evals[name] = {"utterances_per_second": len(texts) / sec, "seconds": sec, "accuracy": m["accuracy"]}
-        print(f"evaluation ({name}): {len(texts)} utterances in {sec:.2f}s = {len(texts) / sec:.0f} utterances/s "
-              f"(tokenization included)")
-    # inference as `main.py --task predict` runs it: raw text in, bf16 weights where the CPU has bf16
-    infer = copy.deepcopy(model).to(torch.bfloat16 if bf16 else torch.float32)
-    texts = feats["test"]["texts"]
+    texts, gold = feats["test"]["texts"], feats["test"]["labels"]
+
+    def evaluation(net, fast, amp, bs, n, passes):
+        """Utterances per second over `passes` evaluate() calls, tokenization included, after one warm-up call."""
+        seconds = []
+        for i in range(passes + 1):
+            t = time.perf_counter()
+            ids = tok(texts[:n], truncation=True, max_length=cfg.max_length)["input_ids"]
+            split = {"input_ids": ids, "labels": gold[:n]}
+            evaluate(net, make_loader(split, tok, bs, False, fast=fast, max_length=cfg.max_length), device, amp)
+            seconds.append(time.perf_counter() - t)
+        n = len(split["labels"])
+        return {"utterances": n, "seconds": seconds[1:], "utterances_per_second": n * passes / sum(seconds[1:]),
+                "cold_utterances_per_second": n / seconds[0]}
+
+    # Speed does not depend on the weights, so these models are untrained. The study's way gets one pass over a
+    # slice of the test split: all of it would take minutes.
+    evals["study"] = evaluation(make_model(cfg, len(labels), None, args.random_init, device), False, False, 16, 320, 1)
+    if on_cpu:
+        keep_freed_memory()  # as main.py's training process does
+    model = make_model(cfg, len(labels), cpu_attention(device, fast=True), args.random_init, device)
+    evals["fast"] = evaluation(model, True, bf16, EVAL_BATCH, None, args.eval_passes)
+    for key, label in (("study", "the study's way"), ("fast", "ours")):
+        e = evals[key]
+        print(f"evaluation ({label}): {e['utterances']} utterances, {e['utterances_per_second']:.0f} utterances/s "
+              f"(tokenization included; mean of {len(e['seconds'])} passes after a warm-up pass at "
+              f"{e['cold_utterances_per_second']:.0f}/s)")
+    # inference as `main.py --task predict` runs it: raw text in, bf16 weights where the hardware has bf16
+    infer = copy.deepcopy(model).eval().to(torch.bfloat16 if bf16 else torch.float32)
+    classify(infer, tok, texts, cfg.max_length, EVAL_BATCH, device)  # warm-up
     t = time.perf_counter()
-    classify(infer, tok, texts, cfg.max_length, EVAL_BATCH, torch.device("cpu"))
+    classify(infer, tok, texts, cfg.max_length, EVAL_BATCH, device)
     sec = time.perf_counter() - t
     evals["predict"] = {"utterances_per_second": len(texts) / sec, "seconds": sec}
     print(f"inference (predict path, {'bf16' if bf16 else 'fp32'} weights): {len(texts)} utterances in {sec:.2f}s = "
@@ -142,11 +205,12 @@ def main():
     ratio = rows[0]["seconds_per_step"] / rows[-1]["seconds_per_step"]
     print(f"training speed-up, ours vs the study's way: {ratio:.1f}x; evaluation speed-up: "
           f"{evals['fast']['utterances_per_second'] / evals['study']['utterances_per_second']:.1f}x")
-    write_json(args.out, {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "peak_flops": {"fp32": peak32, "bf16": peak16},
-                          "train_flops_per_token": flops_tok, "steps_per_epoch": steps_per_epoch,
-                          "training": rows, "evaluation": evals, "training_speedup": ratio})
-    print(f"wrote {args.out}")
+    write_json(out, {"machine": machine, "device": device.type, "threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "encoder": resolve_model(cfg.model), "random_init": args.random_init,
+                     "peak_flops": {"fp32": peak32, "bf16": peak16}, "train_flops_per_token": flops_tok,
+                     "steps_per_epoch": steps_per_epoch, "training": rows, "evaluation": evals,
+                     "training_speedup": ratio})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
