@@ -27,8 +27,8 @@ from dataloader import UserError, atomic_write, load_features, make_loader
 from loss import supcon_loss
 from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, resolve_model,
                    save_checkpoint)
-from utils import (build_optimizer, build_param_groups, cpu_attention, environment, keep_freed_memory, macro_f1, set_seed,
-                   setup_logging, write_json)
+from utils import (build_optimizer, build_param_groups, cpu_attention, environment, keep_freed_memory, macro_f1,
+                   set_seed, setup_logging, write_json)
 
 log = logging.getLogger("main")
 EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of cache and run slower

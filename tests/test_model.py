@@ -115,3 +115,10 @@ def test_bundled_encoder_resolves_to_a_json_safe_folder():
     assert json.loads(json.dumps({"encoder": path}))["encoder"] == path
     assert resolve_model("bert-base-uncased") == "bert-base-uncased"
 
+
+def test_keep_freed_memory_on_glibc():
+    import platform
+
+    from utils import keep_freed_memory
+
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
