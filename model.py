@@ -50,10 +50,18 @@ class Classifier(nn.Module):
         return F.normalize(self.projection(self.cls(input_ids, attention_mask)), dim=-1)
 
 
+def load_encoder(path, attention=None):
+    """attention: the encoder's attn_implementation ("eager", "sdpa"); None lets transformers choose.
+
+    Weights are always loaded as fp32: transformers >= 5 otherwise keeps the
+    dtype they were stored in, and AdamW on fp16/bf16 weights loses most small
+    updates. Speed comes from bf16 autocast, not from half-precision weights.
+    """
+    return AutoModel.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
+
+
 def build_model(model_name, n_classes, dropout, projection=False, attention=None):
-    """attention: the encoder's attn_implementation ("eager", "sdpa"); None lets transformers choose."""
-    encoder = AutoModel.from_pretrained(resolve_model(model_name), attn_implementation=attention)
-    return Classifier(encoder, n_classes, dropout, projection)
+    return Classifier(load_encoder(resolve_model(model_name), attention), n_classes, dropout, projection)
 
 
 def count_parameters(model):
@@ -112,7 +120,7 @@ def load_checkpoint(path, attention=None):
         model = PeftModel.from_pretrained(build_model(cfg["model"], n_classes, cfg["dropout"], attention=attention),
                                           os.path.join(path, "adapter"))
     else:
-        model = Classifier(AutoModel.from_pretrained(os.path.join(path, "encoder"), attn_implementation=attention),
+        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention),
                            n_classes, cfg["dropout"])
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

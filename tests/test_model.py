@@ -46,6 +46,15 @@ def test_eager_attention_matches_default(tiny_model):
     assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
 
 
+def test_half_precision_weights_load_as_fp32(tiny_model, tmp_path):
+    """Hub models are often stored in fp16; training must still update fp32 weights."""
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(tiny_model).half().save_pretrained(tmp_path)
+    m = build_model(str(tmp_path), n_classes=5, dropout=0.1)
+    assert {p.dtype for p in m.parameters()} == {torch.float32}
+
+
 def test_param_groups_llrd(net):
     lr, decay = 1e-3, 0.5
     groups = build_param_groups(net.named_parameters(), lr, 0.01, decay, n_layers=2)
