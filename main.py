@@ -28,7 +28,7 @@ from loss import supcon_loss
 from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, resolve_model,
                    save_checkpoint)
 from utils import (build_optimizer, build_param_groups, cpu_attention, environment, keep_freed_memory, macro_f1,
-                   set_seed, setup_logging, write_json)
+                   set_seed, setup_logging, use_tf32, write_json)
 
 log = logging.getLogger("main")
 EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of cache and run slower
@@ -64,10 +64,13 @@ def autocast(device, enabled):
 
 
 def use_bf16(device):
-    """bf16 autocast only where the hardware does bf16 natively; emulated bf16 is slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported()
+    """bf16 autocast only on CPUs that do bf16 natively (emulated bf16 is slower than fp32).
+
+    Not on a GPU: a step of 16 short utterances there is bound by kernel
+    launches, not by matmuls, and autocast's extra cast kernels made steps 3-4x
+    slower (bench/speed.py on an H200); the GPU fast path uses TF32 instead.
+    """
+    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
 
 
 @torch.inference_mode()
@@ -120,12 +123,16 @@ def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, des
 
 
 def rng_state(loader):
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    # dropout on a GPU draws from the CUDA generators, not the CPU one
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(), "numpy": np.random.get_state(),
             "loader": loader.generator.get_state()}
 
 
 def set_rng_state(state, loader):
     torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     loader.generator.set_state(state["loader"])
@@ -151,6 +158,8 @@ def train(cfg):
     amp = cfg.fast and use_bf16(device)
     if cfg.fast and device.type == "cpu":
         keep_freed_memory()
+    if cfg.fast and device.type == "cuda":
+        use_tf32()
     resume = load_resume_state(cfg) if cfg.resume else None
 
     try:
@@ -175,8 +184,9 @@ def train(cfg):
 
     train_loader, val_loader, test_loader = loader("train", True), loader("validation", False), loader("test", False)
     log.info("run %s: %d train / %d val / %d test examples, %d classes, batch %d, %d steps per epoch, device %s, "
-             "bf16 %s", cfg.run_name, len(train_loader.dataset), len(features["validation"]["labels"]),
-             len(features["test"]["labels"]), len(labels), cfg.batch_size, len(train_loader), device, amp)
+             "bf16 autocast %s, fp32 matmul precision %s", cfg.run_name, len(train_loader.dataset),
+             len(features["validation"]["labels"]), len(features["test"]["labels"]), len(labels), cfg.batch_size,
+             len(train_loader), device, amp, torch.get_float32_matmul_precision())
     log.info("parameters: %d total, %d trainable (%.2f%%)", total, trainable, 100 * trainable / total)
 
     if resume:
@@ -309,6 +319,8 @@ def predict(cfg):
     if not os.path.isdir(path):
         raise UserError(f"checkpoint folder not found: {cfg.checkpoint}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        use_tf32()
     try:
         model, tokenizer, meta = load_checkpoint(path, cpu_attention(device, fast=True))
     except (ValueError, OSError, KeyError) as e:

@@ -55,6 +55,11 @@ def keep_freed_memory():
     return bool(libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
+def use_tf32():
+    """fp32 matmuls on a GPU's tensor cores (TF32): their speed with no cast kernels, unlike bf16 autocast."""
+    torch.set_float32_matmul_precision("high")
+
+
 def layer_depth(name, n_layers):
     """0 for embeddings, i + 1 for encoder layer i, n_layers + 1 for everything above (head, projection)."""
     if "embeddings" in name:
@@ -113,6 +118,7 @@ def environment(device):
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "device": str(device), "threads": torch.get_num_threads(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "cpu": platform.processor() or platform.machine()}
 
 

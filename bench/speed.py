@@ -32,7 +32,7 @@ from dataloader import Features, load_features, make_loader  # noqa: E402
 from main import EVAL_BATCH, ce_step, classify, evaluate, train_epoch, use_bf16  # noqa: E402
 from model import Classifier, build_model, load_tokenizer, resolve_model  # noqa: E402
 from utils import (build_optimizer, build_param_groups, cpu_attention, keep_freed_memory,  # noqa: E402
-                   set_seed, setup_logging, write_json)
+                   set_seed, setup_logging, use_tf32, write_json)
 
 
 def sync(device):
@@ -40,9 +40,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_peak(dtype, device, n=2048, reps=5, tries=3):
+def matmul_peak(dtype, device, n=2048, reps=5, tries=3, tf32=False):
     """Best of `tries` timings of large matmuls: a peak, so the least disturbed try counts."""
     n = 8192 if device.type == "cuda" else n
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     best = 0.0
@@ -53,6 +54,7 @@ def matmul_peak(dtype, device, n=2048, reps=5, tries=3):
             a @ b
         sync(device)
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
+    torch.set_float32_matmul_precision("highest")
     return best
 
 
@@ -71,14 +73,16 @@ def make_model(cfg, n_classes, attention, random_init, device):
     if not random_init:
         return build_model(cfg.model, n_classes, cfg.dropout, attention=attention).to(device)
     config = AutoConfig.from_pretrained(resolve_model(cfg.model))  # the architecture alone: no weights to download
-    return Classifier(AutoModel.from_config(config, attn_implementation=attention), n_classes, cfg.dropout).to(device)
+    return Classifier(AutoModel.from_config(config, attn_implementation=attention, dtype=torch.float32), n_classes, cfg.dropout).to(device)
 
 
-def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, random_init):
+def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, random_init):
     """Mean seconds per training step, real and padded tokens per step; run in a fresh process."""
     quiet_logging()
     if keep:
         keep_freed_memory()
+    if tf32:
+        use_tf32()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(cfg.seed)
     model = make_model(cfg, n_classes, attention, random_init, device)
@@ -136,38 +140,44 @@ def main():
     bf16 = use_bf16(device)
     grouped_batches = sample(grouped, args.steps)
     on_cpu = device.type == "cpu"
-    # (name, batches, bf16, fused AdamW, attention, glibc keeps freed memory); each row adds one lever to the last.
+    # (name, batches, bf16 autocast, fused AdamW, attention, glibc keeps freed memory, TF32 matmuls); each row adds
+    # one lever to the last, and the last row is main.py's fast path on this device.
     configs = [
-        ("study: pad to 128, fp32, foreach AdamW", sample(study, args.study_steps), False, False, None, False),
-        ("+ dynamic padding", sample(random_dynamic, args.steps), False, False, None, False),
-        ("+ batches grouped by length", grouped_batches, False, False, None, False),
-        ("+ bf16 autocast", grouped_batches, bf16, False, None, False),
-        ("+ fused AdamW", grouped_batches, bf16, True, None, False),
+        ("study: pad to 128, fp32, foreach AdamW", sample(study, args.study_steps), False, False, None, False, False),
+        ("+ dynamic padding", sample(random_dynamic, args.steps), False, False, None, False, False),
+        ("+ batches grouped by length", grouped_batches, False, False, None, False, False),
     ]
     if on_cpu:
-        configs += [("+ glibc keeps freed memory", grouped_batches, bf16, True, None, True),
-                    ("+ eager attention", grouped_batches, bf16, True, "eager", True)]
+        configs += [("+ bf16 autocast", grouped_batches, bf16, False, None, False, False),
+                    ("+ fused AdamW", grouped_batches, bf16, True, None, False, False),
+                    ("+ glibc keeps freed memory", grouped_batches, bf16, True, None, True, False),
+                    ("+ eager attention", grouped_batches, bf16, True, "eager", True, False)]
+    else:  # bf16 autocast is left out on a GPU: see main.use_bf16
+        configs += [("+ fused AdamW", grouped_batches, False, True, None, False, False),
+                    ("+ TF32 matmuls", grouped_batches, False, True, None, False, True)]
     peak32, peak16 = matmul_peak(torch.float32, device), matmul_peak(torch.bfloat16, device)
+    peak_tf32 = None if on_cpu else matmul_peak(torch.float32, device, tf32=True)
     flops_tok = train_flops_per_token(AutoConfig.from_pretrained(resolve_model(cfg.model)))
     machine = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"machine: {machine}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
           f"bf16 autocast: {bf16}; encoder: {resolve_model(cfg.model)}{' (random init)' if args.random_init else ''}")
-    print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s; "
+    print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s"
+          f"{'' if on_cpu else f', TF32 {peak_tf32 / 1e9:.0f} GFLOP/s'}; "
           f"training FLOPs per token {flops_tok / 1e6:.1f} M")
     print(f"{'configuration (our default: the last row)':42s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} "
           f"{'tok/s':>7s} {'% peak':>7s}")
     rows = []
     spawn = multiprocessing.get_context("spawn")
-    for name, batches, use16, fused, attention, keep in configs:
+    for name, batches, use16, fused, attention, keep, tf32 in configs:
         with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-            sec, real, padded = pool.submit(time_steps, cfg, len(labels), batches, use16, fused, attention, keep,
+            sec, real, padded = pool.submit(time_steps, cfg, len(labels), batches, use16, fused, attention, keep, tf32,
                                             args.random_init).result()
         tok_s = real / sec
-        peak = peak16 if use16 else peak32
+        peak = peak16 if use16 else peak_tf32 if tf32 else peak32
         rows.append({"name": name, "seconds_per_step": sec, "seconds_per_epoch": sec * steps_per_epoch,
                      "real_tokens_per_step": real, "padded_tokens_per_step": padded, "tokens_per_second": tok_s,
                      "fraction_of_peak": tok_s * flops_tok / peak, "bf16": use16, "fused_adamw": fused,
-                     "attention": attention or "default", "keep_freed_memory": keep})
+                     "attention": attention or "default", "keep_freed_memory": keep, "tf32": tf32})
         r = rows[-1]
         print(f"{name:42s} {sec:7.3f} {r['seconds_per_epoch']:8.1f} {rows[0]['seconds_per_step'] / sec:7.1f}x "
               f"{tok_s:7.0f} {100 * r['fraction_of_peak']:6.1f}%")
@@ -197,6 +207,8 @@ def main():
                                 32)
     if on_cpu:
         keep_freed_memory()  # as main.py's training process does
+    else:
+        use_tf32()
     model = make_model(cfg, len(labels), cpu_attention(device, fast=True), args.random_init, device)
     evals["fast"] = evaluation(model, True, bf16, EVAL_BATCH, None, args.eval_passes, None)
     for key, label in (("study", "the study's way"), ("fast", "ours")):
@@ -218,7 +230,7 @@ def main():
           f"{evals['fast']['utterances_per_second'] / evals['study']['utterances_per_second']:.1f}x")
     write_json(out, {"machine": machine, "device": device.type, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "encoder": resolve_model(cfg.model), "random_init": args.random_init,
-                     "peak_flops": {"fp32": peak32, "bf16": peak16}, "train_flops_per_token": flops_tok,
+                     "peak_flops": {"fp32": peak32, "bf16": peak16, "tf32": peak_tf32}, "train_flops_per_token": flops_tok,
                      "steps_per_epoch": steps_per_epoch, "training": rows, "evaluation": evals,
                      "training_speedup": ratio})
     print(f"wrote {out}")

@@ -63,12 +63,12 @@ def test_checkpoint_reproduces_recorded_test_accuracy(run_args, tmp_path, task):
     args = ["--task", task, *run_args, "--checkpoint-dir", str(tmp_path / "ckpt")]
     results = cli.main(args)
     cfg = parse_args(args)
-    cpu = torch.device("cpu")
-    model, tokenizer, meta = load_checkpoint(os.path.join(cfg.run_dir, "best"), cpu_attention(cpu, fast=True))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where main() trained and evaluated
+    model, tokenizer, meta = load_checkpoint(os.path.join(cfg.run_dir, "best"), cpu_attention(device, fast=True))
     assert meta["labels"] == results["labels"]
     _, feats = load_features(cfg, tokenizer)
     loader = make_loader(feats["test"], tokenizer, cli.EVAL_BATCH, False)
-    test = cli.evaluate(model, loader, cpu, cli.use_bf16(cpu))
+    test = cli.evaluate(model.to(device), loader, device, cli.use_bf16(device))
     assert test["accuracy"] == results["best_test_accuracy"]
     assert test["loss"] == pytest.approx(results["best_test_loss"], rel=1e-6)
     saved = os.listdir(os.path.join(cfg.run_dir, "best"))
