@@ -131,7 +131,7 @@ def rng_state(loader):
 
 def set_rng_state(state, loader):
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
+    if state.get("cuda") and torch.cuda.is_available():  # absent in runs saved before it was kept, or on a CPU
         torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

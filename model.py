@@ -55,7 +55,7 @@ def load_encoder(path, attention=None):
 
     Weights are always loaded as fp32: transformers >= 5 otherwise keeps the
     dtype they were stored in, and AdamW on fp16/bf16 weights loses most small
-    updates. Speed comes from bf16 autocast, not from half-precision weights.
+    updates. Speed comes from bf16 autocast or TF32 matmuls instead.
     """
     return AutoModel.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
 

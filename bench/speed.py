@@ -1,11 +1,11 @@
 """Side-by-side speed benchmark: the study's way of training vs ours, lever by lever.
 
-Times passes of training steps over batches spread evenly over the sizes of
-one epoch's batches in each configuration (so per-epoch time = mean step time
-x steps per epoch; the fastest of the passes over the same batches counts),
-each configuration in a fresh process (what a process did before, e.g. how far
-its heap has grown, changes its speed), then evaluation passes over the test
-split with tokenization included.
+Times training steps on batches spread evenly over the sizes of one epoch's
+batches in each configuration (so per-epoch time = mean step time x steps per
+epoch), each timing in a fresh process (what a process did before, e.g. how far
+its heap has grown, changes its speed); then the study's way and ours back to
+back in a few rounds, whose median ratio is the speed-up; then evaluation passes
+over the test split with tokenization included.
 Reports tokens per second and the fraction of this machine's measured matmul
 peak. Exits non-zero if any path fails.
 
@@ -75,7 +75,8 @@ def make_model(cfg, n_classes, attention, random_init, device):
     if not random_init:
         return build_model(cfg.model, n_classes, cfg.dropout, attention=attention).to(device)
     config = AutoConfig.from_pretrained(resolve_model(cfg.model))  # the architecture alone: no weights to download
-    return Classifier(AutoModel.from_config(config, attn_implementation=attention, dtype=torch.float32), n_classes, cfg.dropout).to(device)
+    encoder = AutoModel.from_config(config, attn_implementation=attention, dtype=torch.float32)
+    return Classifier(encoder, n_classes, cfg.dropout).to(device)
 
 
 def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, random_init):
@@ -256,7 +257,8 @@ def main():
           f"{evals['fast']['utterances_per_second'] / evals['study']['utterances_per_second']:.1f}x")
     write_json(out, {"machine": machine, "device": device.type, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "encoder": resolve_model(cfg.model), "random_init": args.random_init,
-                     "peak_flops": {"fp32": peak32, "bf16": peak16, "tf32": peak_tf32}, "train_flops_per_token": flops_tok,
+                     "peak_flops": {"fp32": peak32, "bf16": peak16, "tf32": peak_tf32},
+                     "train_flops_per_token": flops_tok,
                      "steps_per_epoch": steps_per_epoch, "training": rows, "head_to_head": rounds,
                      "evaluation": evals, "training_speedup": ratio})
     print(f"wrote {out}")
