@@ -27,7 +27,7 @@ from dataloader import UserError, atomic_write, load_features, make_loader
 from loss import supcon_loss
 from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, resolve_model,
                    save_checkpoint)
-from utils import (build_optimizer, build_param_groups, cpu_attention, environment, keep_freed_memory, macro_f1,
+from utils import (build_optimizer, build_param_groups, cpu_attention, environment, fast_process_settings, macro_f1,
                    set_seed, setup_logging, use_tf32, write_json)
 
 log = logging.getLogger("main")
@@ -156,10 +156,8 @@ def train(cfg):
     set_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = cfg.fast and use_bf16(device)
-    if cfg.fast and device.type == "cpu":
-        keep_freed_memory()
-    if cfg.fast and device.type == "cuda":
-        use_tf32()
+    if cfg.fast:
+        fast_process_settings(device)
     resume = load_resume_state(cfg) if cfg.resume else None
 
     try:

@@ -120,7 +120,6 @@ def load_checkpoint(path, attention=None):
         model = PeftModel.from_pretrained(build_model(cfg["model"], n_classes, cfg["dropout"], attention=attention),
                                           os.path.join(path, "adapter"))
     else:
-        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention),
-                           n_classes, cfg["dropout"])
+        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention), n_classes, cfg["dropout"])
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

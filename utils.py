@@ -60,6 +60,14 @@ def use_tf32():
     torch.set_float32_matmul_precision("high")
 
 
+def fast_process_settings(device):
+    """The fast path's process-wide settings: glibc keeps freed memory on a CPU, TF32 matmuls on a GPU."""
+    if device.type == "cpu":
+        keep_freed_memory()
+    elif device.type == "cuda":
+        use_tf32()
+
+
 def layer_depth(name, n_layers):
     """0 for embeddings, i + 1 for encoder layer i, n_layers + 1 for everything above (head, projection)."""
     if "embeddings" in name:

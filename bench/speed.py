@@ -33,8 +33,8 @@ from arguments import parse_args  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
 from main import EVAL_BATCH, ce_step, classify, evaluate, train_epoch, use_bf16  # noqa: E402
 from model import Classifier, build_model, load_tokenizer, resolve_model  # noqa: E402
-from utils import (build_optimizer, build_param_groups, cpu_attention, keep_freed_memory,  # noqa: E402
-                   set_seed, setup_logging, use_tf32, write_json)
+from utils import (build_optimizer, build_param_groups, cpu_attention, fast_process_settings,  # noqa: E402
+                   keep_freed_memory, set_seed, setup_logging, use_tf32, write_json)
 
 
 def sync(device):
@@ -181,7 +181,7 @@ def main():
     fresh.set_forkserver_preload(["main"])
 
     def timed(config):
-        name, batches, use16, fused, attention, keep, tf32 = config
+        _, batches, use16, fused, attention, keep, tf32 = config
         with ProcessPoolExecutor(1, mp_context=fresh) as pool:
             return pool.submit(time_steps, cfg, len(labels), batches, use16, fused, attention, keep, tf32,
                                args.random_init).result()
@@ -232,10 +232,7 @@ def main():
     # it up, where ours get a whole pass.
     evals["study"] = evaluation(make_model(cfg, len(labels), None, args.random_init, device), False, False, 16, 320, 1,
                                 32)
-    if on_cpu:
-        keep_freed_memory()  # as main.py's training process does
-    else:
-        use_tf32()
+    fast_process_settings(device)  # as main.py's training process does
     model = make_model(cfg, len(labels), cpu_attention(device, fast=True), args.random_init, device)
     evals["fast"] = evaluation(model, True, bf16, EVAL_BATCH, None, args.eval_passes, None)
     for key, label in (("study", "the study's way"), ("fast", "ours")):
