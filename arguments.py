@@ -72,6 +72,23 @@ class Config:
         return os.path.join(self.checkpoint_dir, self.run_name)
 
 
+# Where a run reads and writes, not what it computes: results and checkpoints do not record these.
+IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
+           "format", "run_name")
+
+
+def recorded_config(cfg):
+    """The settings that define a run, as results and checkpoints record them: no machine paths.
+
+    The data file and a local encoder folder are recorded by name; their
+    contents are identified by the sha256 values in the results' environment.
+    """
+    c = {k: v for k, v in vars(cfg).items() if k not in IO_KEYS}
+    c["data"] = cfg.data and os.path.basename(cfg.data)
+    c["model"] = cfg.model and (os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model)
+    return c
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="Fine-tune a BERT-family encoder on MASSIVE (English) intents.")
     p.add_argument("--task", choices=TASKS, default="baseline", help="fine-tuning strategy")
@@ -79,7 +96,8 @@ def build_parser():
                    help="MASSIVE release file (en-US.jsonl); default $MASSIVE_DATA, else the hub")
     p.add_argument("--label", choices=("scenario", "intent"), default="scenario", help="18 scenarios or 60 intents")
     p.add_argument("--model", default=None,
-                   help="hub id or folder of the encoder (default: bundled all-MiniLM-L6-v2)")
+                   help="hub id or folder of the encoder (default: bundled all-MiniLM-L6-v2); for predict, the base "
+                        "encoder of a LoRA checkpoint trained from a local folder")
     p.add_argument("--max-length", type=int, default=128, help="tokens kept, truncating from the left")
     p.add_argument("--epochs", type=int, default=10, help="cross-entropy epochs (phase 2 of supcon/simclr)")
     p.add_argument("--lr", type=float, help="peak learning rate (top layer under LLRD); task default")

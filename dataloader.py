@@ -90,10 +90,21 @@ def tokenizer_fingerprint(tokenizer):
                                       if hasattr(tokenizer, "do_lower_case") else None, vocab]).encode()).hexdigest()
 
 
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def describe_data(path):
+    """The data as results record it: file name and sha256, never a machine path."""
+    if path is None:
+        return {"file": f"hub:{HUB_ID}/{HUB_CONFIG}", "sha256": None}
+    return {"file": os.path.basename(path), "sha256": file_sha256(path)}
+
+
 def cache_key(source, tokenizer, max_length, label):
     if os.path.isfile(source):
-        with open(source, "rb") as f:
-            source = hashlib.sha256(f.read()).hexdigest()
+        source = file_sha256(source)
     parts = [CACHE_VERSION, source, tokenizer_fingerprint(tokenizer), max_length, label]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 

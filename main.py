@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from arguments import parse_args
-from dataloader import UserError, atomic_write, load_features, make_loader
+from arguments import parse_args, recorded_config
+from dataloader import UserError, atomic_write, describe_data, load_features, make_loader
 from loss import supcon_loss
-from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, resolve_model,
-                   save_checkpoint)
+from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, model_name,
+                   resolve_model, save_checkpoint, weights_sha256)
 from utils import (build_optimizer, build_param_groups, cpu_attention, environment, fast_process_settings, macro_f1,
                    set_seed, setup_logging, use_tf32, write_json)
 
@@ -172,6 +172,7 @@ def train(cfg):
     net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"),
                       attention=cpu_attention(device, cfg.fast))
     n_layers = net.encoder.config.num_hidden_layers
+    encoder = {"name": model_name(cfg.model), "weights_sha256": weights_sha256(net.encoder)}
     model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
     model.to(device)
     total, trainable = count_parameters(model)
@@ -244,8 +245,8 @@ def train(cfg):
     results = {
         "run_name": cfg.run_name,
         "task": cfg.task,
-        "config": {k: v for k, v in vars(cfg).items() if k != "run_name"},
-        "environment": {**environment(device), "encoder": resolve_model(cfg.model), "bf16": amp,
+        "config": recorded_config(cfg),
+        "environment": {**environment(device), "encoder": encoder, "data": describe_data(cfg.data), "bf16": amp,
                         "parameters_total": total, "parameters_trainable": trainable,
                         "trainable_percent": 100 * trainable / total},
         "labels": labels,
@@ -320,7 +321,7 @@ def predict(cfg):
     if device.type == "cuda":
         use_tf32()
     try:
-        model, tokenizer, meta = load_checkpoint(path, cpu_attention(device, fast=True))
+        model, tokenizer, meta = load_checkpoint(path, cpu_attention(device, fast=True), base_model=cfg.model)
     except (ValueError, OSError, KeyError) as e:
         raise UserError(f"cannot load checkpoint {cfg.checkpoint}: {str(e).splitlines()[0]}") from None
     model.to(device, torch.bfloat16 if use_bf16(device) else torch.float32)

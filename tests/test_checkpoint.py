@@ -64,8 +64,11 @@ def test_checkpoint_reproduces_recorded_test_accuracy(run_args, tmp_path, task):
     results = cli.main(args)
     cfg = parse_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where main() trained and evaluated
-    model, tokenizer, meta = load_checkpoint(os.path.join(cfg.run_dir, "best"), cpu_attention(device, fast=True))
+    # meta.json names a local base encoder by its folder name only, so a LoRA reload is told where it is
+    model, tokenizer, meta = load_checkpoint(os.path.join(cfg.run_dir, "best"), cpu_attention(device, fast=True),
+                                             base_model=cfg.model)
     assert meta["labels"] == results["labels"]
+    assert meta["config"]["model"] == os.path.basename(cfg.model) and cfg.model not in json.dumps(meta)
     _, feats = load_features(cfg, tokenizer)
     loader = make_loader(feats["test"], tokenizer, cli.EVAL_BATCH, False)
     test = cli.evaluate(model.to(device), loader, device, cli.use_bf16(device))
