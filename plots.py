@@ -4,9 +4,10 @@
 
 Writes, for each run, accuracy and loss per epoch (both phases for supcon and
 simclr); one comparison of test accuracy across experiments (runs that differ
-only by seed are grouped, with their spread as error bars); the study's Table 1
-as markdown (printed and saved); and for one run (--run, default the most
-accurate) a confusion matrix and per-class precision, recall and F1.
+only by seed are grouped: mean and 95% t-interval, the study's numbers as
+markers); the study's Table 1 and the paired comparisons against the baseline
+as markdown (printed and saved in table.md); and for one run (--run, default
+the most accurate) a confusion matrix and per-class precision, recall and F1.
 """
 import argparse
 import json
@@ -19,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
 
@@ -46,8 +49,13 @@ def load_results(paths):
     return runs, problems
 
 
+# The study's test accuracy (bert-base-uncased, scenario, 10 epochs; ../shared/SPEC.md), by experiment name.
+STUDY = {"baseline": 90.45, "LLRD only": 65.0, "warmup only": 84.1, "LLRD + warmup": 64.9, "SupCon (t=0.07)": 91.06,
+         "SimCLR (t=0.1)": 84.10, "LoRA r=4": 90.08, "LoRA r=8": 90.52, "LoRA r=16": 89.48}
+
+
 def experiment(r):
-    """A readable name for the settings of a run, seed left out."""
+    """(readable name of the run's settings, key that groups runs differing only by seed)."""
     c, task = r["config"], r["task"]
     if task in ("supcon", "simclr"):
         name = f"{'SupCon' if task == 'supcon' else 'SimCLR'} (t={c['temperature']:g})"
@@ -63,35 +71,96 @@ def experiment(r):
     if not c.get("fast", True):
         name += ", study's way"
     rest = re.sub(r"-s\d+$", "", r["run_name"])  # everything else that distinguishes runs
-    return f"{name} [{c['label']}]", rest
+    return name, rest
+
+
+def encoder_name(r):
+    enc = r["environment"].get("encoder")
+    name = enc["name"] if isinstance(enc, dict) else r["config"]["model"] or "all-MiniLM-L6-v2"
+    return os.path.basename(os.path.normpath(name.removesuffix(" (bundled)")))
 
 
 def group_runs(runs):
+    """Runs that differ only by seed, as {"name", "title", "study", "runs"}; the study's number where it applies."""
     groups = {}
     for r in runs:
-        title, key = experiment(r)
-        groups.setdefault(key, {"title": title, "runs": []})["runs"].append(r)
+        name, key = experiment(r)
+        label = r["config"]["label"]
+        study = STUDY.get(name) if label == "scenario" else None
+        groups.setdefault(key, {"name": name, "title": f"{name} [{label}]", "study": study, "runs": []})
+        groups[key]["runs"].append(r)
     return list(groups.values())
 
 
-def mean_std(xs):
-    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+def accuracies(g):
+    return [100 * r["test_accuracy"] for r in g["runs"]]
 
 
 def table(groups):
-    lines = ["| experiment | seeds | test loss | test accuracy | macro-F1 | trainable parameters | s/epoch | encoder |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Table 1: per experiment, test accuracy over seeds with its 95% t-interval, beside the study's number."""
+    lines = ["| experiment | seeds | test accuracy (mean ± std) | 95% interval (t, over seeds) | macro-F1 | test loss | "
+             "trainable parameters | s/epoch | encoder | study (bert-base) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
-        rs = g["runs"]
-        acc, acc_sd = mean_std([100 * r["test_accuracy"] for r in rs])
-        loss, _ = mean_std([r["test_loss"] for r in rs])
-        f1, _ = mean_std([100 * r.get("test_macro_f1", float("nan")) for r in rs])
+        rs, accs = g["runs"], accuracies(g)
+        mean, low, high = t_interval(accs)
+        sd = f" ± {np.std(accs, ddof=1):.2f}" if len(rs) > 1 else ""
+        interval = f"{low:.2f} - {high:.2f}" if len(rs) > 1 else "(single run)"
+        f1 = np.mean([100 * r["test_macro_f1"] for r in rs])
+        loss = np.mean([r["test_loss"] for r in rs])
         env = rs[0]["environment"]
-        spread = f" ± {acc_sd:.2f}" if len(rs) > 1 else ""
         secs = np.mean([r["seconds_per_epoch"] for r in rs])
-        encoder = os.path.basename(os.path.normpath(rs[0]["config"]["model"] or "all-MiniLM-L6-v2"))
-        lines.append(f"| {g['title']} | {len(rs)} | {loss:.4f} | {acc:.2f}{spread}% | {f1:.2f}% | "
-                     f"{env['parameters_trainable']:,} ({env['trainable_percent']:.2f}%) | {secs:.1f} | {encoder} |")
+        study = f"{g['study']:.2f}%" if g["study"] is not None else ""
+        lines.append(f"| {g['title']} | {len(rs)} | {mean:.2f}{sd}% | {interval} | {f1:.2f}% | {loss:.4f} | "
+                     f"{env['parameters_trainable']:,} ({env['trainable_percent']:.2f}%) | {secs:.1f} | "
+                     f"{encoder_name(rs[0])} | {study} |")
+    return "\n".join(lines)
+
+
+def context(r):
+    """What a strategy and its baseline must share to be compared."""
+    c = r["config"]
+    return c["label"], c["model"], c["epochs"], c.get("fast", True)
+
+
+def comparisons(groups, n_boot=10_000):
+    """Each experiment against the baseline of its context, paired on seeds and test utterances.
+
+    Returns rows {"title", "baseline", "seeds", "delta", "low", "high", "p", "p_holm", "p_t"}, differences in
+    accuracy points; p_holm adjusts the bootstrap p-values for the number of comparisons against each baseline.
+    """
+    baselines = {context(g["runs"][0]): g for g in groups if g["runs"][0]["task"] == "baseline"}
+    rows = []
+    for g in groups:
+        base = baselines.get(context(g["runs"][0]))
+        if base is None or base is g:
+            continue
+        by_seed = {r["config"]["seed"]: r for r in base["runs"]}
+        pairs = [(by_seed[r["config"]["seed"]], r) for r in g["runs"] if r["config"]["seed"] in by_seed]
+        if not pairs or any("test_predictions" not in r for pair in pairs for r in pair):
+            continue
+
+        def correct(r):
+            return np.array(r["test_predictions"]) == np.array(r["test_labels"])
+
+        boot = paired_bootstrap([correct(a) for a, _ in pairs], [correct(b) for _, b in pairs], n_boot=n_boot)
+        diffs = [100 * (b["test_accuracy"] - a["test_accuracy"]) for a, b in pairs]
+        rows.append({"title": g["title"], "baseline": base["title"], "seeds": len(pairs), "delta": 100 * boot["delta"],
+                     "low": 100 * boot["low"], "high": 100 * boot["high"], "p": boot["p"], "p_t": paired_t(diffs)})
+    for base in {r["baseline"] for r in rows}:
+        mine = [r for r in rows if r["baseline"] == base]
+        for r, p in zip(mine, holm([r["p"] for r in mine])):
+            r["p_holm"] = p
+    return rows
+
+
+def comparison_table(rows):
+    lines = ["| experiment | vs | paired seeds | difference (points) | 95% interval (bootstrap over utterances) | "
+             "p (bootstrap) | p (Holm) | p (paired t over seeds) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p_t = f"{r['p_t']:.3f}" if r["p_t"] is not None else "(one seed)"
+        lines.append(f"| {r['title']} | {r['baseline']} | {r['seeds']} | {r['delta']:+.2f} | "
+                     f"{r['low']:+.2f} to {r['high']:+.2f} | {r['p']:.4f} | {r['p_holm']:.4f} | {p_t} |")
     return "\n".join(lines)
 
 
@@ -125,16 +194,27 @@ def plot_run(r, path):
 
 
 def plot_comparison(groups, path):
-    titles = [g["title"] for g in groups]
-    stats = [mean_std([100 * r["test_accuracy"] for r in g["runs"]]) for g in groups]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups)), 4.5))
-    ax.bar(range(len(groups)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="tab:blue")
-    for i, (m, _) in enumerate(stats):
-        ax.text(i, m + 0.3, f"{m:.2f}", ha="center", fontsize=8)
-    lo = min(m for m, _ in stats)
-    ax.set_ylim(max(0, lo - 5), 100)
-    ax.set_xticks(range(len(groups)), titles, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="test accuracy (%)", title="Test accuracy per experiment (error bars: std over seeds)")
+    """Mean test accuracy per experiment with its 95% t-interval; single runs without bars; the study as markers."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups)), 4.8))
+    lows = []
+    for i, g in enumerate(groups):
+        mean, low, high = t_interval(accuracies(g))
+        single = len(g["runs"]) == 1
+        ax.bar(i, mean, color="tab:gray" if single else "tab:blue",
+               yerr=None if single else [[mean - low], [high - mean]], capsize=4)
+        ax.text(i, (mean if single else high) + 0.3, f"{mean:.2f}" + ("\n(1 run)" if single else ""), ha="center",
+                fontsize=7)
+        lows.append(low)
+        if g["study"] is not None:
+            ax.plot(i, g["study"], "D", color="tab:red", label="study (bert-base)" if "study" not in
+                    ax.get_legend_handles_labels()[1] else None)
+            lows.append(g["study"])
+    ax.set_ylim(max(0, min(lows) - 3), 100)
+    ax.set_xticks(range(len(groups)), [g["title"] for g in groups], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test accuracy (%)",
+           title="Test accuracy per experiment (bars: mean, error bars: 95% t-interval over seeds)")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -190,6 +270,9 @@ def main(argv=None):
     groups = group_runs(runs)
     plot_comparison(groups, os.path.join(args.out_dir, "comparison.png"))
     md = table(groups)
+    rows = comparisons(groups)
+    if rows:
+        md += "\n\nPaired against the baseline on the same seeds and test utterances:\n\n" + comparison_table(rows)
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(md + "\n")
     print(md)

@@ -99,7 +99,7 @@ def plan(args, passthrough):
                 with contextlib.redirect_stderr(err):
                     cfg = parse_args(argv)
             except SystemExit:
-                why = err.getvalue().strip().splitlines()[-1].removeprefix("study.py: ").removeprefix("main.py: ")
+                why = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
                 raise StudyError(f"{name}: {why}") from None
             runs.append((name, seed, argv, cfg))
     names = [cfg.run_name for *_, cfg in runs]
@@ -167,7 +167,8 @@ def run_grid(todo, args):
     from tqdm import tqdm
 
     check_address(args.address)
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+    # "local": a fresh instance of our own, never another study's local one
+    ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
     task = ray.remote(run_one).options(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
                                        max_retries=args.retries, retry_exceptions=True)
@@ -207,6 +208,7 @@ def main(argv=None):
         for _, _, run_argv, _ in runs:
             print(shlex.join(["python", "main.py", *run_argv]))
         return 0
+    check_address(args.address)
     data_sha = file_sha256(args.data) if args.data else None
     todo = [(a, cfg) for _, _, a, cfg in runs if status(cfg, data_sha) == "todo"]
     print(f"study: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)

@@ -1,0 +1,98 @@
+"""study.py: a small grid on a local Ray instance, skipping, failures, --list and bad input."""
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import main
+import study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def grid(tiny_model, data_file, tmp_path):
+    """study.py arguments for a 2 x 2 grid of 1-epoch runs with the tiny encoder, everything under tmp_path."""
+    return ["--experiments", "baseline,lora-r4", "--seeds", "1,2", "--data", data_file, "--logs", str(tmp_path / "logs"),
+            "--report-dir", str(tmp_path / "plots"), "--cpus-per-run", "1", "--retries", "0",
+            "--model", tiny_model, "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--out-dir", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "checkpoints")]
+
+
+def run_study(args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "study.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_grid_runs_then_skips_and_reports(grid, tmp_path):
+    first = run_study(grid)
+    assert first.returncode == 0, first.stderr[-2000:]
+    results = sorted(os.listdir(tmp_path / "results"))
+    assert len(results) == 4 and {r.split("-s")[-1] for r in results} == {"1.json", "2.json"}
+    for name in results:
+        r = json.load(open(tmp_path / "results" / name))
+        assert r["config"]["epochs"] == 1 and str(tmp_path) not in json.dumps(r)  # no machine paths
+        assert r["environment"]["data"]["file"] == "en-US.jsonl" and len(r["environment"]["data"]["sha256"]) == 64
+    assert len(os.listdir(tmp_path / "logs")) >= 4
+    table = (tmp_path / "plots" / "table.md").read_text()
+    assert "LoRA r=4, 1 epoch [scenario] | 2 |" in table and "paired seeds" in table
+
+    again = run_study(grid)
+    assert again.returncode == 0
+    assert "4 already done, 0 to run" in again.stderr
+
+
+def test_changed_settings_under_an_existing_name_are_refused(grid, run_args, tmp_path):
+    main.main([*run_args, "--seed", "1", "--epochs", "1"])  # the grid's baseline seed 1, run by hand
+    (before,) = os.listdir(tmp_path / "results")
+    kept = (tmp_path / "results" / before).read_bytes()
+    same = run_study([*grid, "--experiments", "baseline", "--seeds", "1", "--no-report"])
+    assert same.returncode == 0 and "1 already done, 0 to run" in same.stderr
+    clash = run_study([*grid, "--experiments", "baseline", "--seeds", "1", "--weight-decay", "0.1"])
+    assert clash.returncode != 0 and "exists with other settings" in clash.stderr
+    assert (tmp_path / "results" / before).read_bytes() == kept
+
+
+def test_a_failing_run_is_named_and_the_exit_is_non_zero(grid, tmp_path):
+    res = run_study([*grid, "--experiments", "baseline", "--seeds", "1", "--no-report",
+                     "--model", str(tmp_path / "no-such-encoder")])
+    assert res.returncode == 1
+    assert "FAILED baseline-scenario-no-such-encoder-" in res.stderr and ".log" in res.stderr
+    assert not os.path.exists(tmp_path / "results")
+
+
+def test_list_prints_commands_that_run(grid, tmp_path):
+    res = run_study([*grid, "--list"])
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0 and len(lines) == 4 and all(line.startswith("python main.py --task ") for line in lines)
+    assert not os.path.exists(tmp_path / "logs")  # listing runs nothing
+    ran = subprocess.run(lines[0], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert len(os.listdir(tmp_path / "results")) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--experiments", "baseline,bogus"], "unknown experiment bogus"),
+    (["--seeds", "42,x"], "--seeds '42,x' does not parse"),
+    (["--seeds", "1,1"], "distinct"),
+    (["--data", "/no/such/file.jsonl"], "data file not found"),
+    (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+    (["--lora-rank", "4"], "baseline: --lora-rank applies only to --task lora"),
+])
+def test_bad_input_is_one_line_before_any_run(grid, tmp_path, extra, message):
+    res = run_study([*grid, *extra])
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: ")
+    assert message in res.stderr
+    assert not os.path.exists(tmp_path / "results")
+
+
+def test_a_run_held_by_another_study_is_not_run_twice(tmp_path):
+    lock = tmp_path / "run.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert study.run_one(["--epochs", "1"], str(tmp_path / "run.log"), str(lock), str(tmp_path / "last.pt")) == "busy"
+    assert not os.path.exists(tmp_path / "run.log")
