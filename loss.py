@@ -2,13 +2,16 @@
 import torch
 
 
-def supcon_loss(features, labels=None, temperature=0.07):
+def supcon_loss(features, labels=None, temperature=0.07, anchors=None):
     """Supervised contrastive loss, L_out of Khosla et al. 2020 (eq. 2); SimCLR/NT-Xent when labels is None.
 
     features: (B, V, D), L2-normalised, V views of each of B examples (V >= 2 without labels).
     labels:   (B,) integer class ids, or None: then an anchor's only positives are
               the other views of its own example (SimCLR, Chen et al. 2020).
-    Returns a scalar: for each of the B*V anchors i with positives P(i),
+    anchors:  a slice of the B examples whose views are the anchors (default: all);
+              every view of every example is a candidate. Data-parallel training
+              passes its own examples' slice of the batch gathered from all processes.
+    Returns a scalar: for each of the anchors i with positives P(i),
         -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) ),
     averaged over anchors that have at least one positive (with V >= 2 every
     anchor does; with V = 1 a class seen once has none, and contributes nothing
@@ -21,16 +24,19 @@ def supcon_loss(features, labels=None, temperature=0.07):
         raise ValueError("without labels the loss needs at least 2 views per example")
     device = features.device
     if labels is None:
-        same = torch.eye(b, dtype=torch.bool, device=device)
-    else:
-        if labels.shape != (b,):
-            raise ValueError(f"labels must be ({b},), got {tuple(labels.shape)}")
-        same = labels.to(device)[:, None] == labels.to(device)[None, :]  # (B, B)
+        labels = torch.arange(b, device=device)  # each example its own class
+    elif labels.shape != (b,):
+        raise ValueError(f"labels must be ({b},), got {tuple(labels.shape)}")
+    idx = torch.arange(b, device=device)[anchors if anchors is not None else slice(None)]
+    if len(idx) == 0:
+        raise ValueError("anchors selects no example")
     z = features.transpose(0, 1).reshape(v * b, -1)  # (VB, D): view-major, row k is example k % B
-    logits = z @ z.T / temperature  # (VB, VB)
+    rows = (torch.arange(v, device=device)[:, None] * b + idx[None, :]).reshape(-1)  # (VA,) the anchors' rows of z
+    logits = z[rows] @ z.T / temperature  # (VA, VB)
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # stability; cancels in the ratio
-    self_mask = torch.eye(v * b, dtype=torch.bool, device=device)
-    positives = same.repeat(v, v) & ~self_mask
+    self_mask = rows[:, None] == torch.arange(v * b, device=device)[None, :]
+    example_labels = labels.to(device).repeat(v)  # (VB,) label of each row of z
+    positives = (example_labels[rows][:, None] == example_labels[None, :]) & ~self_mask
     logits = logits.masked_fill(self_mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     n_pos = positives.sum(1)

@@ -77,3 +77,17 @@ def test_gradient_pulls_positives_together():
 def test_bad_shapes(shape, labels):
     with pytest.raises(ValueError):
         supcon_loss(torch.zeros(shape), labels)
+
+
+@pytest.mark.parametrize("labels", [None, torch.tensor([0, 1, 0, 2, 1, 0])])
+def test_anchor_slices_split_the_loss_and_its_gradient(labels):
+    # what data-parallel processes compute: each its own examples as anchors against every candidate
+    f = feats().requires_grad_()
+    full = supcon_loss(f, labels, 0.1)
+    (g_full,) = torch.autograd.grad(full, f)
+    halves = [supcon_loss(f, labels, 0.1, anchors=slice(0, 3)), supcon_loss(f, labels, 0.1, anchors=slice(3, 6))]
+    (g_halves,) = torch.autograd.grad(sum(halves) / 2, f)
+    assert (sum(halves) / 2).item() == pytest.approx(full.item(), rel=1e-12)
+    assert torch.allclose(g_halves, g_full, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="no example"):
+        supcon_loss(f, labels, 0.1, anchors=slice(6, 6))
