@@ -6,6 +6,10 @@ epochs, learning rate). baseline, custom and lora have one cross-entropy phase
 simclr first train with the contrastive loss on two dropout views, then drop
 the projection head and fine-tune with cross-entropy.
 
+The same loop runs data-parallel under torchrun or accelerate launch (one
+process per GPU, or CPU processes over gloo): accelerate splits each global
+batch of --batch-size over the processes and wraps each phase's model in DDP.
+
     python main.py --task baseline --data ../shared/data/massive/en-US.jsonl
     python main.py --task predict --checkpoint checkpoints/<run name> "wake me up at seven"
 """
@@ -19,7 +23,11 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, gather_object
 from tqdm import tqdm
 
 from arguments import parse_args, recorded_config
@@ -43,10 +51,25 @@ def ce_step(model, batch, cfg):
 def contrastive_step(model, batch, cfg):
     """SupCon (supcon) or SimCLR (simclr) on two dropout views: the batch goes through twice in one pass."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    z = model.embed(ids.repeat(2, 1), mask.repeat(2, 1)).float()  # (2B, H), views differ only by dropout
+    z = model(ids.repeat(2, 1), mask.repeat(2, 1), project=True).float()  # (2B, H), views differ only by dropout
     features = torch.stack(z.chunk(2), dim=1)  # (B, 2, H)
     labels = batch["labels"] if cfg.task == "supcon" else None
-    return supcon_loss(features, labels, cfg.temperature), None
+    anchors = None
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        # this process's examples are anchors against the candidates of all processes. The gather must carry
+        # gradient: its backward sums every process's gradient into the features they came from (a plain
+        # all_gather with the local tensor put back would give 1/N of it).
+        # Gathered as (B, 2H) rows: the gradient that reaches the gather is then contiguous. The gather's backward
+        # on gloo scatters into empty_like(gradient), which keeps a transposed gradient's strides, and the
+        # scatter fills it as if it were contiguous (found by tests/test_distributed.py).
+        b, rank = features.shape[0], dist.get_rank()
+        features = torch.cat(dist_nn.all_gather(features.flatten(1))).view(-1, *features.shape[1:])  # (N*B, 2, H)
+        if labels is not None:
+            gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, labels)
+            labels = torch.cat(gathered)
+        anchors = slice(rank * b, (rank + 1) * b)
+    return supcon_loss(features, labels, cfg.temperature, anchors), None
 
 
 def phases(cfg):
@@ -74,8 +97,14 @@ def use_bf16(device):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, amp):
-    """Loss, accuracy, macro-F1 and predictions (in the split's original order) on an evaluation loader."""
+def evaluate(model, loader, device, amp, accel=None):
+    """Loss, accuracy, macro-F1 and predictions (in the split's original order) on an evaluation loader.
+
+    With several processes (accel: the Accelerator of a data-parallel run), each
+    evaluates its share of every batch and all of them get every prediction
+    exactly once (gather_for_metrics drops the samples repeated to even out the
+    last batch).
+    """
     was_training = model.training
     model.eval()
     loss, preds = torch.zeros((), device=device), []
@@ -83,6 +112,9 @@ def evaluate(model, loader, device, amp):
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(batch["input_ids"], batch["attention_mask"]).float()
+            if accel is not None and accel.num_processes > 1:
+                logits, labels = accel.gather_for_metrics((logits, batch["labels"]))
+                batch = {"labels": labels}
             loss += F.cross_entropy(logits, batch["labels"], reduction="sum")
             preds.append(logits.argmax(-1))
     model.train(was_training)
@@ -98,11 +130,14 @@ def evaluate(model, loader, device, amp):
             "predictions": out}
 
 
-def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, desc):
-    """One pass over the training loader; returns mean loss and accuracy (None for contrastive steps)."""
+def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, desc, show=True):
+    """One pass over the training loader; returns mean loss and accuracy (None for contrastive steps).
+
+    Under data parallelism they cover the batches of all processes.
+    """
     model.train()
     total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None)
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True)
     for i, batch in enumerate(bar):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, amp):
@@ -118,27 +153,32 @@ def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, des
         seen += n
         if i % 50 == 0:  # reading the loss forces a device sync, so not every step
             bar.set_postfix(loss=f"{loss.item():.4f}")
+    if dist.is_initialized() and dist.get_world_size() > 1:  # the epoch's numbers over all processes
+        totals = torch.stack([total_loss, correct.float(), torch.tensor(float(seen), device=device)])
+        dist.all_reduce(totals)
+        total_loss, correct, seen = totals[0], totals[1], totals[2].item()
     acc = correct.item() / seen if n_correct is not None else None
     return total_loss.item() / seen, acc
 
 
-def rng_state(loader):
+def rng_state(generator):
+    """This process's random states; generator: the training sampler's, which orders each epoch."""
     # dropout on a GPU draws from the CUDA generators, not the CPU one
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(), "numpy": np.random.get_state(),
-            "loader": loader.generator.get_state()}
+            "loader": generator.get_state()}
 
 
-def set_rng_state(state, loader):
+def set_rng_state(state, generator):
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():  # absent in runs saved before it was kept, or on a CPU
         torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    loader.generator.set_state(state["loader"])
+    generator.set_state(state["loader"])
 
 
-def load_resume_state(cfg):
+def load_resume_state(cfg, world):
     path = os.path.join(cfg.run_dir, "last.pt")
     if not os.path.isfile(path):
         raise UserError(f"--resume: nothing to resume in {cfg.run_dir} (no last.pt: the run finished or never started)")
@@ -148,17 +188,46 @@ def load_resume_state(cfg):
         raise UserError(f"--resume: {path} is unreadable ({type(e).__name__}); delete it to start over") from None
     if state.get("config") != vars(cfg) | {"resume": state["config"]["resume"]}:
         raise UserError(f"--resume: {path} was written with other settings")
+    if isinstance(state["rng"], dict):  # a last.pt from before data-parallel training: one process
+        state["rng"], state["world_size"] = [state["rng"]], 1
+    if state["world_size"] != world:
+        raise UserError(f"--resume: {path} was written by {state['world_size']} process(es), this run has {world}; "
+                        f"resume with {state['world_size']} (the batches and random streams depend on it)")
     log.info("resuming %s after %s epoch %d", cfg.run_name, state["phase"], state["epoch"])
     return state
 
 
+def start_processes():
+    """The Accelerator of this run: one process, or one of several launched by torchrun / accelerate launch.
+
+    Without a GPU it is told so (cpu=True): otherwise accelerate treats a CPU
+    launch of several processes as one process, and each would train alone.
+    """
+    accel = Accelerator(cpu=not torch.cuda.is_available(),
+                      dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if not accel.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)  # one process speaks for the run
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    backend = dist.get_backend() if dist.is_initialized() else None
+    if launched != accel.num_processes:
+        log.warning("LAUNCHED AS %d PROCESSES BUT RUNNING AS %d: each process would train alone", launched,
+                    accel.num_processes)
+    log.info("world size %d (%s), this is process %d, device %s", accel.num_processes, backend or "no process group",
+             accel.process_index, accel.device)
+    return accel, backend
+
+
 def train(cfg):
     set_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    accel, backend = start_processes()
+    device, world = accel.device, accel.num_processes
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must split evenly over {world} "
+                        "processes")
     amp = cfg.fast and use_bf16(device)
     if cfg.fast:
         fast_process_settings(device)
-    resume = load_resume_state(cfg) if cfg.resume else None
+    resume = load_resume_state(cfg, world) if cfg.resume else None
 
     try:
         tokenizer = load_tokenizer(cfg.model)
@@ -176,22 +245,29 @@ def train(cfg):
     model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
     model.to(device)
     total, trainable = count_parameters(model)
+    if world > 1:  # the same initial weights everywhere (DDP broadcasts them), but each process its own dropout
+        torch.manual_seed(cfg.seed + accel.process_index)
 
     def loader(split, train):
         bs = cfg.batch_size if train else EVAL_BATCH
         return make_loader(features[split], tokenizer, bs, train, cfg.seed, cfg.fast, cfg.max_length)
 
     train_loader, val_loader, test_loader = loader("train", True), loader("validation", False), loader("test", False)
-    log.info("run %s: %d train / %d val / %d test examples, %d classes, batch %d, %d steps per epoch, device %s, "
-             "bf16 autocast %s, fp32 matmul precision %s", cfg.run_name, len(train_loader.dataset),
-             len(features["validation"]["labels"]), len(features["test"]["labels"]), len(labels), cfg.batch_size,
-             len(train_loader), device, amp, torch.get_float32_matmul_precision())
+    generator = train_loader.generator  # orders each epoch; a resumed run restores it
+    if world > 1:  # accelerate splits each batch of the plain sampler's order over the processes: no second sharding
+        train_loader, val_loader, test_loader = (accel.prepare_data_loader(x) for x in (train_loader, val_loader,
+                                                                                       test_loader))
+    log.info("run %s: %d train / %d val / %d test examples, %d classes, global batch %d (%d per process), %d steps "
+             "per epoch, device %s, bf16 autocast %s, fp32 matmul precision %s", cfg.run_name,
+             len(train_loader.dataset), len(features["validation"]["labels"]), len(features["test"]["labels"]),
+             len(labels), cfg.batch_size, cfg.batch_size // world, len(train_loader), device, amp,
+             torch.get_float32_matmul_precision())
     log.info("parameters: %d total, %d trainable (%.2f%%)", total, trainable, 100 * trainable / total)
 
     if resume:
         before, history, best = resume["before"], resume["history"], resume["best"]
     else:
-        before, history, best = evaluate(model, test_loader, device, amp), [], {"val_accuracy": -1.0}
+        before, history, best = evaluate(model, test_loader, device, amp, accel), [], {"val_accuracy": -1.0}
         log.info("before training: test loss %.4f, test accuracy %.4f", before["loss"], before["accuracy"])
 
     for phase_index, (phase, step, epochs, lr, frozen) in enumerate(phases(cfg)):
@@ -199,8 +275,10 @@ def train(cfg):
             continue
         if phase == "classify" and net.projection is not None:
             net.projection = None  # the projection head serves only the contrastive phase
-        named = [(n, p) for n, p in model.named_parameters() if frozen not in n.split(".")]
-        groups = build_param_groups(named, lr, cfg.weight_decay, cfg.llrd, n_layers)
+        resting = getattr(net, frozen, None)  # the module this phase does not train
+        if resting is not None:  # out of the optimizer, and out of DDP's gradient bookkeeping
+            resting.requires_grad_(False)
+        groups = build_param_groups(list(model.named_parameters()), lr, cfg.weight_decay, cfg.llrd, n_layers)
         total_steps = epochs * len(train_loader)
         optimizer, scheduler = build_optimizer(groups, cfg.eps, cfg.fast, total_steps, cfg.warmup_ratio)
         first_epoch = 1
@@ -208,17 +286,20 @@ def train(cfg):
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-            set_rng_state(resume["rng"], train_loader)
+            set_rng_state(resume["rng"][accel.process_index], generator)
             first_epoch = resume["epoch"] + 1
+        # each phase wraps only what it trains, so DDP never waits for gradients of an idle module
+        trained = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
         for epoch in range(first_epoch, epochs + 1):
             t0 = time.perf_counter()
-            train_loss, train_acc = train_epoch(model, train_loader, optimizer, scheduler, step, cfg, device, amp,
-                                                f"{phase} {epoch}/{epochs}")
+            train_loss, train_acc = train_epoch(trained, train_loader, optimizer, scheduler, step, cfg, device, amp,
+                                                f"{phase} {epoch}/{epochs}", show=accel.is_main_process)
             seconds = time.perf_counter() - t0
             row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                    "lr": scheduler.get_last_lr()[0], "seconds": seconds}
             if phase == "classify":
-                val = evaluate(model, val_loader, device, amp)
+                val = evaluate(model, val_loader, device, amp, accel)
                 row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
                 if val["accuracy"] > best["val_accuracy"]:
                     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -229,15 +310,20 @@ def train(cfg):
                      f", val loss {row['val_loss']:.4f}, val acc {row['val_accuracy']:.4f}" if "val_loss" in row else "",
                      seconds)
             if cfg.save:  # everything an interrupted run needs to continue exactly as if it never stopped
+                rngs = gather_object([rng_state(generator)])  # every process's, in process order
                 state = {"config": vars(cfg), "phase_index": phase_index, "phase": phase, "epoch": epoch,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rng_state(train_loader), "history": history,
+                         "scheduler": scheduler.state_dict(), "rng": rngs, "world_size": world, "history": history,
                          "best": best, "before": before}
-                atomic_write(os.path.join(cfg.run_dir, "last.pt"), lambda f: torch.save(state, f))
+                if accel.is_main_process:
+                    atomic_write(os.path.join(cfg.run_dir, "last.pt"), lambda f: torch.save(state, f))
+        del trained  # a DDP wrapper left alive would keep reducing gradients in the next phase
+        if resting is not None:
+            resting.requires_grad_(True)
 
-    test = evaluate(model, test_loader, device, amp)
+    test = evaluate(model, test_loader, device, amp, accel)
     model.load_state_dict(best["state"])
-    best_test = evaluate(model, test_loader, device, amp)
+    best_test = evaluate(model, test_loader, device, amp, accel)
     log.info("test: loss %.4f, accuracy %.4f, macro-F1 %.4f (final); accuracy %.4f at the best validation epoch %d",
              test["loss"], test["accuracy"], test["macro_f1"], best_test["accuracy"], best["epoch"])
 
@@ -247,6 +333,7 @@ def train(cfg):
         "task": cfg.task,
         "config": recorded_config(cfg),
         "environment": {**environment(device), "encoder": encoder, "data": describe_data(cfg.data), "bf16": amp,
+                        "world_size": world, "backend": backend,
                         "parameters_total": total, "parameters_trainable": trainable,
                         "trainable_percent": 100 * trainable / total},
         "labels": labels,
@@ -267,6 +354,8 @@ def train(cfg):
         "test_predictions": test["predictions"],
         "test_labels": features["test"]["labels"],
     }
+    if not accel.is_main_process:
+        return results
     if cfg.save:  # the best-validation model, which is what the model now holds
         meta = {"run_name": cfg.run_name, "labels": labels, "config": results["config"], "best_epoch": best["epoch"],
                 "best_test_accuracy": best_test["accuracy"], "max_length": cfg.max_length}

@@ -62,12 +62,13 @@ class Classifier(nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         return self.dropout(out.last_hidden_state[:, 0])  # (B, H)
 
-    def forward(self, input_ids, attention_mask):
-        return self.head(self.cls(input_ids, attention_mask))  # (B, C)
+    def forward(self, input_ids, attention_mask, project=False):
+        """Class logits (B, C); with project, the L2-normalised projections of [CLS] for the contrastive loss (B, H).
 
-    def embed(self, input_ids, attention_mask):
-        """L2-normalised projections of [CLS] for the contrastive loss: (B, H)."""
-        return F.normalize(self.projection(self.cls(input_ids, attention_mask)), dim=-1)
+        Both go through forward so that a data-parallel wrapper sees every pass.
+        """
+        x = self.cls(input_ids, attention_mask)
+        return F.normalize(self.projection(x), dim=-1) if project else self.head(x)
 
 
 def load_encoder(path, attention=None):

@@ -15,7 +15,7 @@ def test_shapes(net):
     ids = torch.randint(1000, 2000, (3, 7))
     mask = torch.ones_like(ids)
     assert net(ids, mask).shape == (3, 5)
-    z = net.embed(ids, mask)
+    z = net(ids, mask, project=True)
     assert z.shape == (3, 32)
     assert torch.allclose(z.norm(dim=-1), torch.ones(3))
     assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [256, 5]
