@@ -8,7 +8,8 @@ import argparse
 import dataclasses
 import os
 
-TASKS = ("baseline", "custom", "supcon", "simclr", "lora", "predict")
+TASKS = ("baseline", "custom", "supcon", "simclr", "lora", "predict", "export", "serve")
+USE_TASKS = ("predict", "export", "serve")  # tasks that use a trained checkpoint instead of training
 
 # The study's settings; lora's lr is ours (adapters want a larger step, as in PEFT's examples).
 TASK_DEFAULTS = {
@@ -18,14 +19,18 @@ TASK_DEFAULTS = {
     "simclr": dict(lr=5e-5, dropout=0.2, batch_size=32, temperature=0.1, contrastive_epochs=10, contrastive_lr=1e-4),
     "lora": dict(lr=3e-4, dropout=0.1, batch_size=16, lora_rank=8),
     "predict": dict(lr=0.0, dropout=0.0, batch_size=128),  # batch: utterances per forward pass
+    "export": dict(lr=0.0, dropout=0.0, batch_size=128),
+    "serve": dict(lr=0.0, dropout=0.0, batch_size=64),  # batch: most utterances per dynamically batched pass
 }
 COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
                        lora_rank=None, lora_targets="query-value")
 # Flags that only mean something for some tasks; elsewhere they are an error, not silently ignored.
 TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon", "simclr"),
              "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
-             "lora_targets": ("lora",), "checkpoint": ("predict",), "input": ("predict",), "top_k": ("predict",),
-             "format": ("predict",), "texts": ("predict",)}
+             "lora_targets": ("lora",), "checkpoint": USE_TASKS, "input": ("predict",), "top_k": ("predict",),
+             "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
+             "min_confidence": ("predict", "serve"), "host": ("serve",), "port": ("serve",),
+             "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",), "threads": ("serve",)}
 
 
 @dataclasses.dataclass
@@ -61,6 +66,14 @@ class Config:
     input: str | None
     top_k: int | None
     format: str | None
+    backend: str | None
+    min_confidence: float | None
+    host: str | None
+    port: int | None
+    max_wait_ms: float | None
+    max_inputs: int | None
+    max_queue: int | None
+    threads: int | None
     run_name: str = ""
 
     @property
@@ -74,7 +87,8 @@ class Config:
 
 # Where a run reads and writes, not what it computes: results and checkpoints do not record these.
 IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
-           "format", "run_name")
+           "format", "backend", "min_confidence", "host", "port", "max_wait_ms", "max_inputs", "max_queue", "threads",
+           "run_name")
 
 
 def recorded_config(cfg):
@@ -124,9 +138,19 @@ def build_parser():
                    help="save the best-validation model and a per-epoch resume state under --checkpoint-dir")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="runs are saved in CHECKPOINT_DIR/<run name>/")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
-    g = p.add_argument_group("prediction (--task predict)")
+    g = p.add_argument_group("using a trained model (--task predict, export, serve)")
     g.add_argument("texts", nargs="*", default=None, help="utterances to classify")
     g.add_argument("--checkpoint", help="a run's checkpoint folder (CHECKPOINT_DIR/<run name>)")
+    g.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"),
+                   help="what runs the model (default torch; onnx backends need --task export first)")
+    g.add_argument("--min-confidence", type=float, help="abstain (no label) below this calibrated probability")
+    g.add_argument("--host", help="serve: address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=int, help="serve: port (default 8000)")
+    g.add_argument("--max-wait-ms", type=float,
+                   help="serve: longest a request waits for others to share its forward pass (default 5)")
+    g.add_argument("--max-inputs", type=int, help="serve: most utterances in one request (default 256)")
+    g.add_argument("--max-queue", type=int, help="serve: most utterances waiting before requests get 503 (default 4096)")
+    g.add_argument("--threads", type=int, help="serve: the model's intra-op threads (default: one per core)")
     g.add_argument("--input", help="file with one utterance per line ('-' for standard input)")
     g.add_argument("--top-k", type=int, help="labels shown per utterance (default 3)")
     g.add_argument("--format", choices=("text", "jsonl"), help="output format (default text)")
@@ -167,11 +191,17 @@ def parse_args(argv=None):
         if not ok:
             parser.error(msg)
 
-    if cfg.task == "predict":
-        check(cfg.checkpoint, "--task predict needs --checkpoint DIR")
+    if cfg.task in USE_TASKS:
+        check(cfg.checkpoint, f"--task {cfg.task} needs --checkpoint DIR")
         check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
-        cfg.top_k, cfg.format = cfg.top_k or 3, cfg.format or "text"
+        cfg.top_k, cfg.format, cfg.backend = cfg.top_k or 3, cfg.format or "text", cfg.backend or "torch"
+        cfg.host, cfg.port, cfg.max_wait_ms = cfg.host or "127.0.0.1", cfg.port or 8000, cfg.max_wait_ms or 5.0
+        cfg.max_inputs, cfg.max_queue = cfg.max_inputs or 256, cfg.max_queue or 4096
         check(cfg.top_k >= 1, "--top-k must be at least 1")
+        check(cfg.min_confidence is None or 0 <= cfg.min_confidence <= 1, "--min-confidence must be in [0, 1]")
+        check(0 < cfg.port < 65536 and cfg.max_wait_ms >= 0 and cfg.max_inputs >= 1 and cfg.max_queue >= 1
+              and (cfg.threads is None or cfg.threads >= 1) and cfg.batch_size >= 1,
+              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads and --batch-size must be positive")
         return cfg
 
     check(cfg.epochs >= 1, "--epochs must be at least 1")

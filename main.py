@@ -28,15 +28,18 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object
+from scipy.special import softmax
 from tqdm import tqdm
 
-from arguments import parse_args, recorded_config
+from arguments import IO_KEYS, parse_args, recorded_config
 from dataloader import UserError, atomic_write, describe_data, load_features, make_loader
+from inference import Predictor
 from loss import supcon_loss
-from model import (apply_lora, build_model, count_parameters, load_checkpoint, load_tokenizer, model_name,
-                   resolve_model, save_checkpoint, weights_sha256)
+from model import (apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model,
+                   save_checkpoint, weights_sha256)
+from stats import ece, fit_temperature, nll
 from utils import (build_optimizer, build_param_groups, cpu_attention, environment, fast_process_settings, macro_f1,
-                   set_seed, setup_logging, use_tf32, write_json)
+                   set_seed, setup_logging, write_json)
 
 log = logging.getLogger("main")
 EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of cache and run slower
@@ -107,7 +110,7 @@ def evaluate(model, loader, device, amp, accel=None):
     """
     was_training = model.training
     model.eval()
-    loss, preds = torch.zeros((), device=device), []
+    loss, preds, all_logits = torch.zeros((), device=device), [], []
     with autocast(device, amp):
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -117,6 +120,7 @@ def evaluate(model, loader, device, amp, accel=None):
                 batch = {"labels": labels}
             loss += F.cross_entropy(logits, batch["labels"], reduction="sum")
             preds.append(logits.argmax(-1))
+            all_logits.append(logits.cpu())
     model.train(was_training)
     order = loader.dataset.indices  # evaluation loaders may sort rows by length
     sorted_preds = torch.cat(preds).tolist()
@@ -126,8 +130,10 @@ def evaluate(model, loader, device, amp, accel=None):
     labels = loader.dataset.dataset.labels
     n_classes = logits.shape[-1]
     acc = sum(p == y for p, y in zip(out, labels)) / len(labels)
+    ordered_logits = torch.empty(len(order), n_classes)
+    ordered_logits[torch.tensor(order)] = torch.cat(all_logits)
     return {"loss": loss.item() / len(labels), "accuracy": acc, "macro_f1": macro_f1(out, labels, n_classes),
-            "predictions": out}
+            "predictions": out, "logits": ordered_logits.numpy()}
 
 
 def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, desc, show=True):
@@ -186,7 +192,8 @@ def load_resume_state(cfg, world):
         state = torch.load(path, weights_only=False)
     except Exception as e:
         raise UserError(f"--resume: {path} is unreadable ({type(e).__name__}); delete it to start over") from None
-    if state.get("config") != vars(cfg) | {"resume": state["config"]["resume"]}:
+    settings = [k for k in vars(cfg) if k not in IO_KEYS]  # what the run computes, not where it reads and writes
+    if {k: state["config"].get(k) for k in settings} != {k: getattr(cfg, k) for k in settings}:
         raise UserError(f"--resume: {path} was written with other settings")
     if isinstance(state["rng"], dict):  # a last.pt from before data-parallel training: one process
         state["rng"], state["world_size"] = [state["rng"]], 1
@@ -324,6 +331,21 @@ def train(cfg):
     test = evaluate(model, test_loader, device, amp, accel)
     model.load_state_dict(best["state"])
     best_test = evaluate(model, test_loader, device, amp, accel)
+    # temperature scaling of the saved (best) model, fitted on validation only
+    temperature = fit_temperature(evaluate(model, val_loader, device, amp, accel)["logits"],
+                                  features["validation"]["labels"])
+    y_test = features["test"]["labels"]
+    raw, scaled = softmax(best_test["logits"], axis=1), softmax(best_test["logits"] / temperature, axis=1)
+    calibration = {"temperature": temperature, "test_nll": nll(best_test["logits"], y_test),
+                   "test_nll_calibrated": nll(best_test["logits"], y_test, temperature),
+                   "test_ece": ece(raw, y_test), "test_ece_calibrated": ece(scaled, y_test),
+                   # per test utterance, for reliability diagrams: the best model's top probability, and if it was right
+                   "test_confidence": raw.max(1).round(5).tolist(),
+                   "test_confidence_calibrated": scaled.max(1).round(5).tolist(),
+                   "test_correct": (raw.argmax(1) == np.array(y_test)).tolist()}
+    log.info("calibration: temperature %.3f; test NLL %.4f -> %.4f, ECE %.4f -> %.4f", temperature,
+             calibration["test_nll"], calibration["test_nll_calibrated"], calibration["test_ece"],
+             calibration["test_ece_calibrated"])
     log.info("test: loss %.4f, accuracy %.4f, macro-F1 %.4f (final); accuracy %.4f at the best validation epoch %d",
              test["loss"], test["accuracy"], test["macro_f1"], best_test["accuracy"], best["epoch"])
 
@@ -351,6 +373,7 @@ def train(cfg):
         "best_test_loss": best_test["loss"],
         "best_test_accuracy": best_test["accuracy"],
         "best_test_macro_f1": best_test["macro_f1"],
+        "calibration": calibration,
         "test_predictions": test["predictions"],
         "test_labels": features["test"]["labels"],
     }
@@ -358,7 +381,8 @@ def train(cfg):
         return results
     if cfg.save:  # the best-validation model, which is what the model now holds
         meta = {"run_name": cfg.run_name, "labels": labels, "config": results["config"], "best_epoch": best["epoch"],
-                "best_test_accuracy": best_test["accuracy"], "max_length": cfg.max_length}
+                "best_test_accuracy": best_test["accuracy"], "max_length": cfg.max_length,
+                "temperature": temperature}
         save_checkpoint(model, tokenizer, meta, os.path.join(cfg.run_dir, "best"))
         os.remove(os.path.join(cfg.run_dir, "last.pt"))  # finished: nothing left to resume
         log.info("saved the best-validation model (epoch %d) in %s", best["epoch"], os.path.join(cfg.run_dir, "best"))
@@ -381,56 +405,32 @@ def read_utterances(cfg):
     return sys.stdin.read().splitlines()
 
 
-@torch.inference_mode()
-def classify(model, tokenizer, texts, max_length, batch_size, device):
-    """Class probabilities (N, C) for raw utterances: tokenized here, batched by length, truncated from the left.
-
-    For inference alone the model may hold bf16 weights (see predict), which is
-    faster on CPU than autocast over fp32 weights.
-    """
-    tokenizer.truncation_side = "left"  # as in training
-    ids = tokenizer([t.strip() for t in texts], truncation=True, max_length=max_length)["input_ids"]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
-    parts = []
-    for start in range(0, len(order), batch_size):
-        batch = tokenizer.pad({"input_ids": [ids[i] for i in order[start:start + batch_size]]}, return_tensors="pt")
-        batch = batch.to(device)
-        parts.append(model(batch["input_ids"], batch["attention_mask"]).float().softmax(-1).cpu())
-    return torch.cat(parts)[torch.tensor(order).argsort()]  # back to input order
-
-
 def predict(cfg):
-    """Top-k labels with probabilities for each utterance, from a saved checkpoint; returns the records."""
-    path = cfg.checkpoint
-    if os.path.isdir(os.path.join(path, "best")):  # a run folder rather than its best/ model
-        path = os.path.join(path, "best")
-    if not os.path.isdir(path):
-        raise UserError(f"checkpoint folder not found: {cfg.checkpoint}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        use_tf32()
-    try:
-        model, tokenizer, meta = load_checkpoint(path, cpu_attention(device, fast=True), base_model=cfg.model)
-    except (ValueError, OSError, KeyError) as e:
-        raise UserError(f"cannot load checkpoint {cfg.checkpoint}: {str(e).splitlines()[0]}") from None
-    model.to(device, torch.bfloat16 if use_bf16(device) else torch.float32)
+    """Top-k labels with calibrated probabilities for each utterance, from a saved checkpoint; returns the records."""
+    predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model)
     texts = read_utterances(cfg)
-    probs = classify(model, tokenizer, texts, meta["max_length"], cfg.batch_size, device)
-    labels, k = meta["labels"], min(cfg.top_k, len(meta["labels"]))
     records = []
-    for text, p in zip(texts, probs):
-        top = [] if not text.strip() else [(labels[j], float(p[j])) for j in p.topk(k).indices.tolist()]
-        records.append({"text": text, "predictions": [{"label": y, "probability": round(q, 4)} for y, q in top]})
+    for text, top in zip(texts, predictor.top_k(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size)):
+        records.append({"text": text, "predictions": [{"label": t["label"], "probability": t["score"]} for t in top]})
         if cfg.format == "jsonl":
             print(json.dumps(records[-1], ensure_ascii=False))
         else:
-            print("\t".join([text] + [f"{y} {q:.3f}" for y, q in top] if top else [text, "(empty)"]))
+            cells = [f"{t['label']} {t['score']:.3f}" for t in top] or ["(empty)" if not text.strip() else "(abstain)"]
+            print("\t".join([text] + cells))
     return records
 
 
 def main(argv=None):
     cfg = parse_args(argv)
     setup_logging()
+    if cfg.task == "export":
+        from export import export  # onnx and onnxruntime only where they are used
+
+        return export(cfg)
+    if cfg.task == "serve":
+        from serve import serve
+
+        return serve(cfg)
     return predict(cfg) if cfg.task == "predict" else train(cfg)
 
 

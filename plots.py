@@ -7,7 +7,8 @@ simclr); one comparison of test accuracy across experiments (runs that differ
 only by seed are grouped: mean and 95% t-interval, the study's numbers as
 markers); the study's Table 1 and the paired comparisons against the baseline
 as markdown (printed and saved in table.md); and for one run (--run, default
-the most accurate) a confusion matrix and per-class precision, recall and F1.
+the most accurate) a confusion matrix, per-class precision, recall and F1, and
+a reliability diagram before and after temperature scaling.
 """
 import argparse
 import json
@@ -220,6 +221,34 @@ def plot_comparison(groups, path):
     plt.close(fig)
 
 
+def plot_reliability(r, path, bins=15):
+    """Reliability diagram of the saved (best) model on test: accuracy per confidence bin, before and after
+    temperature scaling, with the ECE of each."""
+    cal = r["calibration"]
+    correct = np.array(cal["test_correct"], dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
+    for key, ece_key, style, name in (("test_confidence", "test_ece", "o-", "raw"),
+                                      ("test_confidence_calibrated", "test_ece_calibrated", "s-",
+                                       f"T = {cal['temperature']:.2f}")):
+        conf = np.array(cal[key])
+        which = np.minimum((conf * bins).astype(int), bins - 1)
+        xs, ys = [], []
+        for b in range(bins):
+            if (which == b).any():
+                xs.append(conf[which == b].mean())
+                ys.append(correct[which == b].mean())
+        ax.plot(xs, ys, style, label=f"{name} (ECE {100 * cal[ece_key]:.2f}%)")
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"{experiment(r)[0]}: test reliability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def per_class(r):
     """Confusion matrix (rows: true, columns: predicted) and per-class precision, recall, F1, support."""
     labels, gold, pred = r["labels"], np.array(r["test_labels"]), np.array(r["test_predictions"])
@@ -296,6 +325,8 @@ def main(argv=None):
         print(f"\nper-class scores of {r['run_name']}:\n" + "\n".join(rows))
     else:
         print(f"{r['run_name']} has no test predictions: no confusion matrix", file=sys.stderr)
+    if "calibration" in r:
+        plot_reliability(r, os.path.join(args.out_dir, f"{r['run_name']}-reliability.png"))
     print(f"\nwrote {len(runs)} run figures, comparison.png and table.md to {args.out_dir}/")
     return 1 if problems else 0
 

@@ -1,4 +1,4 @@
-"""Statistics for comparing runs: intervals over seeds, paired tests over the same test utterances.
+"""Statistics: intervals over seeds, paired tests over the same test utterances, and calibration.
 
 Two sources of noise separate two strategies' test accuracies: which test
 utterances happen to be in the split (about +-1 point at 92% on 2,974), and
@@ -7,6 +7,8 @@ the first, pairing the two strategies on every utterance within each seed;
 `paired_t` tests the per-seed differences.
 """
 import numpy as np
+from scipy import optimize
+from scipy import special
 from scipy import stats as sps
 
 
@@ -65,3 +67,35 @@ def holm(pvalues):
         running = max(running, min(1.0, (len(p) - rank) * p[i]))
         adjusted[i] = running
     return adjusted.tolist()
+
+
+def nll(logits, labels, temperature=1.0):
+    """Mean negative log-likelihood of the true labels under softmax(logits / temperature); logits (N, C)."""
+    logp = special.log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits, labels):
+    """The T > 0 that minimises nll(logits, labels, T) on held-out data (temperature scaling, Guo et al. 2017).
+
+    It rescales confidence only: the argmax, so accuracy, is unchanged.
+    """
+    res = optimize.minimize_scalar(lambda log_t: nll(logits, labels, np.exp(log_t)), bounds=(-5, 5),
+                                   method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(res.x))
+
+
+def ece(probs, labels, bins=15):
+    """Expected calibration error: sum over equal-width confidence bins of |accuracy - mean confidence| x share.
+
+    probs: (N, C) probabilities; labels: (N,) class ids.
+    """
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    which = np.minimum((conf * bins).astype(int), bins - 1)  # bin i holds confidences in [i/bins, (i+1)/bins)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(total)

@@ -124,7 +124,14 @@ def status(cfg, data_sha):
 
 
 def die_with_parent():
-    """In the child: get SIGINT when the Ray worker that started it dies, so a cancelled run stops cleanly."""
+    """In the child: get SIGINT when the Ray worker that started it dies, so a cancelled run stops cleanly.
+
+    SIGINT is made deliverable first: a process started in the background
+    inherits it ignored (and a Ray worker's children blocked), and main.py
+    stops cleanly on it (KeyboardInterrupt: no file is left half-written).
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, signal.SIGINT)
 
@@ -201,6 +208,10 @@ def run_grid(todo, args):
     return outcome
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args, passthrough = build_parser().parse_known_args(argv)
     runs = plan(args, passthrough)
@@ -231,6 +242,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Ctrl-C, kill -INT or a scheduler's SIGTERM stop the study cleanly, also when it was started in the
+    # background (which starts it with SIGINT ignored)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         sys.exit(main())
     except StudyError as e:

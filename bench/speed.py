@@ -13,7 +13,6 @@ peak. Exits non-zero if any path fails.
     python bench/speed.py --data ... --model bert-base-uncased --random-init   # bert-base shapes, no weights needed
 """
 import argparse
-import copy
 import logging
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -29,10 +29,11 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModel, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from arguments import parse_args  # noqa: E402
+from arguments import parse_args, recorded_config  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
-from main import EVAL_BATCH, ce_step, classify, evaluate, train_epoch, use_bf16  # noqa: E402
-from model import Classifier, build_model, load_tokenizer, resolve_model  # noqa: E402
+from inference import Predictor  # noqa: E402
+from main import EVAL_BATCH, ce_step, evaluate, train_epoch, use_bf16  # noqa: E402
+from model import Classifier, build_model, load_tokenizer, resolve_model, save_checkpoint  # noqa: E402
 from utils import (build_optimizer, build_param_groups, cpu_attention, fast_process_settings,  # noqa: E402
                    keep_freed_memory, set_seed, setup_logging, use_tf32, write_json)
 
@@ -240,12 +241,15 @@ def main():
         print(f"evaluation ({label}): {e['utterances']} utterances, {e['utterances_per_second']:.0f} utterances/s "
               f"(tokenization included; mean of {len(e['seconds'])} passes after a warm-up pass at "
               f"{e['warm_up_utterances_per_second']:.0f}/s)")
-    # inference as `main.py --task predict` runs it: raw text in, bf16 weights where the hardware has bf16
-    infer = copy.deepcopy(model).eval().to(torch.bfloat16 if bf16 else torch.float32)
-    classify(infer, tok, texts, cfg.max_length, EVAL_BATCH, device)  # warm-up
-    t = time.perf_counter()
-    classify(infer, tok, texts, cfg.max_length, EVAL_BATCH, device)
-    sec = time.perf_counter() - t
+    # inference as `main.py --task predict` runs it: a saved checkpoint through inference.Predictor, raw text in
+    with tempfile.TemporaryDirectory() as ckpt:
+        meta = {"run_name": "bench", "labels": labels, "config": recorded_config(cfg), "max_length": cfg.max_length}
+        save_checkpoint(model, tok, meta, ckpt)
+        predictor = Predictor(ckpt)
+        predictor.logits(texts, EVAL_BATCH)  # warm-up
+        t = time.perf_counter()
+        predictor.logits(texts, EVAL_BATCH)
+        sec = time.perf_counter() - t
     evals["predict"] = {"utterances_per_second": len(texts) / sec, "seconds": sec}
     print(f"inference (predict path, {'bf16' if bf16 else 'fp32'} weights): {len(texts)} utterances in {sec:.2f}s = "
           f"{len(texts) / sec:.0f} utterances/s (tokenization included)")

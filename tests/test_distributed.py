@@ -110,3 +110,7 @@ def test_distributed_resume_refuses_another_world_size(run_args, tmp_path, monke
     assert cli.load_resume_state(cfg, world=1)["world_size"] == 1
     with pytest.raises(UserError, match=r"written by 1 process\(es\), this run has 2; resume with 1"):
         cli.load_resume_state(cfg, world=2)
+    # what the run computes must match; where it writes may change
+    with pytest.raises(UserError, match="written with other settings"):
+        cli.load_resume_state(parse_args([*args, "--resume", "--weight-decay", "0.1"]), world=1)
+    assert cli.load_resume_state(parse_args([*args, "--resume", "--out-dir", str(tmp_path / "elsewhere")]), world=1)

@@ -6,8 +6,8 @@ import pytest
 import plots
 
 
-def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), **config):
-    cfg = {"label": "scenario", "model": None, "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
+def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), **config):
+    cfg = {"label": "scenario", "model": None, "seed": seed, "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
     history = [{"phase": ph, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": None if ph != "classify" else 0.5 + 0.1 * e,
@@ -18,7 +18,7 @@ def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), 
            "environment": {"parameters_trainable": 100, "parameters_total": 400, "trainable_percent": 25.0},
            "history": history, "seconds_per_epoch": 2.0, "test_loss": 0.5, "test_accuracy": acc,
            "test_macro_f1": acc - 0.1, "labels": ["a", "b", "c"], "test_labels": [0, 0, 1, 2, 2],
-           "test_predictions": [0, 1, 1, 2, 2]}
+           "test_predictions": list(predictions)}
     path = tmp_path / f"{run['run_name']}.json"
     path.write_text(json.dumps(run))
     return str(path)
@@ -27,15 +27,20 @@ def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), 
 def test_figures_and_table(tmp_path, capsys):
     files = [fake_run(tmp_path, seed=42, acc=0.90), fake_run(tmp_path, seed=43, acc=0.92),
              fake_run(tmp_path, task="supcon", acc=0.95, phases=("contrastive", "classify")),
-             fake_run(tmp_path, task="lora", acc=0.89)]
+             fake_run(tmp_path, task="lora", acc=0.89, predictions=(0, 0, 1, 2, 2))]
     out = tmp_path / "plots"
     assert plots.main([*files, "--out-dir", str(out)]) == 0
     assert {"baseline-x-s42.png", "baseline-x-s43.png", "supcon-x-s42.png", "comparison.png", "table.md",
             "supcon-x-s42-confusion.png", "supcon-x-s42-per-class.md"} <= set(os.listdir(out))
     table = (out / "table.md").read_text()
-    assert "| baseline [scenario] | 2 | 0.5000 | 91.00 ± 1.41% | 81.00% | 100 (25.00%) | 2.0 |" in table
-    assert "| SupCon (t=0.1) [scenario] | 1 | 0.5000 | 95.00% |" in table
-    assert "| LoRA r=8 [scenario] | 1 | 0.5000 | 89.00% |" in table
+    # mean 91, sd 1.414, n 2: t(0.975, 1) = 12.706 -> 78.29 to 103.71; the study's baseline is 90.45
+    assert ("| baseline [scenario] | 2 | 91.00 ± 1.41% | 78.29 - 103.71 | 81.00% | 0.5000 | 100 (25.00%) | 2.0 | "
+            "all-MiniLM-L6-v2 | 90.45% |") in table
+    assert "| SupCon (t=0.1) [scenario] | 1 | 95.00% | (single run) |" in table
+    assert "| LoRA r=8 [scenario] | 1 | 89.00% | (single run) |" in table
+    # LoRA seed 42 pairs with baseline seed 42 on the same utterances: it gets utterance 1 right, which the
+    # baseline got wrong (1 of 5 = +20 points)
+    assert "| LoRA r=8 [scenario] | baseline [scenario] | 1 | +20.00 | +0.00 to +60.00 |" in table
     printed = capsys.readouterr().out
     assert table.strip() in printed and str(out) in printed
 
@@ -51,9 +56,9 @@ def test_per_class_scores(tmp_path):
 def test_custom_variants_are_named(tmp_path):
     names = {plots.experiment(json.loads(open(fake_run(tmp_path, task="custom", llrd=l, warmup_ratio=w)).read()))[0]
              for l, w in ((0.8, 0.1), (0.8, 0.0), (1.0, 0.1))}
-    assert names == {"LLRD + warmup [scenario]", "LLRD only [scenario]", "warmup only [scenario]"}
+    assert names == {"LLRD + warmup", "LLRD only", "warmup only"}
     slow = json.loads(open(fake_run(tmp_path, epochs=1, fast=False)).read())
-    assert plots.experiment(slow)[0] == "baseline, 1 epoch, study's way [scenario]"
+    assert plots.experiment(slow)[0] == "baseline, 1 epoch, study's way"
 
 
 def test_bad_files_are_named_and_others_still_plotted(tmp_path, capsys):

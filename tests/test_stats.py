@@ -53,3 +53,25 @@ def test_paired_bootstrap_is_paired():
 def test_paired_bootstrap_rejects_unpaired_shapes():
     with pytest.raises(ValueError, match="same shape"):
         paired_bootstrap(np.ones((2, 10)), np.ones((3, 10)))
+
+
+def test_nll_and_ece_by_hand():
+    from stats import ece, nll
+
+    # two classes, logits (0, ln 3): p = (1/4, 3/4); label 1 -> -ln(3/4) = 0.287682
+    assert nll([[0.0, np.log(3)]], [1]) == pytest.approx(0.287682, abs=1e-6)
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right): bin [0.867, 0.933) has acc 0.5, conf 0.9, share 2/3;
+    # bin [0.6, 0.667) acc 1, conf 0.6, share 1/3 -> 2/3 * 0.4 + 1/3 * 0.4 = 0.4
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    assert ece(probs, [0, 1, 1]) == pytest.approx(0.4)
+
+
+def test_fit_temperature_recovers_an_overconfident_scale():
+    from stats import fit_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(20000, 5)) * 2
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    labels = (p.cumsum(1) > rng.random((20000, 1))).argmax(1)  # drawn from softmax(z): calibrated at T = 1
+    assert fit_temperature(3 * z, labels) == pytest.approx(3.0, rel=0.05)  # logits 3x too sharp
+    assert fit_temperature(z, labels) == pytest.approx(1.0, rel=0.05)

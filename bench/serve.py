@@ -1,0 +1,115 @@
+"""Load test of `main.py --task serve` on localhost: requests/s and latency at several concurrencies.
+
+    python bench/serve.py --checkpoint checkpoints/<run name> --data ../shared/data/massive/en-US.jsonl
+
+Starts the server (a subprocess on 127.0.0.1), waits for /health, then for
+each concurrency sends a fixed number of one-utterance requests (test split
+utterances) from that many client threads, with dynamic batching on and off
+(--batch-size 1: every request its own forward pass). Reports requests/s,
+p50/p99 latency and errors, stops the server, and writes
+results/bench/serve-<backend>.json. Only local addresses are used.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from dataloader import read_jsonl  # noqa: E402
+from inference import checkpoint_folder  # noqa: E402
+from utils import write_json  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, batching):
+    port = free_port()
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint", args.checkpoint,
+           "--backend", args.backend, "--port", str(port), "--threads", str(args.threads)]
+    if not batching:
+        cmd += ["--batch-size", "1", "--max-wait-ms", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: the server exited: {proc.stderr.read().strip().splitlines()[-1]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("error: the server did not become healthy within 120 s")
+
+
+def load(url, texts, concurrency, n_requests):
+    """n_requests one-utterance POSTs from `concurrency` threads; latencies in ms and the error count."""
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=concurrency))
+
+    def one(i):
+        t = time.perf_counter()
+        try:
+            ok = client.post(f"{url}/predict", json={"inputs": texts[i % len(texts)]}).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        return (time.perf_counter() - t) * 1000, ok
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(n_requests)))
+    wall = time.perf_counter() - t0
+    client.close()
+    ms = np.array([r[0] for r in results])
+    return {"concurrency": concurrency, "requests": n_requests, "requests_per_second": n_requests / wall,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "errors": sum(not r[1] for r in results)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="MASSIVE release file: its test utterances are the requests")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--requests", type=int, default=300, help="requests per concurrency level")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="the server's model threads")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
+    rows = []
+    for batching in (True, False):
+        proc, url = start_server(args, batching)
+        try:
+            load(url, texts, 4, 40)  # warm-up
+            for c in (int(x) for x in args.concurrency.split(",")):
+                row = {"batching": batching, **load(url, texts, c, args.requests)}
+                rows.append(row)
+                print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: {row['requests_per_second']:7.1f} "
+                      f"req/s, p50 {row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}.json")
+    with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
+        run = json.load(f)["run_name"]
+    write_json(out, {"run": run, "backend": args.backend, "threads": args.threads, "cpus": os.cpu_count(), "rows": rows})
+    print(f"wrote {out}")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

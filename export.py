@@ -1,0 +1,112 @@
+"""Export a checkpoint to ONNX (fp32 and dynamically quantized int8), behind an accuracy gate.
+
+    python main.py --task export --checkpoint checkpoints/<run name> --data ../shared/data/massive/en-US.jsonl
+
+Writes model.onnx and model.int8.onnx (dynamic batch and sequence axes) and
+export.json (the gate's numbers) into the checkpoint's best/ folder. LoRA
+adapters are merged into the encoder first. The int8 model is ONNX Runtime's
+BERT graph optimization followed by dynamic per-channel int8 quantization of
+the weights. Both must keep test accuracy within GATE_DROP points of torch and
+agree with torch's top-1 on at least GATE_AGREEMENT of the test utterances;
+otherwise nothing is put in place and the exit is non-zero.
+"""
+import logging
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from dataloader import UserError, read_hub, read_jsonl
+from inference import Predictor, checkpoint_folder
+from model import load_checkpoint
+from utils import write_json
+
+log = logging.getLogger("export")
+GATE_DROP = 0.3  # accuracy points
+GATE_AGREEMENT = 0.985
+
+
+class Logits(torch.nn.Module):
+    """The classifier as ONNX sees it: (input_ids, attention_mask) -> logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask)
+
+
+def to_onnx(path, model_dir, base_model):
+    """fp32 ONNX from fp32 weights with eager attention (its graph keeps both axes dynamic)."""
+    model, tokenizer, meta = load_checkpoint(model_dir, attention="eager", base_model=base_model)
+    if meta["config"]["task"] == "lora":
+        model = model.merge_and_unload()  # plain linear layers: one graph, no adapter branches
+    model = Logits(model.float().eval())
+    # batch 2 and length 8 with padding, so that neither axis is traced as a constant
+    dummy = tokenizer(["wake me up at seven please", "hi"], padding=True, return_tensors="pt")
+    axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}, "logits": {0: "batch"}}
+    torch.onnx.export(model, (dummy["input_ids"], dummy["attention_mask"]), path, input_names=list(axes)[:2],
+                      output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    return model.model
+
+
+def to_int8(fp32_path, path, encoder_config):
+    """ORT's BERT fusions, then dynamic int8 quantization with one scale per output channel."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    fused = path + ".fused.onnx"
+    optimizer.optimize_model(fp32_path, model_type="bert", num_heads=encoder_config.num_attention_heads,
+                             hidden_size=encoder_config.hidden_size).save_model_to_file(fused)
+    # the fused graph has ORT's own operators, whose outputs shape inference cannot type: they are float
+    quantize_dynamic(fused, path, per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    os.remove(fused)
+
+
+def export(cfg):
+    path = checkpoint_folder(cfg.checkpoint)
+    torch_predictor = Predictor(path, "torch", base_model=cfg.model)
+    torch_predictor.model.float()  # the reference is fp32, as exported
+    label = torch_predictor.meta["config"]["label"]
+    test = (read_jsonl(cfg.data, label) if cfg.data else read_hub(label))["test"]
+    index = {y: i for i, y in enumerate(torch_predictor.labels)}
+    texts, gold = [t for t, _ in test], np.array([index[y] for _, y in test])
+
+    staging = os.path.join(path, ".export")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        model = to_onnx(os.path.join(staging, "model.onnx"), path, cfg.model)
+        config = (model.encoder if hasattr(model, "encoder") else model.base_model.encoder).config
+        to_int8(os.path.join(staging, "model.onnx"), os.path.join(staging, "model.int8.onnx"), config)
+        reference = torch_predictor.logits(texts, cfg.batch_size).argmax(1)
+        report = {"test_utterances": len(texts), "torch_accuracy": float((reference == gold).mean()),
+                  "gate": {"max_drop_points": GATE_DROP, "min_agreement": GATE_AGREEMENT}}
+        failed = []
+        for backend, name in (("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
+            onnx_file = os.path.join(staging, name)
+            pred = Predictor(path, backend, onnx_file=onnx_file).logits(texts, cfg.batch_size).argmax(1)
+            row = {"accuracy": float((pred == gold).mean()), "agreement": float((pred == reference).mean()),
+                   "megabytes": os.path.getsize(onnx_file) / 2**20}
+            row["passed"] = (100 * (report["torch_accuracy"] - row["accuracy"]) <= GATE_DROP
+                             and row["agreement"] >= GATE_AGREEMENT)
+            report[backend] = row
+            log.info("%s: test accuracy %.4f (torch %.4f), top-1 agreement with torch %.4f, %.1f MB: %s", backend,
+                     row["accuracy"], report["torch_accuracy"], row["agreement"], row["megabytes"],
+                     "passed" if row["passed"] else "FAILED")
+            if not row["passed"]:
+                failed.append(backend)
+        write_json(os.path.join(path, "export.json"), report)  # the numbers, whether or not the gate passed
+        if failed:
+            raise UserError(f"export failed the accuracy gate ({', '.join(failed)}): see {path}/export.json; "
+                            "nothing was put in place")
+        for name in ("model.onnx", "model.int8.onnx"):
+            os.replace(os.path.join(staging, name), os.path.join(path, name))
+        log.info("wrote %s and %s", os.path.join(path, "model.onnx"), os.path.join(path, "model.int8.onnx"))
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

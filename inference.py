@@ -1,0 +1,123 @@
+"""Inference from a saved checkpoint: utterances -> calibrated class probabilities, on torch or ONNX Runtime.
+
+`predict`, `export` and `serve` (main.py) all go through `Predictor`. The
+probabilities are softmax(logits / T) with the temperature T fitted on the
+validation split after training (stored in meta.json; 1 for checkpoints
+saved before calibration existed).
+
+    from inference import Predictor
+    p = Predictor("checkpoints/<run name>")                    # or backend="onnx" / "onnx-int8" after export
+    p.top_k(["wake me up at seven"], k=3)                      # [[{"label": "alarm", "score": 0.98}, ...]]
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+from dataloader import UserError
+
+BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def checkpoint_folder(path):
+    """A run folder (CHECKPOINT_DIR/<run name>) or its best/ model; UserError when neither holds a checkpoint."""
+    if os.path.isdir(os.path.join(path, "best")):
+        path = os.path.join(path, "best")
+    if not os.path.isdir(path):
+        raise UserError(f"checkpoint folder not found: {path}")
+    return path
+
+
+class Predictor:
+    """A checkpoint ready to classify: labels, temperature, max length and one backend.
+
+    threads: intra-op threads of the backend (None: the library's default), so
+    that a server and its model do not oversubscribe the cores. onnx_file: an
+    ONNX model to use instead of the checkpoint's (export checks one before
+    putting it in place).
+    """
+
+    def __init__(self, checkpoint, backend="torch", base_model=None, threads=None, onnx_file=None):
+        from model import load_checkpoint
+        from transformers import AutoTokenizer
+
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        self.path = checkpoint_folder(checkpoint)
+        self.backend = backend
+        if backend == "torch":
+            from main import use_bf16
+            from utils import cpu_attention, use_tf32
+
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            if self.device.type == "cuda":
+                use_tf32()
+            if threads:
+                torch.set_num_threads(threads)
+            try:
+                self.model, self.tokenizer, self.meta = load_checkpoint(self.path, cpu_attention(self.device, True),
+                                                                        base_model=base_model)
+            except (ValueError, OSError, KeyError) as e:
+                raise UserError(f"cannot load checkpoint {checkpoint}: {str(e).splitlines()[0]}") from None
+            # bf16 weights where the CPU does bf16 natively: faster than autocast over fp32 weights
+            self.model.to(self.device, torch.bfloat16 if use_bf16(self.device) else torch.float32)
+        else:
+            import onnxruntime as ort
+
+            onnx_path = onnx_file or os.path.join(self.path, BACKENDS[backend])
+            if not os.path.isfile(onnx_path):
+                raise UserError(f"{onnx_path} not found: run --task export --checkpoint {checkpoint} first")
+            with open(os.path.join(self.path, "meta.json")) as f:
+                self.meta = json.load(f)
+            self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(self.path, "tokenizer"))
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        self.tokenizer.truncation_side = "left"  # as in training
+        self.labels = self.meta["labels"]
+        self.max_length = self.meta["max_length"]
+        self.temperature = self.meta.get("temperature", 1.0)
+        self.name = self.meta["run_name"]
+
+    def _forward(self, ids, mask):
+        """Logits (B, C) as float32 numpy for one padded batch."""
+        if self.backend == "torch":
+            with torch.inference_mode():
+                out = self.model(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+            return out.float().cpu().numpy()
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+    def logits(self, texts, batch_size=128):
+        """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""
+        ids = self.tokenizer([t.strip() for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
+        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
+            out[rows] = self._forward(batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64))
+        return out
+
+    def probabilities(self, texts, batch_size=128):
+        """Calibrated probabilities (N, C): softmax(logits / temperature)."""
+        z = self.logits(texts, batch_size) / self.temperature
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def top_k(self, texts, k=3, min_confidence=None, batch_size=128):
+        """For each utterance its k most probable labels as [{"label", "score"}], best first (see rank)."""
+        return self.rank(texts, self.probabilities(texts, batch_size), k, min_confidence)
+
+    def rank(self, texts, probs, k=3, min_confidence=None):
+        """The k best labels of each row of probs; [] for an empty utterance, or below min_confidence (abstain)."""
+        k = min(k, len(self.labels))
+        out = []
+        for text, p in zip(texts, probs):
+            best = np.argsort(-p, kind="stable")[:k]
+            if not text.strip() or (min_confidence is not None and p[best[0]] < min_confidence):
+                out.append([])
+            else:
+                out.append([{"label": self.labels[j], "score": round(float(p[j]), 4)} for j in best])
+        return out

@@ -1,0 +1,172 @@
+"""HTTP serving with dynamic batching: POST /predict, GET /health, GET /info (FastAPI + uvicorn).
+
+    python main.py --task serve --checkpoint checkpoints/<run name> [--port 8000] [--backend torch|onnx|onnx-int8]
+
+    curl -s localhost:8000/predict -d '{"inputs": ["wake me up at seven", "play jazz"], "top_k": 2}'
+
+Requests that arrive together share one forward pass: a pass takes what is
+queued, up to --batch-size utterances or --max-wait-ms after its first
+request. One thread runs the model (with --threads intra-op threads), the
+event loop only parses, queues and answers, so the two never compete for
+the same cores. Errors are answers, never a crash: 422 for a malformed or
+empty request, 413 above --max-inputs utterances, 503 while the model loads or
+when more than --max-queue utterances wait.
+"""
+import asyncio
+import concurrent.futures
+import logging
+import os
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
+
+from dataloader import UserError
+from inference import BACKENDS, Predictor, checkpoint_folder
+
+log = logging.getLogger("serve")
+
+
+class PredictRequest(BaseModel):
+    inputs: str | list[str]
+    top_k: int = Field(3, ge=1)
+    min_confidence: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("inputs")
+    @classmethod
+    def not_empty(cls, v):
+        if v == [] or v == "":
+            raise ValueError("inputs must hold at least one non-empty utterance")
+        return v
+
+
+class Overloaded(Exception):
+    pass
+
+
+class Batcher:
+    """Collects the utterances of concurrent requests into forward passes of at most max_batch utterances."""
+
+    def __init__(self, predictor, max_batch, max_wait_ms, max_queue):
+        self.predictor, self.max_batch, self.max_wait, self.max_queue = predictor, max_batch, max_wait_ms / 1000, max_queue
+        self.queue, self.waiting, self.passes = asyncio.Queue(), 0, 0
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def probabilities(self, texts):
+        """Calibrated probabilities (len(texts), C), computed in a shared pass; Overloaded when the queue is full."""
+        if self.waiting + len(texts) > self.max_queue:
+            raise Overloaded
+        future = asyncio.get_running_loop().create_future()
+        self.waiting += len(texts)
+        self.queue.put_nowait((texts, future))
+        return await future
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            n, deadline = len(items[0][0]), loop.time() + self.max_wait
+            while n < self.max_batch and (timeout := deadline - loop.time()) > 0:
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except asyncio.TimeoutError:
+                    break
+                n += len(items[-1][0])
+            texts = [t for batch, _ in items for t in batch]
+            try:
+                probs = await loop.run_in_executor(self.executor, self.predictor.probabilities, texts)
+            except Exception as e:  # answered as 503 to each waiting request, never a crash
+                log.exception("forward pass failed")
+                for _, future in items:
+                    future.set_exception(e)
+            else:
+                start = 0
+                for batch, future in items:
+                    future.set_result(probs[start:start + len(batch)])
+                    start += len(batch)
+            self.waiting -= n
+            self.passes += 1
+
+
+def create_app(load, max_batch=64, max_wait_ms=5.0, max_inputs=256, max_queue=4096):
+    """The app; load() returns the Predictor and runs in a thread at startup, while /health answers 503."""
+    state = {}
+
+    async def start(app):
+        loop = asyncio.get_running_loop()
+
+        async def load_then_serve():
+            try:
+                predictor = await loop.run_in_executor(None, load)
+            except Exception as e:  # /health says why, with 503
+                state["error"] = str(e).splitlines()[0]
+                log.error("could not load the model: %s", state["error"])
+                return
+            state["batcher"] = Batcher(predictor, max_batch, max_wait_ms, max_queue)
+            state["predictor"] = predictor
+            log.info("serving %s (%s backend)", predictor.name, predictor.backend)
+            await state["batcher"].run()
+
+        task = asyncio.create_task(load_then_serve())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="MASSIVE intent classifier", lifespan=start)
+
+    def not_ready():
+        if "error" in state:
+            return JSONResponse({"detail": f"the model could not be loaded: {state['error']}"}, status_code=503)
+        return JSONResponse({"detail": "the model is loading"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"} if "predictor" in state else not_ready()
+
+    @app.get("/info")
+    def info():
+        if "predictor" not in state:
+            return not_ready()
+        p = state["predictor"]
+        return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
+                "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
+                "max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+
+    @app.post("/predict")
+    async def predict(req: PredictRequest):
+        if "predictor" not in state:
+            return not_ready()
+        texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+        if len(texts) > max_inputs:
+            return JSONResponse({"detail": f"{len(texts)} inputs; at most {max_inputs} per request"}, status_code=413)
+        try:
+            probs = await state["batcher"].probabilities(texts)
+        except Overloaded:
+            return JSONResponse({"detail": "too many utterances waiting; retry shortly"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        except Exception as e:
+            return JSONResponse({"detail": f"the model failed: {type(e).__name__}"}, status_code=503)
+        ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
+        return ranked[0] if isinstance(req.inputs, str) else ranked
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # an answer, not a dropped connection
+        log.exception("unexpected error")
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=503)
+
+    app.state.serving = state
+    return app
+
+
+def serve(cfg):
+    import uvicorn
+
+    folder = checkpoint_folder(cfg.checkpoint)  # bad paths fail here, in one line, before the server starts
+    if cfg.backend != "torch" and not os.path.isfile(os.path.join(folder, BACKENDS[cfg.backend])):
+        raise UserError(f"no {BACKENDS[cfg.backend]} in {folder}: run --task export --checkpoint {cfg.checkpoint}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's own threads would compete too
+    threads = cfg.threads or os.cpu_count()
+    app = create_app(lambda: Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, threads=threads),
+                     cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue)
+    log.info("listening on http://%s:%d (model threads %d, batches up to %d utterances or %g ms)", cfg.host,
+             cfg.port, threads, cfg.batch_size, cfg.max_wait_ms)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -1,0 +1,153 @@
+"""Inference, export and serving with a checkpoint of the tiny model trained on the toy set."""
+import concurrent.futures
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import main as cli
+from arguments import parse_args
+from dataloader import UserError
+from inference import Predictor
+from serve import create_app
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model):
+    """A confident checkpoint: the tiny model fitted to the toy set (so int8 keeps its top-1)."""
+    from conftest import write_massive
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = write_massive(tmp / "en-US.jsonl")
+    args = ["--model", tiny_model, "--data", str(data), "--epochs", "15", "--lr", "3e-3", "--batch-size", "4",
+            "--cache-dir", str(tmp / "cache"), "--out-dir", str(tmp / "results"), "--checkpoint-dir", str(tmp / "ck")]
+    results = cli.main(args)
+    return parse_args(args).run_dir, str(data), results
+
+
+def test_calibration_is_fitted_on_validation_and_stored(trained):
+    run_dir, _, results = trained
+    cal = results["calibration"]
+    assert cal["temperature"] > 0 and cal["test_nll_calibrated"] <= cal["test_nll"] + 0.05
+    meta = json.load(open(os.path.join(run_dir, "best", "meta.json")))
+    assert meta["temperature"] == cal["temperature"]
+    p = Predictor(run_dir)
+    probs = p.probabilities(["wake me up at five am", "play some jazz"])
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1)
+    # calibrated = softmax(logits / T): the same ranking as the raw logits
+    assert (probs.argmax(1) == p.logits(["wake me up at five am", "play some jazz"]).argmax(1)).all()
+
+
+def test_predict_abstains_below_min_confidence(trained):
+    run_dir, _, _ = trained
+    p = Predictor(run_dir)
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.7, 0.2]])
+    assert p.rank(["a", "b"], probs, k=2, min_confidence=0.6) == [[], [{"label": "music", "score": 0.7},
+                                                                       {"label": "weather", "score": 0.2}]]
+    records = cli.main(["--task", "predict", "--checkpoint", run_dir, "--min-confidence", "0.0", "play some jazz"])
+    assert len(records[0]["predictions"]) == 3
+    with pytest.raises(SystemExit):
+        cli.main(["--task", "predict", "--checkpoint", run_dir, "--min-confidence", "1.5", "play some jazz"])
+
+
+def test_export_passes_the_gate_and_onnx_backends_agree(trained):
+    run_dir, data, _ = trained
+    report = cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
+    best = os.path.join(run_dir, "best")
+    assert os.path.isfile(os.path.join(best, "model.onnx")) and os.path.isfile(os.path.join(best, "model.int8.onnx"))
+    assert report["onnx"]["passed"] and report["onnx-int8"]["passed"]
+    assert json.load(open(os.path.join(best, "export.json")))["onnx"]["agreement"] == report["onnx"]["agreement"]
+    texts = ["wake me up at five am", "is it raining today", "turn up the music", "x " * 500]  # batch and length vary
+    ref = Predictor(run_dir).probabilities(texts)
+    for backend in ("onnx", "onnx-int8"):
+        got = Predictor(run_dir, backend).probabilities(texts)
+        assert (got.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(Predictor(run_dir, "onnx").probabilities(texts), ref, atol=1e-4)
+
+
+def test_export_gate_failure_leaves_nothing_in_place(trained, monkeypatch, tmp_path):
+    import export
+
+    run_dir, data, _ = trained
+    monkeypatch.setattr(export, "GATE_AGREEMENT", 1.01)  # unreachable
+    with pytest.raises(UserError, match="failed the accuracy gate"):
+        cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
+    best = os.path.join(run_dir, "best")
+    assert not os.path.exists(os.path.join(best, ".export"))
+    assert json.load(open(os.path.join(best, "export.json")))["onnx"]["passed"] is False
+
+
+@pytest.fixture
+def client(trained):
+    run_dir, _, _ = trained
+    release = threading.Event()
+
+    def load():
+        release.wait(30)
+        return Predictor(run_dir)
+
+    app = create_app(load, max_batch=64, max_wait_ms=30, max_inputs=8, max_queue=16)
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 503  # still loading
+        release.set()
+        for _ in range(200):
+            if c.get("/health").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        yield c, app
+
+
+def test_serve_predict_info_and_errors(client):
+    c, _ = client
+    one = c.post("/predict", json={"inputs": "wake me up at five am", "top_k": 2})
+    assert one.status_code == 200 and len(one.json()) == 2 and one.json()[0]["label"] == "alarm"
+    many = c.post("/predict", json={"inputs": ["play some jazz", "", "very long " * 400]})
+    assert many.status_code == 200 and [len(x) for x in many.json()] == [3, 0, 3]
+    info = c.get("/info").json()
+    assert info["labels"] == ["alarm", "music", "weather"] and info["backend"] == "torch" and info["temperature"] > 0
+    assert c.post("/predict", json={"inputs": []}).status_code == 422
+    assert c.post("/predict", json={"inputs": ""}).status_code == 422
+    assert c.post("/predict", json={"text": "hi"}).status_code == 422
+    assert c.post("/predict", json={"inputs": 5}).status_code == 422
+    assert c.post("/predict", json={"inputs": "hi", "top_k": 0}).status_code == 422
+    assert c.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    too_many = c.post("/predict", json={"inputs": ["hi"] * 9})
+    assert too_many.status_code == 413 and "at most 8" in too_many.json()["detail"]
+
+
+def test_serve_batches_concurrent_requests(client):
+    c, app = client
+    batcher = app.state.serving["batcher"]
+    before = batcher.passes
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: c.post("/predict", json={"inputs": f"play song {i}"}), range(16)))
+    assert all(a.status_code == 200 for a in answers)
+    assert batcher.passes - before < 16  # requests shared forward passes
+
+
+def test_serve_overloaded_queue_answers_503(client):
+    c, app = client
+    batcher = app.state.serving["batcher"]
+    batcher.waiting = 16  # as if 16 utterances were queued
+    try:
+        r = c.post("/predict", json={"inputs": "hi"})
+    finally:
+        batcher.waiting = 0
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_serve_bad_checkpoint_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="checkpoint folder not found"):
+        cli.main(["--task", "serve", "--checkpoint", str(tmp_path / "nope")])
+
+
+def test_plots_draws_the_reliability_diagram(trained, tmp_path):
+    import plots
+
+    run_dir, _, results = trained
+    path = os.path.join(os.path.dirname(os.path.dirname(run_dir)), "results", f"{results['run_name']}.json")
+    assert plots.main([path, "--out-dir", str(tmp_path)]) == 0
+    assert os.path.getsize(tmp_path / f"{results['run_name']}-reliability.png") > 1000
