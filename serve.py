@@ -66,10 +66,16 @@ class Batcher:
         while True:
             items = [await self.queue.get()]
             n, deadline = len(items[0][0]), loop.time() + self.max_wait
-            while n < self.max_batch and (timeout := deadline - loop.time()) > 0:
-                try:
-                    items.append(await asyncio.wait_for(self.queue.get(), timeout))
-                except asyncio.TimeoutError:
+            while n < self.max_batch:
+                # what queued while the last pass ran joins at once; then wait up to max_wait for more
+                if not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                elif (timeout := deadline - loop.time()) > 0:
+                    try:
+                        items.append(await asyncio.wait_for(self.queue.get(), timeout))
+                    except asyncio.TimeoutError:
+                        break
+                else:
                     break
                 n += len(items[-1][0])
             texts = [t for batch, _ in items for t in batch]

@@ -38,8 +38,7 @@ def start_server(args, batching):
     port = free_port()
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint", args.checkpoint,
            "--backend", args.backend, "--port", str(port), "--threads", str(args.threads)]
-    if not batching:
-        cmd += ["--batch-size", "1", "--max-wait-ms", "0"]
+    cmd += ["--max-wait-ms", str(args.max_wait_ms)] if batching else ["--batch-size", "1", "--max-wait-ms", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -87,6 +86,7 @@ def main():
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=300, help="requests per concurrency level")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="the server's model threads")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's batching wait, with batching on")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
@@ -106,7 +106,8 @@ def main():
     out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}.json")
     with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
         run = json.load(f)["run_name"]
-    write_json(out, {"run": run, "backend": args.backend, "threads": args.threads, "cpus": os.cpu_count(), "rows": rows})
+    write_json(out, {"run": run, "backend": args.backend, "threads": args.threads, "max_wait_ms": args.max_wait_ms,
+                     "cpus": os.cpu_count(), "rows": rows})
     print(f"wrote {out}")
     return 1 if any(r["errors"] for r in rows) else 0
 
