@@ -151,3 +151,20 @@ def test_plots_draws_the_reliability_diagram(trained, tmp_path):
     path = os.path.join(os.path.dirname(os.path.dirname(run_dir)), "results", f"{results['run_name']}.json")
     assert plots.main([path, "--out-dir", str(tmp_path)]) == 0
     assert os.path.getsize(tmp_path / f"{results['run_name']}-reliability.png") > 1000
+
+
+def test_export_merges_lora_adapters(tiny_model, data_file, tmp_path, monkeypatch):
+    import export
+
+    args = ["--task", "lora", "--lora-rank", "4", "--model", tiny_model, "--data", data_file, "--epochs", "2",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "results"),
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    cli.main(args)
+    monkeypatch.setattr(export, "GATE_AGREEMENT", 0.0)  # the barely trained tiny model is near-uniform: no gate
+    monkeypatch.setattr(export, "GATE_DROP", 100.0)
+    run_dir = parse_args(args).run_dir
+    report = cli.main(["--task", "export", "--model", tiny_model, "--checkpoint", run_dir, "--data", data_file])
+    assert report["onnx"]["agreement"] == 1.0  # the merged graph computes what the adapter model computes
+    texts = ["wake me up at five am", "play some jazz please"]
+    np.testing.assert_allclose(Predictor(run_dir, "onnx").logits(texts),
+                               Predictor(run_dir, base_model=tiny_model).logits(texts), atol=1e-4)
