@@ -194,9 +194,11 @@ def parse_args(argv=None):
     if cfg.task in USE_TASKS:
         check(cfg.checkpoint, f"--task {cfg.task} needs --checkpoint DIR")
         check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
-        cfg.top_k, cfg.format, cfg.backend = cfg.top_k or 3, cfg.format or "text", cfg.backend or "torch"
-        cfg.host, cfg.port, cfg.max_wait_ms = cfg.host or "127.0.0.1", cfg.port or 8000, cfg.max_wait_ms or 5.0
-        cfg.max_inputs, cfg.max_queue = cfg.max_inputs or 256, cfg.max_queue or 4096
+        defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=5.0,
+                        max_inputs=256, max_queue=4096)
+        for k, v in defaults.items():
+            if getattr(cfg, k) is None:  # not `or`: 0 is a value (--max-wait-ms 0: no waiting)
+                setattr(cfg, k, v)
         check(cfg.top_k >= 1, "--top-k must be at least 1")
         check(cfg.min_confidence is None or 0 <= cfg.min_confidence <= 1, "--min-confidence must be in [0, 1]")
         check(0 < cfg.port < 65536 and cfg.max_wait_ms >= 0 and cfg.max_inputs >= 1 and cfg.max_queue >= 1

@@ -67,6 +67,8 @@ def test_run_names_and_task_defaults():
     assert (cfg.temperature, cfg.batch_size, cfg.dropout, cfg.contrastive_lr) == (0.1, 32, 0.2, 1e-4)
     cfg = parse_args(["--task", "lora", "--lora-rank", "16"])
     assert (cfg.lora_alpha, cfg.lr) == (32, 3e-4) and "r16" in cfg.run_name
+    cfg = parse_args(["--task", "serve", "--checkpoint", "x", "--max-wait-ms", "0"])
+    assert (cfg.max_wait_ms, cfg.port, cfg.backend, cfg.max_inputs) == (0, 8000, "torch", 256)  # 0 means no wait
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -77,6 +79,11 @@ def test_run_names_and_task_defaults():
     (["--task", "supcon", "--temperature", "0"], "--temperature must be positive"),
     (["--lora-rank", "4"], "--lora-rank applies only to --task lora"),
     (["--lr", "abc"], "invalid float value"),
+    (["--task", "serve", "--checkpoint", "x", "--port", "0"], "--port, --max-wait-ms"),
+    (["--task", "serve", "--checkpoint", "x", "--max-inputs", "0"], "--port, --max-wait-ms"),
+    (["--task", "predict", "--checkpoint", "x", "--min-confidence", "2"], "--min-confidence must be in [0, 1]"),
+    (["--task", "export"], "--task export needs --checkpoint DIR"),
+    (["--port", "8000"], "--port applies only to --task serve"),
 ])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
