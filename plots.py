@@ -226,7 +226,6 @@ def plot_reliability(r, path, bins=15):
     temperature scaling, with the ECE of each."""
     cal = r["calibration"]
     correct = np.array(cal["test_correct"], dtype=float)
-    edges = np.linspace(0, 1, bins + 1)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
     for key, ece_key, style, name in (("test_confidence", "test_ece", "o-", "raw"),
