@@ -213,7 +213,7 @@ def plot_comparison(groups, path):
     ax.set_ylim(max(0, min(lows) - 3), 100)
     ax.set_xticks(range(len(groups)), [g["title"] for g in groups], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="test accuracy (%)",
-           title="Test accuracy per experiment (bars: mean, error bars: 95% t-interval over seeds)")
+           title="Test accuracy: mean, 95% t-interval over seeds")
     if ax.get_legend_handles_labels()[1]:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
