@@ -33,7 +33,7 @@ from arguments import parse_args, recorded_config  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
 from inference import Predictor  # noqa: E402
 from main import EVAL_BATCH, ce_step, evaluate, train_epoch, use_bf16  # noqa: E402
-from model import Classifier, build_model, load_tokenizer, resolve_model, save_checkpoint  # noqa: E402
+from model import Classifier, build_model, load_tokenizer, model_name, resolve_model, save_checkpoint  # noqa: E402
 from utils import (build_optimizer, build_param_groups, cpu_attention, fast_process_settings,  # noqa: E402
                    keep_freed_memory, set_seed, setup_logging, use_tf32, write_json)
 
@@ -170,7 +170,7 @@ def main():
     flops_tok = train_flops_per_token(AutoConfig.from_pretrained(resolve_model(cfg.model)))
     machine = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"machine: {machine}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
-          f"bf16 autocast: {bf16}; encoder: {resolve_model(cfg.model)}{' (random init)' if args.random_init else ''}")
+          f"bf16 autocast: {bf16}; encoder: {model_name(cfg.model)}{' (random init)' if args.random_init else ''}")
     print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s"
           f"{'' if on_cpu else f', TF32 {peak_tf32 / 1e9:.0f} GFLOP/s'}; "
           f"training FLOPs per token {flops_tok / 1e6:.1f} M")
@@ -257,7 +257,7 @@ def main():
     print(f"training speed-up, ours vs the study's way: {ratio:.1f}x (median round); evaluation speed-up: "
           f"{evals['fast']['utterances_per_second'] / evals['study']['utterances_per_second']:.1f}x")
     write_json(out, {"machine": machine, "device": device.type, "threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "encoder": resolve_model(cfg.model), "random_init": args.random_init,
+                     "torch": torch.__version__, "encoder": model_name(cfg.model), "random_init": args.random_init,
                      "peak_flops": {"fp32": peak32, "bf16": peak16, "tf32": peak_tf32},
                      "train_flops_per_token": flops_tok,
                      "steps_per_epoch": steps_per_epoch, "training": rows, "head_to_head": rounds,
