@@ -120,7 +120,7 @@ def evaluate(model, loader, device, amp, accel=None):
                 batch = {"labels": labels}
             loss += F.cross_entropy(logits, batch["labels"], reduction="sum")
             preds.append(logits.argmax(-1))
-            all_logits.append(logits.cpu())
+            all_logits.append(logits)  # moved off the device once, at the end: no sync per batch
     model.train(was_training)
     order = loader.dataset.indices  # evaluation loaders may sort rows by length
     sorted_preds = torch.cat(preds).tolist()
@@ -131,7 +131,7 @@ def evaluate(model, loader, device, amp, accel=None):
     n_classes = logits.shape[-1]
     acc = sum(p == y for p, y in zip(out, labels)) / len(labels)
     ordered_logits = torch.empty(len(order), n_classes)
-    ordered_logits[torch.tensor(order)] = torch.cat(all_logits)
+    ordered_logits[torch.tensor(order)] = torch.cat(all_logits).cpu()
     return {"loss": loss.item() / len(labels), "accuracy": acc, "macro_f1": macro_f1(out, labels, n_classes),
             "predictions": out, "logits": ordered_logits.numpy()}
 
