@@ -22,15 +22,20 @@ TASK_DEFAULTS = {
     "export": dict(lr=0.0, dropout=0.0, batch_size=128),
     "serve": dict(lr=0.0, dropout=0.0, batch_size=64),  # batch: most utterances per dynamically batched pass
 }
+# The accuracy recipe's techniques (custom only), all off. Results and checkpoints written before they existed
+# lack them, and mean these values.
+RECIPE_DEFAULTS = dict(pooling="cls", label_smoothing=0.0, rdrop=0.0, ema=0.0, aux_weight=0.0, teachers=None,
+                       distill_weight=0.0, distill_temperature=1.0, augment=0.0)
 COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
-                       lora_rank=None, lora_targets="query-value")
+                       lora_rank=None, lora_targets="query-value", **RECIPE_DEFAULTS)
 # Flags that only mean something for some tasks; elsewhere they are an error, not silently ignored.
 TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon", "simclr"),
              "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
              "lora_targets": ("lora",), "checkpoint": USE_TASKS, "input": ("predict",), "top_k": ("predict",),
              "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
              "min_confidence": ("predict", "serve"), "host": ("serve",), "port": ("serve",),
-             "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",), "threads": ("serve",)}
+             "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",), "threads": ("serve",),
+             **{k: ("custom",) for k in RECIPE_DEFAULTS}}
 
 
 @dataclasses.dataclass
@@ -55,6 +60,15 @@ class Config:
     lora_rank: int | None
     lora_alpha: int | None
     lora_targets: str
+    pooling: str
+    label_smoothing: float
+    rdrop: float
+    ema: float
+    aux_weight: float
+    teachers: list | None
+    distill_weight: float
+    distill_temperature: float
+    augment: float
     fast: bool
     cache_dir: str
     out_dir: str
@@ -100,7 +114,13 @@ def recorded_config(cfg):
     c = {k: v for k, v in vars(cfg).items() if k not in IO_KEYS}
     c["data"] = cfg.data and os.path.basename(cfg.data)
     c["model"] = cfg.model and (os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model)
+    c["teachers"] = cfg.teachers and [os.path.basename(os.path.normpath(t)) for t in cfg.teachers]
     return c
+
+
+def complete_config(recorded):
+    """A recorded config with the recipe's off values filled in where it predates them."""
+    return {**RECIPE_DEFAULTS, **recorded}
 
 
 def build_parser():
@@ -129,6 +149,20 @@ def build_parser():
     p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 2 x rank)")
     p.add_argument("--lora-targets", choices=("query-value", "all-linear"),
                    help="encoder layers that get adapters (lora)")
+    r = p.add_argument_group("the accuracy recipe (--task custom; all off by default)")
+    r.add_argument("--pooling", choices=("cls", "mean"), help="sentence vector: [CLS] (the study) or the mean over tokens")
+    r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
+    r.add_argument("--rdrop", type=float, help="R-Drop weight: symmetric KL between two dropout passes")
+    r.add_argument("--ema", type=float, help="decay of an exponential moving average of the weights, which is "
+                                             "evaluated and saved (0 = off)")
+    r.add_argument("--aux-weight", type=float, help="weight of a second head trained on the other label "
+                                                    "(intent for scenario, scenario for intent)")
+    r.add_argument("--teachers", type=lambda s: [x for x in s.split(",") if x],
+                   help="comma-separated checkpoint folders whose mean prediction the model is distilled from")
+    r.add_argument("--distill-weight", type=float, help="weight of the distillation loss against cross-entropy "
+                                                        "(default 0.5 with --teachers)")
+    r.add_argument("--distill-temperature", type=float, help="softmax temperature of distillation")
+    r.add_argument("--augment", type=float, help="probability that a training utterance gets one kind of typing noise")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; "
                         "--no-fast is the study's way (pad to max length, fp32)")
@@ -162,6 +196,11 @@ def run_name(cfg):
     parts = [cfg.task, cfg.label, model, f"lr{cfg.lr:g}", f"bs{cfg.batch_size}", f"e{cfg.epochs}"]
     if cfg.task == "custom":
         parts.append(f"llrd{cfg.llrd:g}-wu{cfg.warmup_ratio:g}")
+        recipe = {"mean": cfg.pooling == "mean", f"ls{cfg.label_smoothing:g}": cfg.label_smoothing,
+                  f"rdrop{cfg.rdrop:g}": cfg.rdrop, f"ema{cfg.ema:g}": cfg.ema, f"aux{cfg.aux_weight:g}": cfg.aux_weight,
+                  f"kd{len(cfg.teachers or [])}x{cfg.distill_weight:g}t{cfg.distill_temperature:g}": cfg.teachers,
+                  f"aug{cfg.augment:g}": cfg.augment}
+        parts += [name for name, on in recipe.items() if on]
     if cfg.task in ("supcon", "simclr"):
         parts.append(f"t{cfg.temperature:g}-ce{cfg.contrastive_epochs}-clr{cfg.contrastive_lr:g}")
     if cfg.task == "lora":
@@ -180,6 +219,8 @@ def parse_args(argv=None):
         if args[k] is not None and args["task"] not in tasks:
             what = "utterances apply" if k == "texts" else f"--{k.replace('_', '-')} applies"
             parser.error(f"{what} only to --task {'/'.join(tasks)}")
+    if args["teachers"] and args["distill_weight"] is None:
+        args["distill_weight"] = 0.5
     for k, v in {**COMMON_DEFAULTS, **TASK_DEFAULTS[args["task"]]}.items():
         if args.get(k) is None:
             args[k] = v
@@ -217,6 +258,12 @@ def parse_args(argv=None):
         check(cfg.temperature > 0, "--temperature must be positive")
         check(cfg.contrastive_epochs >= 0 and cfg.contrastive_lr > 0,
               "--contrastive-epochs must be >= 0 and --contrastive-lr positive")
+    check(0 <= cfg.label_smoothing < 1 and 0 <= cfg.ema < 1 and 0 <= cfg.augment <= 1,
+          "--label-smoothing and --ema must be in [0, 1), --augment in [0, 1]")
+    check(cfg.rdrop >= 0 and cfg.aux_weight >= 0 and cfg.distill_temperature > 0,
+          "--rdrop and --aux-weight must be >= 0, --distill-temperature positive")
+    check(0 <= cfg.distill_weight <= 1 and (cfg.teachers or not cfg.distill_weight),
+          "--distill-weight must be in [0, 1] and needs --teachers")
     if cfg.task == "lora":
         check(cfg.lora_rank >= 1 and cfg.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1")
     cfg.run_name = run_name(cfg)

@@ -11,12 +11,15 @@ import json
 import logging
 import os
 import pickle
+import random
 import tempfile
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
+
+import noise
 
 log = logging.getLogger(__name__)
 
@@ -167,25 +170,38 @@ def load_features(cfg, tokenizer):
 
 
 class Features(torch.utils.data.Dataset):
-    def __init__(self, split):
-        self.ids, self.labels = split["input_ids"], split["labels"]
+    """Tokenized utterances with their labels, and any extra per-example columns (extras: {name: list}).
+
+    augment(text) -> token ids, with probability p: the utterance is perturbed and tokenized anew. Its
+    random draws come from the `random` module, whose state a resumed run restores.
+    """
+
+    def __init__(self, split, extras=None, augment=None, p=0.0):
+        self.ids, self.labels, self.texts = split["input_ids"], split["labels"], split["texts"]
+        self.extras, self.augment, self.p = extras or {}, augment, p
 
     def __len__(self):
         return len(self.ids)
 
     def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+        ids = self.augment(self.texts[i]) if self.augment and random.random() < self.p else self.ids[i]
+        return {"input_ids": ids, "labels": self.labels[i], **{k: v[i] for k, v in self.extras.items()}}
 
 
-def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_length=128):
-    """Batches of padded tensors.
+def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_length=128, extras=None, augment=0.0):
+    """Batches of padded tensors (extras: further per-example columns, as tensors under their names).
 
     fast: pad each batch to its longest member; training batches are grouped by
     length (random mega-batches, re-drawn every epoch) and evaluation batches are
     sorted by length. Otherwise the study's way: every row padded to max_length
-    and plain random batches.
+    and plain random batches. augment: the probability that a training
+    utterance gets one kind of typing noise (noise.py).
     """
-    data = Features(split)
+    def noisy_ids(text):
+        tokenizer.truncation_side = "left"  # as the cached features were made
+        return tokenizer(noise.perturb(text), truncation=True, max_length=max_length)["input_ids"]
+
+    data = Features(split, extras, noisy_ids if augment else None, augment)
     if fast:
         collate = DataCollatorWithPadding(tokenizer)
     else:

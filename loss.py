@@ -1,5 +1,6 @@
-"""Contrastive loss for the first phase of supcon and simclr (pure functions)."""
+"""Losses beyond plain cross-entropy: contrastive (supcon, simclr), R-Drop and distillation (custom). Pure functions."""
 import torch
+import torch.nn.functional as F
 
 
 def supcon_loss(features, labels=None, temperature=0.07, anchors=None):
@@ -45,3 +46,25 @@ def supcon_loss(features, labels=None, temperature=0.07, anchors=None):
     if not has_pos.any():
         return features.sum() * 0.0  # keeps the graph, contributes no gradient
     return -mean_log_prob_pos[has_pos].mean()
+
+
+def symmetric_kl(logits_a, logits_b):
+    """R-Drop's regulariser (Liang et al. 2021): (KL(p_a || p_b) + KL(p_b || p_a)) / 2, averaged over examples.
+
+    logits_a, logits_b: (B, C), the same examples through two dropout passes.
+    Returns a scalar >= 0, zero when the two distributions are equal.
+    """
+    log_a, log_b = F.log_softmax(logits_a, -1), F.log_softmax(logits_b, -1)
+    return 0.5 * (F.kl_div(log_b, log_a, log_target=True, reduction="batchmean")
+                  + F.kl_div(log_a, log_b, log_target=True, reduction="batchmean"))
+
+
+def distill_loss(student_logits, teacher_probs, temperature=1.0):
+    """Knowledge distillation (Hinton et al. 2015): T^2 * KL(teacher || softmax(student / T)), averaged over examples.
+
+    student_logits: (B, C). teacher_probs: (B, C), rows summing to 1 (an
+    ensemble's mean probability at the same temperature T). The T^2 keeps the
+    gradient's scale independent of T. Returns a scalar >= 0.
+    """
+    log_student = F.log_softmax(student_logits / temperature, -1)
+    return temperature ** 2 * F.kl_div(log_student, teacher_probs, reduction="batchmean")

@@ -14,6 +14,7 @@ batch of --batch-size over the processes and wraps each phase's model in DDP.
     python main.py --task predict --checkpoint checkpoints/<run name> "wake me up at seven"
 """
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,12 +30,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object
 from scipy.special import softmax
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from arguments import IO_KEYS, parse_args, recorded_config
+from arguments import IO_KEYS, complete_config, parse_args, recorded_config
 from dataloader import UserError, atomic_write, describe_data, load_features, make_loader
 from inference import Predictor
-from loss import supcon_loss
+from loss import distill_loss, supcon_loss, symmetric_kl
 from model import (apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model,
                    save_checkpoint, weights_sha256)
 from stats import ece, fit_temperature, nll
@@ -46,9 +48,31 @@ EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of
 
 
 def ce_step(model, batch, cfg):
-    """Cross-entropy on the classifier; returns (loss, number of correct predictions)."""
-    logits = model(batch["input_ids"], batch["attention_mask"])
-    return F.cross_entropy(logits.float(), batch["labels"]), (logits.argmax(-1) == batch["labels"]).sum()
+    """Cross-entropy on the classifier; returns (loss, number of correct predictions).
+
+    With the custom task's recipe: label smoothing; R-Drop (the batch goes
+    through twice, in one pass, and the two dropout views are pulled together);
+    a second head on the other label; distillation from teachers' probabilities.
+    """
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    views = 2 if cfg.rdrop else 1
+    if views > 1:
+        ids, mask, labels = ids.repeat(2, 1), mask.repeat(2, 1), labels.repeat(2)
+    logits = model(ids, mask, aux=True) if cfg.aux_weight else model(ids, mask)
+    if cfg.aux_weight:
+        logits, aux_logits = logits
+    logits = logits.float()
+    loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+    if cfg.rdrop:
+        loss = loss + cfg.rdrop * symmetric_kl(*logits.chunk(2))
+    if cfg.aux_weight:
+        aux_labels = batch["aux_labels"].repeat(views)
+        loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits.float(), aux_labels, label_smoothing=cfg.label_smoothing)
+    if cfg.teachers:
+        soft = distill_loss(logits, batch["teacher_probs"].repeat(views, 1), cfg.distill_temperature)
+        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
+    n = batch["labels"].shape[0]
+    return loss, (logits[:n].argmax(-1) == batch["labels"]).sum()
 
 
 def contrastive_step(model, batch, cfg):
@@ -73,6 +97,28 @@ def contrastive_step(model, batch, cfg):
             labels = torch.cat(gathered)
         anchors = slice(rank * b, (rank + 1) * b)
     return supcon_loss(features, labels, cfg.temperature, anchors), None
+
+
+def other_labels(cfg, tokenizer, features):
+    """The other label's names and its id for every training utterance (intent for scenario, and back)."""
+    other = dataclasses.replace(cfg, label="intent" if cfg.label == "scenario" else "scenario")
+    names, other_features = load_features(other, tokenizer)
+    assert other_features["train"]["texts"] == features["train"]["texts"]  # one file, read in one order
+    return names, other_features["train"]["labels"]
+
+
+def teacher_probabilities(cfg, labels, train):
+    """The teachers' mean probability (N, C) at the distillation temperature, for each training utterance."""
+    probs = []
+    for path in cfg.teachers:
+        teacher = Predictor(path)
+        if teacher.labels != labels:
+            raise UserError(f"teacher {path} was trained on other labels than this run's --label {cfg.label}")
+        probs.append(softmax(teacher.logits(train["texts"]) / cfg.distill_temperature, axis=1))
+        log.info("teacher %s: train accuracy %.4f", teacher.name, np.mean(probs[-1].argmax(1) == train["labels"]))
+    mean = np.mean(probs, axis=0)
+    log.info("teachers' ensemble: train accuracy %.4f", np.mean(mean.argmax(1) == train["labels"]))
+    return mean.astype(np.float32).tolist()
 
 
 def phases(cfg):
@@ -136,10 +182,11 @@ def evaluate(model, loader, device, amp, accel=None):
             "predictions": out, "logits": ordered_logits.numpy()}
 
 
-def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, desc, show=True):
+def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, desc, show=True, ema=None):
     """One pass over the training loader; returns mean loss and accuracy (None for contrastive steps).
 
-    Under data parallelism they cover the batches of all processes.
+    Under data parallelism they cover the batches of all processes. ema: an
+    AveragedModel updated after every step.
     """
     model.train()
     total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
@@ -152,6 +199,8 @@ def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, des
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update_parameters(model)
         n = batch["labels"].shape[0]
         total_loss += loss.detach() * n
         if n_correct is not None:  # contrastive steps have no accuracy
@@ -193,7 +242,8 @@ def load_resume_state(cfg, world):
     except Exception as e:
         raise UserError(f"--resume: {path} is unreadable ({type(e).__name__}); delete it to start over") from None
     settings = [k for k in vars(cfg) if k not in IO_KEYS]  # what the run computes, not where it reads and writes
-    if {k: state["config"].get(k) for k in settings} != {k: getattr(cfg, k) for k in settings}:
+    written = complete_config(state["config"])
+    if {k: written.get(k) for k in settings} != {k: getattr(cfg, k) for k in settings}:
         raise UserError(f"--resume: {path} was written with other settings")
     if isinstance(state["rng"], dict):  # a last.pt from before data-parallel training: one process
         state["rng"], state["world_size"] = [state["rng"]], 1
@@ -245,19 +295,31 @@ def train(cfg):
         ids = features["train"]["input_ids"][i]
         log.info("example: %r -> %s", tokenizer.decode(ids), labels[features["train"]["labels"][i]])
 
+    extras = {}  # per training example, beside its label
+    if cfg.aux_weight:
+        aux_names, extras["aux_labels"] = other_labels(cfg, tokenizer, features)
+    if cfg.teachers:
+        extras["teacher_probs"] = teacher_probabilities(cfg, labels, features["train"])
+
     net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"),
-                      attention=cpu_attention(device, cfg.fast))
+                      attention=cpu_attention(device, cfg.fast), pooling=cfg.pooling,
+                      aux_classes=len(aux_names) if cfg.aux_weight else None)
     n_layers = net.encoder.config.num_hidden_layers
     encoder = {"name": model_name(cfg.model), "weights_sha256": weights_sha256(net.encoder)}
     model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
     model.to(device)
     total, trainable = count_parameters(model)
+    # the moving average is what gets evaluated and saved; the optimizer trains the model underneath
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None
+    scored = ema.module if ema else model
     if world > 1:  # the same initial weights everywhere (DDP broadcasts them), but each process its own dropout
         torch.manual_seed(cfg.seed + accel.process_index)
 
     def loader(split, train):
-        bs = cfg.batch_size if train else EVAL_BATCH
-        return make_loader(features[split], tokenizer, bs, train, cfg.seed, cfg.fast, cfg.max_length)
+        if train:
+            return make_loader(features[split], tokenizer, cfg.batch_size, True, cfg.seed, cfg.fast, cfg.max_length,
+                               extras, cfg.augment)
+        return make_loader(features[split], tokenizer, EVAL_BATCH, False, cfg.seed, cfg.fast, cfg.max_length)
 
     train_loader, val_loader, test_loader = loader("train", True), loader("validation", False), loader("test", False)
     generator = train_loader.generator  # orders each epoch; a resumed run restores it
@@ -274,7 +336,7 @@ def train(cfg):
     if resume:
         before, history, best = resume["before"], resume["history"], resume["best"]
     else:
-        before, history, best = evaluate(model, test_loader, device, amp, accel), [], {"val_accuracy": -1.0}
+        before, history, best = evaluate(scored, test_loader, device, amp, accel), [], {"val_accuracy": -1.0}
         log.info("before training: test loss %.4f, test accuracy %.4f", before["loss"], before["accuracy"])
 
     for phase_index, (phase, step, epochs, lr, frozen) in enumerate(phases(cfg)):
@@ -293,6 +355,8 @@ def train(cfg):
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
+            if ema:
+                ema.load_state_dict(resume["ema"])
             set_rng_state(resume["rng"][accel.process_index], generator)
             first_epoch = resume["epoch"] + 1
         # each phase wraps only what it trains, so DDP never waits for gradients of an idle module
@@ -301,15 +365,15 @@ def train(cfg):
         for epoch in range(first_epoch, epochs + 1):
             t0 = time.perf_counter()
             train_loss, train_acc = train_epoch(trained, train_loader, optimizer, scheduler, step, cfg, device, amp,
-                                                f"{phase} {epoch}/{epochs}", show=accel.is_main_process)
+                                                f"{phase} {epoch}/{epochs}", show=accel.is_main_process, ema=ema)
             seconds = time.perf_counter() - t0
             row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                    "lr": scheduler.get_last_lr()[0], "seconds": seconds}
             if phase == "classify":
-                val = evaluate(model, val_loader, device, amp, accel)
+                val = evaluate(scored, val_loader, device, amp, accel)
                 row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
                 if val["accuracy"] > best["val_accuracy"]:
-                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
                     best = {"val_accuracy": val["accuracy"], "epoch": epoch, "state": state}
             history.append(row)
             log.info("%s epoch %d/%d: train loss %.4f%s%s, %.1fs", phase, epoch, epochs, train_loss,
@@ -320,7 +384,7 @@ def train(cfg):
                 rngs = gather_object([rng_state(generator)])  # every process's, in process order
                 state = {"config": vars(cfg), "phase_index": phase_index, "phase": phase, "epoch": epoch,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rngs, "world_size": world, "history": history,
+                         "scheduler": scheduler.state_dict(), "ema": ema and ema.state_dict(), "rng": rngs, "world_size": world, "history": history,
                          "best": best, "before": before}
                 if accel.is_main_process:
                     atomic_write(os.path.join(cfg.run_dir, "last.pt"), lambda f: torch.save(state, f))
@@ -328,7 +392,7 @@ def train(cfg):
         if resting is not None:
             resting.requires_grad_(True)
 
-    test = evaluate(model, test_loader, device, amp, accel)
+    test = evaluate(scored, test_loader, device, amp, accel)
     model.load_state_dict(best["state"])
     best_test = evaluate(model, test_loader, device, amp, accel)
     # temperature scaling of the saved (best) model, fitted on validation only

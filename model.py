@@ -1,7 +1,9 @@
-"""The classifier: a pretrained encoder, its [CLS] vector, dropout and a two-layer head.
+"""The classifier: a pretrained encoder, its [CLS] vector (or mean token vector), dropout and a two-layer head.
 
 `projection` (hidden -> hidden) exists only for the contrastive phase of supcon
 and simclr; the classification phase drops it, as SupContrast and SimCSE do.
+`aux_head` exists only while a custom run trains a second label alongside
+(--aux-weight); checkpoints keep the main head only.
 """
 import hashlib
 import json
@@ -46,29 +48,42 @@ def load_tokenizer(name):
     return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
+def mlp_head(hidden, n_classes):
+    return nn.Sequential(nn.Linear(hidden, 256), nn.ReLU(), nn.Linear(256, n_classes))
+
+
 class Classifier(nn.Module):
-    def __init__(self, encoder, n_classes, dropout=0.1, projection=False):
+    def __init__(self, encoder, n_classes, dropout=0.1, projection=False, pooling="cls", aux_classes=None):
         super().__init__()
         self.encoder = encoder
-        # [CLS] is our pooling; an unused pooler would only add untrained parameters
+        # our own pooling; an unused pooler would only add untrained parameters
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None
         hidden = encoder.config.hidden_size
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Sequential(nn.Linear(hidden, 256), nn.ReLU(), nn.Linear(256, n_classes))
+        self.head = mlp_head(hidden, n_classes)
         self.projection = nn.Linear(hidden, hidden) if projection else None
+        self.aux_head = mlp_head(hidden, aux_classes) if aux_classes else None
 
-    def cls(self, input_ids, attention_mask):
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        return self.dropout(out.last_hidden_state[:, 0])  # (B, H)
+    def pool(self, input_ids, attention_mask):
+        """The sentence vector (B, H), after dropout: [CLS], or the mean over real (unpadded) tokens."""
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        if self.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return self.dropout((h * m).sum(1) / m.sum(1).clamp(min=1))
+        return self.dropout(h[:, 0])
 
-    def forward(self, input_ids, attention_mask, project=False):
-        """Class logits (B, C); with project, the L2-normalised projections of [CLS] for the contrastive loss (B, H).
+    def forward(self, input_ids, attention_mask, project=False, aux=False):
+        """Class logits (B, C); with aux, also the second head's (B, C2); with project, the L2-normalised
+        projections of the sentence vector for the contrastive loss (B, H).
 
-        Both go through forward so that a data-parallel wrapper sees every pass.
+        All go through forward so that a data-parallel wrapper sees every pass.
         """
-        x = self.cls(input_ids, attention_mask)
-        return F.normalize(self.projection(x), dim=-1) if project else self.head(x)
+        x = self.pool(input_ids, attention_mask)
+        if project:
+            return F.normalize(self.projection(x), dim=-1)
+        return (self.head(x), self.aux_head(x)) if aux else self.head(x)
 
 
 def load_encoder(path, attention=None):
@@ -81,8 +96,9 @@ def load_encoder(path, attention=None):
     return AutoModel.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
 
 
-def build_model(model_name, n_classes, dropout, projection=False, attention=None):
-    return Classifier(load_encoder(resolve_model(model_name), attention), n_classes, dropout, projection)
+def build_model(model_name, n_classes, dropout, projection=False, attention=None, pooling="cls", aux_classes=None):
+    return Classifier(load_encoder(resolve_model(model_name), attention), n_classes, dropout, projection, pooling,
+                      aux_classes)
 
 
 def count_parameters(model):
@@ -150,6 +166,7 @@ def load_checkpoint(path, attention=None, base_model=None):
             raise ValueError(f"cannot load the LoRA base encoder '{base}'; pass its folder with --model") from None
         model = PeftModel.from_pretrained(net, os.path.join(path, "adapter"))
     else:
-        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention), n_classes, cfg["dropout"])
+        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention), n_classes, cfg["dropout"],
+                           pooling=cfg.get("pooling", "cls"))
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from arguments import RECIPE_DEFAULTS, TASK_DEFAULTS, complete_config  # noqa: E402
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
@@ -67,6 +68,13 @@ def experiment(r):
         name = "LLRD + warmup" if llrd and warm else "LLRD only" if llrd else "warmup only" if warm else "custom (neither)"
     else:
         name = task
+    if task in TASK_DEFAULTS and c["lr"] != TASK_DEFAULTS[task]["lr"]:
+        name += f", lr {c['lr']:g}"
+    recipe = complete_config(c)
+    changed = [k for k, off in RECIPE_DEFAULTS.items() if recipe[k] != off and k != "teachers"]
+    if changed:  # the accuracy recipe's techniques, as their flags
+        name += " + " + " ".join(f"--{k.replace('_', '-')} {recipe[k]:g}" if not isinstance(recipe[k], str)
+                                 else f"--{k.replace('_', '-')} {recipe[k]}" for k in changed)
     if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
         name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
     if not c.get("fast", True):

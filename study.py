@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 
-from arguments import parse_args, recorded_config
+from arguments import complete_config, parse_args, recorded_config
 from dataloader import file_sha256
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -115,7 +115,7 @@ def status(cfg, data_sha):
     try:
         with open(cfg.results_path) as f:
             r = json.load(f)
-        same = r["config"] == recorded_config(cfg) and r["environment"]["data"]["sha256"] == data_sha
+        same = complete_config(r["config"]) == recorded_config(cfg) and r["environment"]["data"]["sha256"] == data_sha
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         same = False
     if not same:

@@ -27,6 +27,7 @@ def strip_seconds(results):
 @pytest.mark.parametrize("task, extra, crash_at", [
     ("baseline", ["--epochs", "3"], 2),                                # mid-way through epoch 2
     ("supcon", ["--contrastive-epochs", "1", "--epochs", "2"], 2),     # in the first cross-entropy epoch
+    ("custom", ["--epochs", "3", "--ema", "0.9", "--augment", "0.5", "--rdrop", "1", "--aux-weight", "0.5"], 2),
 ])
 def test_resume_after_a_crash_gives_the_same_run(run_args, tmp_path, monkeypatch, task, extra, crash_at):
     args = ["--task", task, *run_args, *extra, "--checkpoint-dir", str(tmp_path / "ckpt")]
@@ -58,9 +59,11 @@ def test_resume_without_state_is_a_user_error(run_args, tmp_path):
         cli.main([*run_args, "--checkpoint-dir", str(tmp_path / "none"), "--resume"])
 
 
-@pytest.mark.parametrize("task", ["baseline", "lora"])
-def test_checkpoint_reproduces_recorded_test_accuracy(run_args, tmp_path, task):
-    args = ["--task", task, *run_args, "--checkpoint-dir", str(tmp_path / "ckpt")]
+@pytest.mark.parametrize("task, extra", [
+    ("baseline", []), ("lora", []), ("custom", ["--pooling", "mean", "--ema", "0.9", "--aux-weight", "1"]),
+])
+def test_checkpoint_reproduces_recorded_test_accuracy(run_args, tmp_path, task, extra):
+    args = ["--task", task, *run_args, *extra, "--checkpoint-dir", str(tmp_path / "ckpt")]
     results = cli.main(args)
     cfg = parse_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where main() trained and evaluated

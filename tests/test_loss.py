@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loss import supcon_loss
+from loss import distill_loss, supcon_loss, symmetric_kl
 
 
 def reference(features, labels, t):
@@ -91,3 +91,23 @@ def test_anchor_slices_split_the_loss_and_its_gradient(labels):
     assert torch.allclose(g_halves, g_full, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="no example"):
         supcon_loss(f, labels, 0.1, anchors=slice(6, 6))
+
+
+def test_symmetric_kl():
+    a, b = torch.randn(4, 5), torch.randn(4, 5)
+    assert symmetric_kl(a, a).item() == pytest.approx(0, abs=1e-6)
+    assert symmetric_kl(a, b).item() == pytest.approx(symmetric_kl(b, a).item())
+    p, q = a.softmax(-1), b.softmax(-1)
+    by_hand = 0.5 * ((p * (p / q).log()).sum(1) + (q * (q / p).log()).sum(1)).mean()
+    assert symmetric_kl(a, b).item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_distill_loss():
+    student, T = torch.randn(4, 5), 2.0
+    teacher = (student / T).softmax(-1)
+    assert distill_loss(student, teacher, T).item() == pytest.approx(0, abs=1e-6)  # the student already agrees
+    other = torch.randn(4, 5).softmax(-1)
+    # T^2 * (cross-entropy against the teacher - the teacher's entropy)
+    ce = -(other * (student / T).log_softmax(-1)).sum(1).mean()
+    entropy = -(other * other.log()).sum(1).mean()
+    assert distill_loss(student, other, T).item() == pytest.approx((T ** 2 * (ce - entropy)).item(), rel=1e-5)

@@ -4,10 +4,11 @@ import os
 import pytest
 
 import plots
+from arguments import TASK_DEFAULTS
 
 
 def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), **config):
-    cfg = {"label": "scenario", "model": None, "seed": seed, "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
+    cfg = {"label": "scenario", "model": None, "seed": seed, "lr": TASK_DEFAULTS[task]["lr"], "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
     history = [{"phase": ph, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": None if ph != "classify" else 0.5 + 0.1 * e,
@@ -57,6 +58,9 @@ def test_custom_variants_are_named(tmp_path):
     names = {plots.experiment(json.loads(open(fake_run(tmp_path, task="custom", llrd=l, warmup_ratio=w)).read()))[0]
              for l, w in ((0.8, 0.1), (0.8, 0.0), (1.0, 0.1))}
     assert names == {"LLRD + warmup", "LLRD only", "warmup only"}
+    recipe = json.loads(open(fake_run(tmp_path, task="custom", llrd=1.0, warmup_ratio=0.1, lr=1e-4, pooling="mean",
+                                      label_smoothing=0.1)).read())
+    assert plots.experiment(recipe)[0] == "warmup only, lr 0.0001 + --pooling mean --label-smoothing 0.1"
     slow = json.loads(open(fake_run(tmp_path, epochs=1, fast=False)).read())
     assert plots.experiment(slow)[0] == "baseline, 1 epoch, study's way"
 

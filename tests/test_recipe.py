@@ -1,0 +1,100 @@
+"""The custom task's accuracy recipe: each technique's flag, end to end on the tiny model, and its bad inputs."""
+import os
+
+import pytest
+import torch
+
+import main as cli
+from arguments import complete_config, parse_args, recorded_config
+from dataloader import UserError, load_features, make_loader
+from model import Classifier, load_encoder, load_tokenizer
+
+RECIPE = ["--pooling", "mean", "--label-smoothing", "0.1", "--rdrop", "1", "--ema", "0.9", "--aux-weight", "0.5",
+          "--augment", "0.5"]
+
+
+def test_recipe_end_to_end(run_args, tmp_path):
+    args = ["--task", "custom", *run_args, *RECIPE]
+    results = cli.main(args)
+    cfg = parse_args(args)
+    assert cfg.run_name.endswith("llrd0.8-wu0.1-mean-ls0.1-rdrop1-ema0.9-aux0.5-aug0.5-s42")
+    assert results["config"]["pooling"] == "mean" and results["config"]["ema"] == 0.9
+    assert len(results["history"]) == 2 and all(r["train_loss"] > 0 for r in results["history"])
+    # the second head trains, but inference needs only the first: the checkpoint keeps that one
+    best = os.path.join(cfg.run_dir, "best")
+    assert sorted(os.listdir(best)) == ["encoder", "head.pt", "meta.json", "tokenizer"]
+
+
+def test_defaults_leave_older_runs_valid():
+    cfg = parse_args(["--task", "custom"])
+    assert cfg.run_name == "custom-scenario-minilm-lr5e-05-bs16-e10-llrd0.8-wu0.1-s42"
+    old = {k: v for k, v in recorded_config(cfg).items() if k not in ("pooling", "ema", "augment")}
+    assert complete_config(old) == recorded_config(cfg)  # a results file from before the recipe still matches
+
+
+def test_distillation_from_teachers(run_args, tmp_path):
+    teacher_args = [*run_args, "--checkpoint-dir", str(tmp_path / "teachers")]
+    teachers = []
+    for seed in ("1", "2"):
+        cli.main([*teacher_args, "--seed", seed])
+        teachers.append(parse_args([*teacher_args, "--seed", seed]).run_dir)
+    args = ["--task", "custom", *run_args, "--teachers", ",".join(teachers), "--distill-temperature", "2"]
+    results = cli.main(args)
+    assert "kd2x0.5t2" in results["run_name"]
+    # recorded by name, not by machine path
+    assert results["config"]["teachers"] == [os.path.basename(t) for t in teachers]
+    assert str(tmp_path) not in str(results["config"])
+
+
+def test_teacher_with_other_labels_is_a_user_error(run_args, tmp_path):
+    teacher_args = [*run_args, "--label", "intent", "--checkpoint-dir", str(tmp_path / "teachers")]
+    cli.main(teacher_args)
+    teacher = parse_args(teacher_args).run_dir
+    with pytest.raises(UserError, match="trained on other labels"):
+        cli.main(["--task", "custom", *run_args, "--teachers", teacher])
+    with pytest.raises(UserError, match="checkpoint folder not found"):
+        cli.main(["--task", "custom", *run_args, "--teachers", str(tmp_path / "none")])
+
+
+def test_mean_pooling_ignores_padding(tiny_model):
+    torch.manual_seed(0)
+    net = Classifier(load_encoder(tiny_model), 3, dropout=0.0, pooling="mean").eval()
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    padded = torch.tensor([[101, 2000, 2001, 102, 0, 0]])
+    short = net(ids, torch.ones_like(ids))
+    long = net(padded, torch.tensor([[1, 1, 1, 1, 0, 0]]))
+    assert torch.allclose(short, long, atol=1e-5)
+    assert not torch.allclose(Classifier(load_encoder(tiny_model), 3, dropout=0.0).eval()(ids, torch.ones_like(ids)),
+                              short)  # [CLS] is another vector
+
+
+def test_augment_perturbs_only_some_training_utterances(run_args, tiny_model):
+    cfg = parse_args(["--task", "custom", *run_args])
+    tokenizer = load_tokenizer(tiny_model)
+    _, feats = load_features(cfg, tokenizer)
+    train = feats["train"]
+
+    def ids_seen(p):
+        loader = make_loader(train, tokenizer, 4, True, fast=False, max_length=32, augment=p)
+        return [row for b in loader for row, m in zip(b["input_ids"].tolist(), b["attention_mask"].tolist())]
+
+    clean = {tuple(tokenizer(t, padding="max_length", max_length=32)["input_ids"]) for t in train["texts"]}
+    assert all(tuple(r) in clean for r in ids_seen(0.0))
+    noisy = [tuple(r) not in clean for r in ids_seen(1.0)]
+    assert sum(noisy) > len(noisy) / 2  # upper case is lower-cased away by this tokenizer, so not all differ
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pooling", "mean"], "--pooling applies only to --task custom"),
+    (["--task", "supcon", "--ema", "0.9"], "--ema applies only to --task custom"),
+    (["--task", "custom", "--label-smoothing", "1"], "--label-smoothing and --ema must be in [0, 1)"),
+    (["--task", "custom", "--augment", "1.5"], "--augment in [0, 1]"),
+    (["--task", "custom", "--rdrop", "-1"], "--rdrop and --aux-weight must be >= 0"),
+    (["--task", "custom", "--distill-weight", "0.5"], "needs --teachers"),
+    (["--task", "custom", "--teachers", "a", "--distill-temperature", "0"], "--distill-temperature positive"),
+])
+def test_bad_recipe_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
