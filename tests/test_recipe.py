@@ -1,4 +1,5 @@
 """The custom task's accuracy recipe: each technique's flag, end to end on the tiny model, and its bad inputs."""
+import json
 import os
 
 import pytest
@@ -98,3 +99,22 @@ def test_bad_recipe_arguments(argv, message, capsys):
         parse_args(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_robustness_bench(run_args, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robustness", os.path.join(os.path.dirname(__file__), "..", "bench",
+                                                                              "robustness.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = [*run_args, "--checkpoint-dir", str(tmp_path / "ckpt")]
+    cli.main(args)
+    out = tmp_path / "bench"
+    bench.main([parse_args(args).run_dir, "--data", run_args[3], "--out-dir", str(out)])
+    report = json.loads((out / f"robustness-{parse_args(args).run_name}.json").read_text())
+    assert set(report["drop_points"]) == {"upper", "sentence", "spaces", "filler", "typo"}
+    # an uncased tokenizer lower-cases, and BERT's splits on any run of spaces: those copies cost nothing
+    assert report["drop_points"]["upper"] == 0 and report["drop_points"]["spaces"] == 0
+    experiment = parse_args(args).run_name.removesuffix("-s42")
+    assert f"| {experiment} | 1 | {100 * report['test_accuracy']['clean']:.2f}% | 0.00 |" in (out / "robustness.md").read_text()

@@ -1,0 +1,79 @@
+"""How much test accuracy a checkpoint loses on text as users type it (noise.py's kinds of perturbation).
+
+    python bench/robustness.py --data ../shared/data/massive/en-US.jsonl checkpoints/<run name> ...
+
+For each checkpoint: accuracy on the clean test split and on one perturbed copy
+per kind (upper case, sentence case with final punctuation, extra spaces,
+filler words, one misspelled word), the copies the same for every checkpoint.
+Writes robustness-<run name>.json per checkpoint into --out-dir (results/bench),
+then robustness.md there: the drop per kind in points, mean ± std over the
+seeds of each experiment, over every robustness file there.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from dataloader import read_jsonl  # noqa: E402
+from inference import Predictor  # noqa: E402
+from noise import KINDS, perturbed_copies  # noqa: E402
+from utils import write_json  # noqa: E402
+
+SEED = 0  # of the perturbed copies
+
+
+def measure(checkpoint, data, backend, out_dir):
+    predictor = Predictor(checkpoint, backend)
+    texts, gold = zip(*read_jsonl(data, predictor.meta["config"]["label"])["test"])
+    gold = np.array([predictor.labels.index(y) for y in gold])
+    accuracy = {}
+    for kind, copy in {"clean": list(texts), **perturbed_copies(texts, SEED)}.items():
+        accuracy[kind] = float(np.mean(predictor.logits(copy).argmax(1) == gold))
+    print(f"{predictor.name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items()))
+    result = {"run": predictor.name, "backend": backend, "perturbation_seed": SEED, "test_accuracy": accuracy,
+              "drop_points": {k: 100 * (accuracy["clean"] - accuracy[k]) for k in KINDS}}
+    write_json(os.path.join(out_dir, f"robustness-{predictor.name}.json"), result)
+
+
+def table(out_dir):
+    """Markdown: per experiment (runs that differ by seed), the clean accuracy and the drop per kind."""
+    groups = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "robustness-*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        groups.setdefault(re.sub(r"-s\d+$", "", r["run"]), []).append(r)
+    lines = ["| experiment | seeds | clean accuracy | " + " | ".join(f"drop: {k}" for k in KINDS) + " |",
+             "|---|---|---|" + "---|" * len(KINDS)]
+    for name, rs in groups.items():
+        def cell(values):
+            return f"{np.mean(values):.2f}" + (f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else "")
+
+        clean = cell([100 * r["test_accuracy"]["clean"] for r in rs])
+        drops = [cell([r["drop_points"][k] for r in rs]) for k in KINDS]
+        lines.append(f"| {name} | {len(rs)} | {clean}% | " + " | ".join(drops) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="*", help="checkpoint folders to measure (none: only rebuild the table)")
+    p.add_argument("--data", required=True, help="MASSIVE release file")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "results", "bench"))
+    args = p.parse_args(argv)
+    for checkpoint in args.checkpoints:
+        measure(checkpoint, args.data, args.backend, args.out_dir)
+    md = table(args.out_dir)
+    with open(os.path.join(args.out_dir, "robustness.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
