@@ -165,13 +165,15 @@ def main():
     else:  # bf16 autocast is left out on a GPU: see main.use_bf16
         configs += [("+ fused AdamW", grouped_batches, False, True, None, False, False),
                     ("+ TF32 matmuls", grouped_batches, False, True, None, False, True)]
-    peak32, peak16 = matmul_peak(torch.float32, device), matmul_peak(torch.bfloat16, device)
+    # emulated bf16 matmuls (a CPU without AVX512-BF16) take minutes at this size, and no row uses them there
+    peak32 = matmul_peak(torch.float32, device)
+    peak16 = matmul_peak(torch.bfloat16, device) if bf16 or not on_cpu else None
     peak_tf32 = None if on_cpu else matmul_peak(torch.float32, device, tf32=True)
     flops_tok = train_flops_per_token(AutoConfig.from_pretrained(resolve_model(cfg.model)))
     machine = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"machine: {machine}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
           f"bf16 autocast: {bf16}; encoder: {model_name(cfg.model)}{' (random init)' if args.random_init else ''}")
-    print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s"
+    print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {f'{peak16 / 1e9:.0f} GFLOP/s' if peak16 else 'not measured'}"
           f"{'' if on_cpu else f', TF32 {peak_tf32 / 1e9:.0f} GFLOP/s'}; "
           f"training FLOPs per token {flops_tok / 1e6:.1f} M")
     print(f"{'configuration (our default: the last row)':42s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} "
