@@ -4,7 +4,8 @@
 
 For each checkpoint: accuracy on the clean test split and on one perturbed copy
 per kind (upper case, sentence case with final punctuation, extra spaces,
-filler words, one misspelled word), the copies the same for every checkpoint.
+filler words, one misspelled word), the copies the same for every checkpoint,
+and the share of test predictions each kind changes.
 Writes robustness-<run name>.json per checkpoint into --out-dir (results/bench),
 then robustness.md there: the drop per kind in points, mean ± std over the
 seeds of each experiment, over every robustness file there.
@@ -32,12 +33,15 @@ def measure(checkpoint, data, backend, out_dir):
     predictor = Predictor(checkpoint, backend)
     texts, gold = zip(*read_jsonl(data, predictor.meta["config"]["label"])["test"])
     gold = np.array([predictor.labels.index(y) for y in gold])
-    accuracy = {}
+    accuracy, changed, clean = {}, {}, None
     for kind, copy in {"clean": list(texts), **perturbed_copies(texts, SEED)}.items():
-        accuracy[kind] = float(np.mean(predictor.logits(copy).argmax(1) == gold))
+        pred = predictor.logits(copy).argmax(1)
+        clean = pred if clean is None else clean
+        accuracy[kind], changed[kind] = float(np.mean(pred == gold)), float(np.mean(pred != clean))
     print(f"{predictor.name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items()))
     result = {"run": predictor.name, "backend": backend, "perturbation_seed": SEED, "test_accuracy": accuracy,
-              "drop_points": {k: 100 * (accuracy["clean"] - accuracy[k]) for k in KINDS}}
+              "drop_points": {k: 100 * (accuracy["clean"] - accuracy[k]) for k in KINDS},
+              "predictions_changed": {k: changed[k] for k in KINDS}}
     write_json(os.path.join(out_dir, f"robustness-{predictor.name}.json"), result)
 
 
