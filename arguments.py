@@ -181,7 +181,7 @@ def build_parser():
     g.add_argument("--host", help="serve: address to listen on (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="serve: port (default 8000)")
     g.add_argument("--max-wait-ms", type=float,
-                   help="serve: longest a request waits for others to share its forward pass (default 5)")
+                   help="serve: longest a pass waits for more requests once the queued ones are in (default 0: a pass takes what queued while the last one ran)")
     g.add_argument("--max-inputs", type=int, help="serve: most utterances in one request (default 256)")
     g.add_argument("--max-queue", type=int, help="serve: most utterances waiting before requests get 503 (default 4096)")
     g.add_argument("--threads", type=int, help="serve: the model's intra-op threads (default: one per core)")
@@ -235,7 +235,7 @@ def parse_args(argv=None):
     if cfg.task in USE_TASKS:
         check(cfg.checkpoint, f"--task {cfg.task} needs --checkpoint DIR")
         check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
-        defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=5.0,
+        defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=0.0,
                         max_inputs=256, max_queue=4096)
         for k, v in defaults.items():
             if getattr(cfg, k) is None:  # not `or`: 0 is a value (--max-wait-ms 0: no waiting)

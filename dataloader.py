@@ -177,7 +177,7 @@ class Features(torch.utils.data.Dataset):
     """
 
     def __init__(self, split, extras=None, augment=None, p=0.0):
-        self.ids, self.labels, self.texts = split["input_ids"], split["labels"], split["texts"]
+        self.ids, self.labels, self.texts = split["input_ids"], split["labels"], split.get("texts")
         self.extras, self.augment, self.p = extras or {}, augment, p
 
     def __len__(self):

@@ -4,9 +4,10 @@
 
     curl -s localhost:8000/predict -d '{"inputs": ["wake me up at seven", "play jazz"], "top_k": 2}'
 
-Requests that arrive together share one forward pass: a pass takes what is
-queued, up to --batch-size utterances or --max-wait-ms after its first
-request. One thread runs the model (with --threads intra-op threads), the
+Requests that arrive together share one forward pass: a pass takes what
+queued while the last one ran, up to --batch-size utterances, and waits up
+to --max-wait-ms for more (default 0: under load the queue fills while the
+model runs, and a lone request should not wait). One thread runs the model (with --threads intra-op threads), the
 event loop only parses, queues and answers, so the two never compete for
 the same cores. Errors are answers, never a crash: 422 for a malformed or
 empty request, 413 above --max-inputs utterances, 503 while the model loads or
@@ -94,7 +95,7 @@ class Batcher:
             self.passes += 1
 
 
-def create_app(load, max_batch=64, max_wait_ms=5.0, max_inputs=256, max_queue=4096):
+def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096):
     """The app; load() returns the Predictor and runs in a thread at startup, while /health answers 503."""
     state = {}
 
@@ -152,7 +153,8 @@ def create_app(load, max_batch=64, max_wait_ms=5.0, max_inputs=256, max_queue=40
         except Exception as e:
             return JSONResponse({"detail": f"the model failed: {type(e).__name__}"}, status_code=503)
         ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
-        return ranked[0] if isinstance(req.inputs, str) else ranked
+        # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
+        return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # an answer, not a dropped connection

@@ -2,6 +2,7 @@
 
     python study.py --data ../shared/data/massive/en-US.jsonl                  # 9 experiments x 3 seeds
     python study.py --experiments baseline --label intent --data ...           # one experiment, 3 seeds
+    python study.py --experiments mean-pooling,augment --seeds 42 --data ...  # screen accuracy-recipe candidates
     python study.py --list --data ... > grid.txt                               # plain main.py commands, no Ray
     python study.py --address HOST:6379 --gpus-per-run 0.25 --data ...         # an existing cluster
 
@@ -42,6 +43,18 @@ EXPERIMENTS = {
     "lora-r8": ["--task", "lora", "--lora-rank", "8"],
     "lora-r16": ["--task", "lora", "--lora-rank", "16"],
 }
+STUDY_GRID = list(EXPERIMENTS)  # the default grid
+# The accuracy recipe's candidates (not in the default grid): LLRD + warmup plus one technique each, screened on
+# validation against llrd-warmup of the same seeds.
+EXPERIMENTS.update({
+    "mean-pooling": ["--task", "custom", "--pooling", "mean"],
+    "label-smoothing": ["--task", "custom", "--label-smoothing", "0.1"],
+    "rdrop": ["--task", "custom", "--rdrop", "1"],
+    "ema": ["--task", "custom", "--ema", "0.999"],
+    "aux-label": ["--task", "custom", "--aux-weight", "0.5"],
+    "augment": ["--task", "custom", "--augment", "0.3"],
+    "lr1e-4-e20": ["--task", "custom", "--lr", "1e-4", "--epochs", "20"],
+})
 
 
 class StudyError(Exception):
@@ -52,8 +65,8 @@ def build_parser():
     # no abbreviations: --seed must pass through to main.py, not be taken for --seeds
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                 epilog="Unknown flags pass through to every main.py run.")
-    p.add_argument("--experiments", default=",".join(EXPERIMENTS),
-                   help=f"comma-separated, from: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--experiments", default=",".join(STUDY_GRID),
+                   help=f"comma-separated (default: the study's nine), from: {', '.join(EXPERIMENTS)}")
     p.add_argument("--seeds", default="42,43,44", help="comma-separated integers")
     p.add_argument("--label", choices=("scenario", "intent"), default="scenario")
     p.add_argument("--data", default=os.environ.get("MASSIVE_DATA"), help="MASSIVE release file (en-US.jsonl)")

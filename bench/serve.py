@@ -96,7 +96,7 @@ def main():
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="the server's model threads")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's batching wait, with batching on")
+    p.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's batching wait, with batching on")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]

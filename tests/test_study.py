@@ -96,3 +96,11 @@ def test_a_run_held_by_another_study_is_not_run_twice(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert study.run_one(["--epochs", "1"], str(tmp_path / "run.log"), str(lock), str(tmp_path / "last.pt")) == "busy"
     assert not os.path.exists(tmp_path / "run.log")
+
+
+def test_default_grid_is_the_study_and_recipe_candidates_are_selectable():
+    args = study.build_parser().parse_args(["--data", ""])
+    assert [name for name, *_ in study.plan(args, [])][::3] == study.STUDY_GRID and len(study.STUDY_GRID) == 9
+    args = study.build_parser().parse_args(["--experiments", "mean-pooling,augment", "--seeds", "42"])
+    cfgs = [cfg for *_, cfg in study.plan(args, [])]
+    assert [(c.task, c.pooling, c.augment) for c in cfgs] == [("custom", "mean", 0.0), ("custom", "cls", 0.3)]
