@@ -168,3 +168,14 @@ def test_export_merges_lora_adapters(tiny_model, data_file, tmp_path, monkeypatc
     texts = ["wake me up at five am", "play some jazz please"]
     np.testing.assert_allclose(Predictor(run_dir, "onnx").logits(texts),
                                Predictor(run_dir, base_model=tiny_model).logits(texts), atol=1e-4)
+
+
+def test_serve_answers_match_the_predictor_in_request_order(client):
+    c, app = client
+    texts = ["play some jazz", "wake me up at five am on friday please", "is it raining", "turn it up",
+             "what is the weather like in paris tomorrow morning", "hi", "set an alarm", "next song"]
+    got = c.post("/predict", json={"inputs": texts, "top_k": 2}).json()
+    want = app.state.serving["predictor"].top_k(texts, 2)  # one padded batch; the server sorts into smaller ones
+    assert [[x["label"] for x in row] for row in got] == [[x["label"] for x in row] for row in want]
+    assert [x["score"] for row in got for x in row] == pytest.approx([x["score"] for row in want for x in row],
+                                                                       abs=2e-4)
