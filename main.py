@@ -40,8 +40,8 @@ from loss import distill_loss, supcon_loss, symmetric_kl
 from model import (apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model,
                    save_checkpoint, weights_sha256)
 from stats import ece, fit_temperature, nll
-from utils import (build_optimizer, build_param_groups, cpu_attention, environment, fast_process_settings, macro_f1,
-                   set_seed, setup_logging, write_json)
+from utils import (build_optimizer, build_param_groups, coarse_accuracy, cpu_attention, environment,
+                   fast_process_settings, macro_f1, set_seed, setup_logging, write_json)
 
 log = logging.getLogger("main")
 EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of cache and run slower
@@ -105,6 +105,16 @@ def other_labels(cfg, tokenizer, features):
     names, other_features = load_features(other, tokenizer)
     assert other_features["train"]["texts"] == features["train"]["texts"]  # one file, read in one order
     return names, other_features["train"]["labels"]
+
+
+def scenario_from_intent(cfg, tokenizer, features, probs):
+    """Scenario test accuracy of this intent model, each scenario's probability the sum of its intents'."""
+    _, scenario = load_features(dataclasses.replace(cfg, label="scenario"), tokenizer)
+    parent = np.full(probs.shape[1], -1)
+    parent[features["train"]["labels"]] = scenario["train"]["labels"]  # the training pairs: which scenario owns an intent
+    acc = coarse_accuracy(probs, parent, scenario["test"]["labels"])
+    log.info("scenario accuracy of this intent model (intent probabilities summed per scenario): %.4f", acc)
+    return acc
 
 
 def teacher_probabilities(cfg, labels, train):
@@ -438,6 +448,9 @@ def train(cfg):
         "best_test_accuracy": best_test["accuracy"],
         "best_test_macro_f1": best_test["macro_f1"],
         "calibration": calibration,
+        **({"best_test_scenario_accuracy_from_intent": scenario_from_intent(cfg, tokenizer, features,
+                                                                            softmax(best_test["logits"], axis=1))}
+           if cfg.label == "intent" else {}),
         "test_predictions": test["predictions"],
         "test_labels": features["test"]["labels"],
     }

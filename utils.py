@@ -121,6 +121,20 @@ def macro_f1(preds, labels, n_classes):
     return float(np.mean(f1s)) if f1s else 0.0
 
 
+def coarse_accuracy(probs, parent, coarse_labels):
+    """Accuracy on coarse labels of a fine-label model: each coarse label's probability is the sum of its fine ones.
+
+    probs: (N, F) fine-label probabilities; parent: (F,) the coarse label of each fine
+    label (-1: none seen); coarse_labels: (N,) gold coarse labels. E.g. MASSIVE
+    intents (<scenario>_<action>) summed into their scenario.
+    """
+    probs, parent = np.asarray(probs), np.asarray(parent)
+    coarse = np.zeros((len(probs), max(int(parent.max()) + 1, int(np.max(coarse_labels)) + 1)))
+    for f in np.flatnonzero(parent >= 0):
+        coarse[:, parent[f]] += probs[:, f]
+    return float(np.mean(coarse.argmax(1) == np.asarray(coarse_labels)))
+
+
 def environment(device):
     import peft
 

@@ -118,3 +118,28 @@ def test_robustness_bench(run_args, tmp_path):
     assert report["drop_points"]["upper"] == 0 and report["drop_points"]["spaces"] == 0
     experiment = parse_args(args).run_name.removesuffix("-s42")
     assert f"| {experiment} | 1 | {100 * report['test_accuracy']['clean']:.2f}% | 0.00 |" in (out / "robustness.md").read_text()
+
+
+def test_coarse_accuracy_sums_fine_probabilities():
+    from utils import coarse_accuracy
+
+    # fine labels 0, 1 belong to coarse 0; fine 2 to coarse 1. Row 0: fine argmax is 2 (0.4), but coarse 0 holds 0.6
+    probs = [[0.3, 0.3, 0.4], [0.1, 0.1, 0.8]]
+    assert coarse_accuracy(probs, [0, 0, 1], [0, 1]) == 1.0
+    assert coarse_accuracy(probs, [0, 0, 1], [1, 1]) == 0.5
+
+
+def test_intent_runs_report_scenario_accuracy(run_args, monkeypatch):
+    seen = {}
+
+    def fake(probs, parent, gold):
+        seen.update(parent=list(parent), rows=len(probs), gold=len(gold))
+        return 0.5
+
+    monkeypatch.setattr(cli, "coarse_accuracy", fake)
+    results = cli.main([*run_args, "--label", "intent"])
+    assert results["best_test_scenario_accuracy_from_intent"] == 0.5
+    # every intent is summed into its own scenario (the test data's intents are <scenario>_<action>)
+    scenarios = ["alarm", "music", "weather"]
+    assert [scenarios[p] for p in seen["parent"]] == [i.split("_")[0] for i in results["labels"]]
+    assert seen["rows"] == seen["gold"] == len(results["test_labels"])
