@@ -84,6 +84,13 @@ def test_run_names_and_task_defaults():
     (["--task", "predict", "--checkpoint", "x", "--min-confidence", "2"], "--min-confidence must be in [0, 1]"),
     (["--task", "export"], "--task export needs --checkpoint DIR"),
     (["--port", "8000"], "--port applies only to --task serve"),
+    (["--pooling", "mean"], "--pooling applies only to --task custom"),
+    (["--task", "supcon", "--ema", "0.9"], "--ema applies only to --task custom"),
+    (["--task", "custom", "--label-smoothing", "1"], "--label-smoothing and --ema must be in [0, 1)"),
+    (["--task", "custom", "--augment", "1.5"], "--augment in [0, 1]"),
+    (["--task", "custom", "--rdrop", "-1"], "--rdrop and --aux-weight must be >= 0"),
+    (["--task", "custom", "--distill-weight", "0.5"], "needs --teachers"),
+    (["--task", "custom", "--teachers", "a", "--distill-temperature", "0"], "--distill-temperature positive"),
 ])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
