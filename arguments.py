@@ -150,7 +150,8 @@ def build_parser():
     p.add_argument("--lora-targets", choices=("query-value", "all-linear"),
                    help="encoder layers that get adapters (lora)")
     r = p.add_argument_group("the accuracy recipe (--task custom; all off by default)")
-    r.add_argument("--pooling", choices=("cls", "mean"), help="sentence vector: [CLS] (the study) or the mean over tokens")
+    r.add_argument("--pooling", choices=("cls", "mean"),
+                   help="sentence vector: [CLS] (the study) or the mean over tokens")
     r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     r.add_argument("--rdrop", type=float, help="R-Drop weight: symmetric KL between two dropout passes")
     r.add_argument("--ema", type=float, help="decay of an exponential moving average of the weights, which is "
@@ -181,7 +182,8 @@ def build_parser():
     g.add_argument("--host", help="serve: address to listen on (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="serve: port (default 8000)")
     g.add_argument("--max-wait-ms", type=float,
-                   help="serve: longest a pass waits for more requests once the queued ones are in (default 0: a pass takes what queued while the last one ran)")
+                   help="serve: longest a pass waits for more requests once the queued ones are in "
+                        "(default 0: a pass takes what queued while the last one ran)")
     g.add_argument("--max-inputs", type=int, help="serve: most utterances in one request (default 256)")
     g.add_argument("--max-queue", type=int, help="serve: most utterances waiting before requests get 503 (default 4096)")
     g.add_argument("--threads", type=int, help="serve: the model's intra-op threads (default: one per core)")
@@ -197,7 +199,8 @@ def run_name(cfg):
     if cfg.task == "custom":
         parts.append(f"llrd{cfg.llrd:g}-wu{cfg.warmup_ratio:g}")
         recipe = {"mean": cfg.pooling == "mean", f"ls{cfg.label_smoothing:g}": cfg.label_smoothing,
-                  f"rdrop{cfg.rdrop:g}": cfg.rdrop, f"ema{cfg.ema:g}": cfg.ema, f"aux{cfg.aux_weight:g}": cfg.aux_weight,
+                  f"rdrop{cfg.rdrop:g}": cfg.rdrop, f"ema{cfg.ema:g}": cfg.ema,
+                  f"aux{cfg.aux_weight:g}": cfg.aux_weight,
                   f"kd{len(cfg.teachers or [])}x{cfg.distill_weight:g}t{cfg.distill_temperature:g}": cfg.teachers,
                   f"aug{cfg.augment:g}": cfg.augment}
         parts += [name for name, on in recipe.items() if on]

@@ -67,7 +67,8 @@ def ce_step(model, batch, cfg):
         loss = loss + cfg.rdrop * symmetric_kl(*logits.chunk(2))
     if cfg.aux_weight:
         aux_labels = batch["aux_labels"].repeat(views)
-        loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits.float(), aux_labels, label_smoothing=cfg.label_smoothing)
+        loss = loss + cfg.aux_weight * F.cross_entropy(aux_logits.float(), aux_labels,
+                                                       label_smoothing=cfg.label_smoothing)
     if cfg.teachers:
         soft = distill_loss(logits, batch["teacher_probs"].repeat(views, 1), cfg.distill_temperature)
         loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
@@ -111,7 +112,7 @@ def scenario_from_intent(cfg, tokenizer, features, probs):
     """Scenario test accuracy of this intent model, each scenario's probability the sum of its intents'."""
     _, scenario = load_features(dataclasses.replace(cfg, label="scenario"), tokenizer)
     parent = np.full(probs.shape[1], -1)
-    parent[features["train"]["labels"]] = scenario["train"]["labels"]  # the training pairs: which scenario owns an intent
+    parent[features["train"]["labels"]] = scenario["train"]["labels"]  # training pairs: which scenario owns an intent
     acc = coarse_accuracy(probs, parent, scenario["test"]["labels"])
     log.info("scenario accuracy of this intent model (intent probabilities summed per scenario): %.4f", acc)
     return acc
@@ -394,8 +395,8 @@ def train(cfg):
                 rngs = gather_object([rng_state(generator)])  # every process's, in process order
                 state = {"config": vars(cfg), "phase_index": phase_index, "phase": phase, "epoch": epoch,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "ema": ema and ema.state_dict(), "rng": rngs, "world_size": world, "history": history,
-                         "best": best, "before": before}
+                         "scheduler": scheduler.state_dict(), "ema": ema and ema.state_dict(), "rng": rngs,
+                         "world_size": world, "history": history, "best": best, "before": before}
                 if accel.is_main_process:
                     atomic_write(os.path.join(cfg.run_dir, "last.pt"), lambda f: torch.save(state, f))
         del trained  # a DDP wrapper left alive would keep reducing gradients in the next phase

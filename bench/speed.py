@@ -173,7 +173,8 @@ def main():
     machine = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"machine: {machine}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
           f"bf16 autocast: {bf16}; encoder: {model_name(cfg.model)}{' (random init)' if args.random_init else ''}")
-    print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {f'{peak16 / 1e9:.0f} GFLOP/s' if peak16 else 'not measured'}"
+    bf16_peak = f"{peak16 / 1e9:.0f} GFLOP/s" if peak16 else "not measured"
+    print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {bf16_peak}"
           f"{'' if on_cpu else f', TF32 {peak_tf32 / 1e9:.0f} GFLOP/s'}; "
           f"training FLOPs per token {flops_tok / 1e6:.1f} M")
     print(f"{'configuration (our default: the last row)':42s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} "

@@ -101,7 +101,8 @@ def test_robustness_bench(run_args, tmp_path):
     # an uncased tokenizer lower-cases, and BERT's splits on any run of spaces: those copies cost nothing
     assert report["drop_points"]["upper"] == 0 and report["drop_points"]["spaces"] == 0
     experiment = parse_args(args).run_name.removesuffix("-s42")
-    assert f"| {experiment} | 1 | {100 * report['test_accuracy']['clean']:.2f}% | 0.00 |" in (out / "robustness.md").read_text()
+    row = f"| {experiment} | 1 | {100 * report['test_accuracy']['clean']:.2f}% | 0.00 |"
+    assert row in (out / "robustness.md").read_text()
 
 
 def test_coarse_accuracy_sums_fine_probabilities():
