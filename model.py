@@ -6,6 +6,7 @@ and simclr; the classification phase drops it, as SupContrast and SimCSE do.
 (--aux-weight); checkpoints keep the main head only.
 """
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import shutil
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer
+from transformers import MODEL_MAPPING, AutoConfig, AutoModel, AutoTokenizer
 
 
 def resolve_model(name):
@@ -86,14 +87,21 @@ class Classifier(nn.Module):
         return (self.head(x), self.aux_head(x)) if aux else self.head(x)
 
 
-def load_encoder(path, attention=None):
+def load_encoder(path, attention=None, pooler=True):
     """attention: the encoder's attn_implementation ("eager", "sdpa"); None lets transformers choose.
 
     Weights are always loaded as fp32: transformers >= 5 otherwise keeps the
     dtype they were stored in, and AdamW on fp16/bf16 weights loses most small
     updates. Speed comes from bf16 autocast or TF32 matmuls instead.
+    pooler=False: build no pooler where the architecture allows it, for our own
+    checkpoints, which never hold one (transformers would warn that it is missing).
     """
-    return AutoModel.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
+    kwargs = {}
+    if not pooler:
+        config = AutoConfig.from_pretrained(path)
+        if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters:
+            kwargs["add_pooling_layer"] = False
+    return AutoModel.from_pretrained(path, attn_implementation=attention, dtype=torch.float32, **kwargs)
 
 
 def build_model(model_name, n_classes, dropout, projection=False, attention=None, pooling="cls", aux_classes=None):
@@ -166,7 +174,7 @@ def load_checkpoint(path, attention=None, base_model=None):
             raise ValueError(f"cannot load the LoRA base encoder '{base}'; pass its folder with --model") from None
         model = PeftModel.from_pretrained(net, os.path.join(path, "adapter"))
     else:
-        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention), n_classes, cfg["dropout"],
+        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention, pooler=False), n_classes, cfg["dropout"],
                            pooling=cfg.get("pooling", "cls"))
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

@@ -115,6 +115,15 @@ def test_predict_texts_file_and_stdin(checkpoint, tmp_path, capsys):
     assert proc.returncode == 0 and proc.stdout.startswith("play jazz\t")
 
 
+def test_library_load_reports_no_missing_weights(checkpoint):
+    # a checkpoint holds no pooler, so none is built and then reported missing (the CLI mutes transformers; a
+    # library user does not)
+    code = f"from inference import Predictor; Predictor({checkpoint!r}).top_k(['play jazz'])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "MISSING" not in proc.stderr
+
+
 def test_predict_is_batched_and_order_preserving(checkpoint):
     texts = [f"play song number {i}" + " please" * (i % 7) for i in range(600)]
     records = cli.main(["--task", "predict", "--checkpoint", checkpoint, "--format", "jsonl", *texts])
