@@ -3,6 +3,7 @@
     python study.py --data ../shared/data/massive/en-US.jsonl                  # 9 experiments x 3 seeds
     python study.py --experiments baseline --label intent --data ...           # one experiment, 3 seeds
     python study.py --experiments mean-pooling,augment --seeds 42 --data ...  # screen accuracy-recipe candidates
+    python study.py --experiments recipe --data ...                            # the accuracy recipe, 3 seeds
     python study.py --list --data ... > grid.txt                               # plain main.py commands, no Ray
     python study.py --address HOST:6379 --gpus-per-run 0.25 --data ...         # an existing cluster
 
@@ -55,6 +56,18 @@ EXPERIMENTS.update({
     "augment": ["--task", "custom", "--augment", "0.3"],
     "lr1e-4-e20": ["--task", "custom", "--lr", "1e-4", "--epochs", "20"],
 })
+# The recipe: LLRD + warmup plus these techniques; its ablation drops one at a time ("recipe-no-ema", ...).
+RECIPE = {
+    "mean": ["--pooling", "mean"],
+    "ls": ["--label-smoothing", "0.1"],
+    "ema": ["--ema", "0.999"],
+    "aux": ["--aux-weight", "0.5"],
+    "augment": ["--augment", "0.3"],
+}
+EXPERIMENTS["recipe"] = ["--task", "custom", *(f for flags in RECIPE.values() for f in flags)]
+EXPERIMENTS.update({f"recipe-no-{name}": ["--task", "custom", *(f for other, flags in RECIPE.items()
+                                                                 if other != name for f in flags)]
+                    for name in RECIPE})
 
 
 class StudyError(Exception):

@@ -104,3 +104,17 @@ def test_default_grid_is_the_study_and_recipe_candidates_are_selectable():
     args = study.build_parser().parse_args(["--experiments", "mean-pooling,augment", "--seeds", "42"])
     cfgs = [cfg for *_, cfg in study.plan(args, [])]
     assert [(c.task, c.pooling, c.augment) for c in cfgs] == [("custom", "mean", 0.0), ("custom", "cls", 0.3)]
+
+
+def test_recipe_ablation_drops_exactly_one_technique():
+    names = ["recipe", *(f"recipe-no-{n}" for n in study.RECIPE)]
+    args = study.build_parser().parse_args(["--experiments", ",".join(names), "--seeds", "42"])
+    cfgs = {name: cfg for name, _, _, cfg in study.plan(args, [])}
+    full = cfgs["recipe"]
+    assert (full.pooling, full.label_smoothing, full.ema, full.aux_weight, full.augment) == ("mean", 0.1, 0.999, 0.5, 0.3)
+    for n in study.RECIPE:
+        ablated = cfgs[f"recipe-no-{n}"]
+        differ = [k for k in ("pooling", "label_smoothing", "ema", "aux_weight", "augment")
+                  if getattr(ablated, k) != getattr(full, k)]
+        assert len(differ) == 1 and ablated.llrd == full.llrd and ablated.warmup_ratio == full.warmup_ratio
+    assert len({c.run_name for c in cfgs.values()}) == len(cfgs)
