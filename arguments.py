@@ -33,7 +33,7 @@ TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon
              "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
              "lora_targets": ("lora",), "checkpoint": USE_TASKS, "input": ("predict",), "top_k": ("predict",),
              "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
-             "min_confidence": ("predict", "serve"), "host": ("serve",), "port": ("serve",),
+             "min_confidence": ("predict", "serve"), "spelling": ("predict", "serve"), "host": ("serve",), "port": ("serve",),
              "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",), "threads": ("serve",),
              **{k: ("custom",) for k in RECIPE_DEFAULTS}}
 
@@ -82,6 +82,7 @@ class Config:
     format: str | None
     backend: str | None
     min_confidence: float | None
+    spelling: bool | None
     host: str | None
     port: int | None
     max_wait_ms: float | None
@@ -101,7 +102,7 @@ class Config:
 
 # Where a run reads and writes, not what it computes: results and checkpoints do not record these.
 IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
-           "format", "backend", "min_confidence", "host", "port", "max_wait_ms", "max_inputs", "max_queue", "threads",
+           "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue", "threads",
            "run_name")
 
 
@@ -179,6 +180,8 @@ def build_parser():
     g.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"),
                    help="what runs the model (default torch; onnx backends need --task export first)")
     g.add_argument("--min-confidence", type=float, help="abstain (no label) below this calibrated probability")
+    g.add_argument("--spelling", action="store_true", default=None,
+                   help="correct words unknown to the model to the nearest training word first (spelling.py)")
     g.add_argument("--host", help="serve: address to listen on (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="serve: port (default 8000)")
     g.add_argument("--max-wait-ms", type=float,

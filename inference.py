@@ -29,16 +29,26 @@ def checkpoint_folder(path):
     return path
 
 
+def words_file(folder):
+    """The training words a checkpoint folder saved for spelling correction; UserError when it has none."""
+    path = os.path.join(folder, "words.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found: this checkpoint predates spelling correction; train it again")
+    return path
+
+
 class Predictor:
     """A checkpoint ready to classify: labels, temperature, max length and one backend.
 
     threads: intra-op threads of the backend (None: the library's default), so
     that a server and its model do not oversubscribe the cores. onnx_file: an
     ONNX model to use instead of the checkpoint's (export checks one before
-    putting it in place).
+    putting it in place). spelling: correct words unknown to the model first
+    (spelling.py), with the training words the checkpoint saved; `speller` can
+    also be set to any spelling.Speller.
     """
 
-    def __init__(self, checkpoint, backend="torch", base_model=None, threads=None, onnx_file=None):
+    def __init__(self, checkpoint, backend="torch", base_model=None, threads=None, onnx_file=None, spelling=False):
         from model import load_checkpoint
         from transformers import AutoTokenizer
 
@@ -80,6 +90,13 @@ class Predictor:
         self.max_length = self.meta["max_length"]
         self.temperature = self.meta.get("temperature", 1.0)
         self.name = self.meta["run_name"]
+        self.speller = self.load_speller() if spelling else None
+
+    def load_speller(self):
+        from spelling import Speller, whole_words
+
+        with open(words_file(self.path)) as f:
+            return Speller(json.load(f), whole_words(self.tokenizer))
 
     def _forward(self, ids, mask):
         """Logits (B, C) as float32 numpy for one padded batch."""
@@ -91,6 +108,8 @@ class Predictor:
 
     def logits(self, texts, batch_size=128):
         """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""
+        if self.speller:
+            texts = [self.speller(t) for t in texts]
         ids = self.tokenizer([t.strip() for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
         out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)

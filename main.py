@@ -39,6 +39,7 @@ from inference import Predictor
 from loss import distill_loss, supcon_loss, symmetric_kl
 from model import (apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model,
                    save_checkpoint, weights_sha256)
+from spelling import word_counts
 from stats import ece, fit_temperature, nll
 from utils import (build_optimizer, build_param_groups, coarse_accuracy, cpu_attention, environment,
                    fast_process_settings, macro_f1, set_seed, setup_logging, write_json)
@@ -461,7 +462,8 @@ def train(cfg):
         meta = {"run_name": cfg.run_name, "labels": labels, "config": results["config"], "best_epoch": best["epoch"],
                 "best_test_accuracy": best_test["accuracy"], "max_length": cfg.max_length,
                 "temperature": temperature}
-        save_checkpoint(model, tokenizer, meta, os.path.join(cfg.run_dir, "best"))
+        save_checkpoint(model, tokenizer, meta, os.path.join(cfg.run_dir, "best"),
+                        words=word_counts(features["train"]["texts"]))
         os.remove(os.path.join(cfg.run_dir, "last.pt"))  # finished: nothing left to resume
         log.info("saved the best-validation model (epoch %d) in %s", best["epoch"], os.path.join(cfg.run_dir, "best"))
     write_json(cfg.results_path, results)
@@ -485,7 +487,7 @@ def read_utterances(cfg):
 
 def predict(cfg):
     """Top-k labels with calibrated probabilities for each utterance, from a saved checkpoint; returns the records."""
-    predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model)
+    predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, spelling=cfg.spelling)
     texts = read_utterances(cfg)
     records = []
     for text, top in zip(texts, predictor.top_k(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size)):

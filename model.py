@@ -125,8 +125,9 @@ def apply_lora(model, rank, alpha, targets, dropout=0.1):
     return get_peft_model(model, config)
 
 
-def save_checkpoint(model, tokenizer, meta, path):
-    """The encoder in save_pretrained format (the adapter alone for LoRA), the head, tokenizer and meta.json.
+def save_checkpoint(model, tokenizer, meta, path, words=None):
+    """The encoder in save_pretrained format (the adapter alone for LoRA), the head, tokenizer and meta.json;
+    words.json ({training word: count}, for spelling correction) when words are given.
 
     Written into a temporary folder that then replaces `path`, so a crash never
     leaves a half-written checkpoint in place of a good one.
@@ -141,6 +142,9 @@ def save_checkpoint(model, tokenizer, meta, path):
     tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
+    if words is not None:
+        with open(os.path.join(tmp, "words.json"), "w") as f:
+            json.dump(words, f, ensure_ascii=False)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 

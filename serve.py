@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
 from dataloader import UserError
-from inference import BACKENDS, Predictor, checkpoint_folder
+from inference import BACKENDS, Predictor, checkpoint_folder, words_file
 
 log = logging.getLogger("serve")
 # A pass's utterances go through the model sorted by length in forward batches of this many: less padding. On a
@@ -174,9 +174,12 @@ def serve(cfg):
     folder = checkpoint_folder(cfg.checkpoint)  # bad paths fail here, in one line, before the server starts
     if cfg.backend != "torch" and not os.path.isfile(os.path.join(folder, BACKENDS[cfg.backend])):
         raise UserError(f"no {BACKENDS[cfg.backend]} in {folder}: run --task export --checkpoint {cfg.checkpoint}")
+    if cfg.spelling:
+        words_file(folder)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's own threads would compete too
     threads = cfg.threads or os.cpu_count()
-    app = create_app(lambda: Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, threads=threads),
+    app = create_app(lambda: Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, threads=threads,
+                                           spelling=cfg.spelling),
                      cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue)
     log.info("listening on http://%s:%d (model threads %d, batches up to %d utterances or %g ms)", cfg.host,
              cfg.port, threads, cfg.batch_size, cfg.max_wait_ms)

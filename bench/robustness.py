@@ -5,8 +5,10 @@
 For each checkpoint: accuracy on the clean test split and on one perturbed copy
 per kind (upper case, sentence case with final punctuation, extra spaces,
 filler words, one misspelled word), the copies the same for every checkpoint,
-and the share of test predictions each kind changes.
-Writes robustness-<run name>.json per checkpoint into --out-dir (results/bench),
+and the share of test predictions each kind changes. --spelling measures
+the checkpoints with spelling correction (spelling.py, the words of the
+file's training split), as `predict --spelling` and `serve --spelling` run.
+Writes robustness-<run name>[-spelling].json per checkpoint into --out-dir (results/bench),
 then robustness.md there: the drop per kind in points, mean ± std over the
 seeds of each experiment, over every robustness file there.
 """
@@ -24,25 +26,31 @@ sys.path.insert(0, ROOT)
 from dataloader import read_jsonl  # noqa: E402
 from inference import Predictor  # noqa: E402
 from noise import KINDS, perturbed_copies  # noqa: E402
+from spelling import Speller, whole_words  # noqa: E402
 from utils import write_json  # noqa: E402
 
 SEED = 0  # of the perturbed copies
 
 
-def measure(checkpoint, data, backend, out_dir):
+def measure(checkpoint, data, backend, out_dir, spelling=False):
     predictor = Predictor(checkpoint, backend)
-    texts, gold = zip(*read_jsonl(data, predictor.meta["config"]["label"])["test"])
+    splits = read_jsonl(data, predictor.meta["config"]["label"])
+    if spelling:  # the words a checkpoint trained on this file saves, so older checkpoints can be measured too
+        predictor.speller = Speller.from_texts([t for t, _ in splits["train"]], whole_words(predictor.tokenizer))
+    texts, gold = zip(*splits["test"])
     gold = np.array([predictor.labels.index(y) for y in gold])
     accuracy, changed, clean = {}, {}, None
     for kind, copy in {"clean": list(texts), **perturbed_copies(texts, SEED)}.items():
         pred = predictor.logits(copy).argmax(1)
         clean = pred if clean is None else clean
         accuracy[kind], changed[kind] = float(np.mean(pred == gold)), float(np.mean(pred != clean))
-    print(f"{predictor.name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items()))
-    result = {"run": predictor.name, "backend": backend, "perturbation_seed": SEED, "test_accuracy": accuracy,
+    suffix = "-spelling" if spelling else ""
+    print(f"{predictor.name}{suffix}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items()))
+    result = {"run": predictor.name, "backend": backend, "spelling": spelling, "perturbation_seed": SEED,
+              "test_accuracy": accuracy,
               "drop_points": {k: 100 * (accuracy["clean"] - accuracy[k]) for k in KINDS},
               "predictions_changed": {k: changed[k] for k in KINDS}}
-    write_json(os.path.join(out_dir, f"robustness-{predictor.name}.json"), result)
+    write_json(os.path.join(out_dir, f"robustness-{predictor.name}{suffix}.json"), result)
 
 
 def table(out_dir):
@@ -51,7 +59,8 @@ def table(out_dir):
     for path in sorted(glob.glob(os.path.join(out_dir, "robustness-*.json"))):
         with open(path) as f:
             r = json.load(f)
-        groups.setdefault(re.sub(r"-s\d+$", "", r["run"]), []).append(r)
+        name = re.sub(r"-s\d+$", "", r["run"]) + (" + --spelling" if r.get("spelling") else "")
+        groups.setdefault(name, []).append(r)
     lines = ["| experiment | seeds | clean accuracy | " + " | ".join(f"drop: {k}" for k in KINDS) + " |",
              "|---|---|---|" + "---|" * len(KINDS)]
     for name, rs in groups.items():
@@ -69,10 +78,11 @@ def main(argv=None):
     p.add_argument("checkpoints", nargs="*", help="checkpoint folders to measure (none: only rebuild the table)")
     p.add_argument("--data", required=True, help="MASSIVE release file")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    p.add_argument("--spelling", action="store_true", help="with spelling correction, as predict/serve --spelling")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "results", "bench"))
     args = p.parse_args(argv)
     for checkpoint in args.checkpoints:
-        measure(checkpoint, args.data, args.backend, args.out_dir)
+        measure(checkpoint, args.data, args.backend, args.out_dir, args.spelling)
     md = table(args.out_dir)
     with open(os.path.join(args.out_dir, "robustness.md"), "w") as f:
         f.write(md)

@@ -4,12 +4,14 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import main as cli
 from arguments import parse_args
 from dataloader import UserError, load_features, make_loader
+from inference import Predictor
 from model import load_checkpoint
 from utils import cpu_attention
 
@@ -130,6 +132,25 @@ def test_predict_is_batched_and_order_preserving(checkpoint):
     assert [r["text"] for r in records] == texts
     one = cli.main(["--task", "predict", "--checkpoint", checkpoint, "--format", "jsonl", texts[5]])
     assert one[0]["predictions"][0]["label"] == records[5]["predictions"][0]["label"]
+
+
+def test_predict_with_spelling_correction(checkpoint, tmp_path):
+    with open(os.path.join(checkpoint, "best", "words.json")) as f:
+        words = json.load(f)
+    assert words["wake"] >= 1 and all(w == w.lower() and n >= 1 for w, n in words.items())  # the training words
+    misspelled, right = "wake me up at fivve am", "wake me up at five am"
+    assert "fivve" not in words and "five" in words
+    plain, spelled = Predictor(checkpoint), Predictor(checkpoint, spelling=True)
+    assert np.array_equal(spelled.logits([misspelled]), plain.logits([right]))
+    assert not np.array_equal(plain.logits([misspelled]), plain.logits([right]))  # so the correction did that
+    records = cli.main(["--task", "predict", "--checkpoint", checkpoint, "--spelling", misspelled])
+    assert records[0]["text"] == misspelled and records[0]["predictions"][0]["label"] == plain.top_k([right])[0][0]["label"]
+    old = tmp_path / "old"
+    shutil.copytree(os.path.join(checkpoint, "best"), old)
+    os.remove(old / "words.json")
+    proc = run_predict("--checkpoint", str(old), "--spelling", "hello")
+    assert proc.returncode != 0 and "words.json not found: this checkpoint predates spelling correction" in proc.stderr
+    assert run_predict("--checkpoint", str(old), "hello").returncode == 0
 
 
 def test_predict_bad_checkpoints(checkpoint, tmp_path):

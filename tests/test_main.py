@@ -84,6 +84,7 @@ def test_run_names_and_task_defaults():
     (["--task", "predict", "--checkpoint", "x", "--min-confidence", "2"], "--min-confidence must be in [0, 1]"),
     (["--task", "export"], "--task export needs --checkpoint DIR"),
     (["--port", "8000"], "--port applies only to --task serve"),
+    (["--spelling"], "--spelling applies only to --task predict/serve"),
     (["--pooling", "mean"], "--pooling applies only to --task custom"),
     (["--task", "supcon", "--ema", "0.9"], "--ema applies only to --task custom"),
     (["--task", "custom", "--label-smoothing", "1"], "--label-smoothing and --ema must be in [0, 1)"),

@@ -103,6 +103,10 @@ def test_robustness_bench(run_args, tmp_path):
     experiment = parse_args(args).run_name.removesuffix("-s42")
     row = f"| {experiment} | 1 | {100 * report['test_accuracy']['clean']:.2f}% | 0.00 |"
     assert row in (out / "robustness.md").read_text()
+    bench.main([parse_args(args).run_dir, "--data", run_args[3], "--out-dir", str(out), "--spelling"])
+    spelled = json.loads((out / f"robustness-{parse_args(args).run_name}-spelling.json").read_text())
+    assert spelled["spelling"] and not report["spelling"]
+    assert f"| {experiment} + --spelling | 1 |" in (out / "robustness.md").read_text()
 
 
 def test_coarse_accuracy_sums_fine_probabilities():

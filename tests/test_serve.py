@@ -2,6 +2,7 @@
 import concurrent.futures
 import json
 import os
+import shutil
 import threading
 
 import numpy as np
@@ -139,9 +140,14 @@ def test_serve_overloaded_queue_answers_503(client):
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
 
-def test_serve_bad_checkpoint_is_one_line(tmp_path):
+def test_serve_bad_checkpoint_is_one_line(trained, tmp_path):
     with pytest.raises(UserError, match="checkpoint folder not found"):
         cli.main(["--task", "serve", "--checkpoint", str(tmp_path / "nope")])
+    old = tmp_path / "old"
+    shutil.copytree(os.path.join(trained[0], "best"), old)
+    os.remove(old / "words.json")
+    with pytest.raises(UserError, match="predates spelling correction"):  # before the server starts
+        cli.main(["--task", "serve", "--checkpoint", str(old), "--spelling"])
 
 
 def test_plots_draws_the_reliability_diagram(trained, tmp_path):
