@@ -33,8 +33,9 @@ TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon
              "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
              "lora_targets": ("lora",), "checkpoint": USE_TASKS, "input": ("predict",), "top_k": ("predict",),
              "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
-             "min_confidence": ("predict", "serve"), "spelling": ("predict", "serve"), "host": ("serve",), "port": ("serve",),
-             "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",), "threads": ("serve",),
+             "min_confidence": ("predict", "serve"), "spelling": ("predict", "serve"), "host": ("serve",),
+             "port": ("serve",), "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",),
+             "threads": ("serve",),
              **{k: ("custom",) for k in RECIPE_DEFAULTS}}
 
 
@@ -102,8 +103,8 @@ class Config:
 
 # Where a run reads and writes, not what it computes: results and checkpoints do not record these.
 IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
-           "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue", "threads",
-           "run_name")
+           "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue",
+           "threads", "run_name")
 
 
 def recorded_config(cfg):

@@ -139,7 +139,7 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         p = state["predictor"]
         return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
                 "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
-                "max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+                "spelling": p.speller is not None, "max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
 
     @app.post("/predict")
     async def predict(req: PredictRequest):

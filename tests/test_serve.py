@@ -109,6 +109,7 @@ def test_serve_predict_info_and_errors(client):
     assert many.status_code == 200 and [len(x) for x in many.json()] == [3, 0, 3]
     info = c.get("/info").json()
     assert info["labels"] == ["alarm", "music", "weather"] and info["backend"] == "torch" and info["temperature"] > 0
+    assert info["spelling"] is False
     assert c.post("/predict", json={"inputs": []}).status_code == 422
     assert c.post("/predict", json={"inputs": ""}).status_code == 422
     assert c.post("/predict", json={"text": "hi"}).status_code == 422
@@ -185,3 +186,17 @@ def test_serve_answers_match_the_predictor_in_request_order(client):
     assert [[x["label"] for x in row] for row in got] == [[x["label"] for x in row] for row in want]
     assert [x["score"] for row in got for x in row] == pytest.approx([x["score"] for row in want for x in row],
                                                                        abs=2e-4)
+
+
+def test_serve_with_spelling_correction(trained):
+    run_dir = trained[0]
+    app = create_app(lambda: Predictor(run_dir, spelling=True), max_batch=8, max_wait_ms=0, max_inputs=8,
+                     max_queue=16)
+    with TestClient(app) as c:
+        for _ in range(200):
+            if c.get("/health").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        assert c.get("/info").json()["spelling"] is True
+        got = c.post("/predict", json={"inputs": ["wake me up at fivve am"], "top_k": 3}).json()
+    assert got == Predictor(run_dir).top_k(["wake me up at five am"], 3)
