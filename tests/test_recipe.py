@@ -23,7 +23,7 @@ def test_recipe_end_to_end(run_args, tmp_path):
     assert len(results["history"]) == 2 and all(r["train_loss"] > 0 for r in results["history"])
     # the second head trains, but inference needs only the first: the checkpoint keeps that one
     best = os.path.join(cfg.run_dir, "best")
-    assert sorted(os.listdir(best)) == ["encoder", "head.pt", "meta.json", "tokenizer"]
+    assert sorted(os.listdir(best)) == ["encoder", "head.pt", "meta.json", "tokenizer", "words.json"]
 
 
 def test_defaults_leave_older_runs_valid():
