@@ -8,7 +8,7 @@ knows (from training or as one token of its vocabulary), short words, and
 words with no such neighbour are left alone.
 
     speller = Speller.from_texts(train_texts, whole_words(tokenizer))  # a checkpoint saves its words.json
-    speller("wake me up at sevn")               # 'wake me up at seven'
+    speller("wake me up at sevn")                                      # 'wake me up at seven'
 """
 import collections
 import functools
@@ -45,7 +45,7 @@ class Speller:
 
     def __init__(self, counts, keep=()):
         self.counts = counts
-        self.keep = frozenset(keep)
+        self.keep = frozenset(w.lower() for w in keep)  # a cased vocabulary keeps 'Paris' for 'paris' too
         self.nearest = functools.lru_cache(maxsize=2 ** 16)(self._nearest)  # a server sees the same typos again
 
     @classmethod
