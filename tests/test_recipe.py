@@ -85,13 +85,18 @@ def test_augment_perturbs_only_some_training_utterances(run_args, tiny_model):
     assert sum(noisy) > len(noisy) / 2  # upper case is lower-cased away by this tokenizer, so not all differ
 
 
-def test_robustness_bench(run_args, tmp_path):
+def load_bench(name):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("robustness", os.path.join(os.path.dirname(__file__), "..", "bench",
-                                                                              "robustness.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "bench",
+                                                                      f"{name}.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_robustness_bench(run_args, tmp_path):
+    bench = load_bench("robustness")
     args = [*run_args, "--checkpoint-dir", str(tmp_path / "ckpt")]
     cli.main(args)
     out = tmp_path / "bench"
@@ -107,6 +112,36 @@ def test_robustness_bench(run_args, tmp_path):
     spelled = json.loads((out / f"robustness-{parse_args(args).run_name}-spelling.json").read_text())
     assert spelled["spelling"] and not report["spelling"]
     assert f"| {experiment} + --spelling | 1 |" in (out / "robustness.md").read_text()
+
+
+def test_ensemble_bench(run_args, tmp_path):
+    bench = load_bench("ensemble")
+    runs = [[*run_args, "--seed", seed] for seed in ("42", "43")]
+    best = [cli.main(args)["best_val_accuracy"] for args in runs]
+    folders = [parse_args(args).run_dir for args in runs]
+    out = tmp_path / "bench"
+    bench.main([*folders, "--data", run_args[3], "--out-dir", str(out)])
+    report = json.loads((out / "ensemble-scenario.json").read_text())
+    # each member's best/ checkpoint scores what its run recorded as its best validation accuracy
+    assert list(report["members"].values()) == pytest.approx(best)
+    assert report["split"] == "validation" and 0 <= report["ensemble"] <= 1
+    bench.main([folders[0], folders[0], "--data", run_args[3], "--out-dir", str(out)])
+    assert json.loads((out / "ensemble-scenario.json").read_text())["ensemble"] == pytest.approx(best[0])
+
+
+def test_ensemble_bench_bad_input(run_args, tmp_path, capsys):
+    bench = load_bench("ensemble")
+    cli.main(run_args)
+    folder = parse_args(run_args).run_dir
+    with pytest.raises(SystemExit, match="two or more"):
+        bench.main([folder, "--data", run_args[3], "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="checkpoint folder not found"):
+        bench.main([folder, str(tmp_path / "nothing"), "--data", run_args[3], "--out-dir", str(tmp_path)])
+    intent = [*run_args, "--label", "intent"]
+    cli.main(intent)
+    with pytest.raises(SystemExit, match="other labels"):
+        bench.main([folder, parse_args(intent).run_dir, "--data", run_args[3], "--out-dir", str(tmp_path)])
+    assert not list(tmp_path.glob("ensemble-*.json"))
 
 
 def test_coarse_accuracy_sums_fine_probabilities():

@@ -1,0 +1,65 @@
+"""How much an ensemble of trained checkpoints gains on validation: the ceiling distillation can aim at.
+
+    python bench/ensemble.py --data ../shared/data/massive/en-US.jsonl checkpoints/<run name> ...
+
+Each checkpoint's validation accuracy, then the accuracy of their mean
+probability, which is what `--teachers` distils into one student. A student
+rarely beats its teachers' ensemble, so an ensemble no better than its members
+says distillation is not worth its cost. Validation only: this is a selection
+step, and the test split stays untouched. Writes ensemble-<label>.json into
+--out-dir (results/bench).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+from scipy.special import softmax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from dataloader import UserError, read_jsonl  # noqa: E402
+from inference import Predictor  # noqa: E402
+from utils import write_json  # noqa: E402
+
+
+def measure(checkpoints, data):
+    """{member run name: validation accuracy} and the mean-probability ensemble's accuracy."""
+    members, probs, labels, label = {}, [], None, None
+    for checkpoint in checkpoints:
+        predictor = Predictor(checkpoint)
+        if labels is None:
+            labels, label = predictor.labels, predictor.meta["config"]["label"]
+            texts, gold = zip(*read_jsonl(data, label)["validation"])
+            gold = np.array([labels.index(y) for y in gold])
+        elif predictor.labels != labels:
+            raise UserError(f"{checkpoint} was trained on other labels than {checkpoints[0]}")
+        probs.append(softmax(predictor.logits(list(texts)), axis=1))
+        members[predictor.name] = float(np.mean(probs[-1].argmax(1) == gold))
+        print(f"{predictor.name}: validation {members[predictor.name]:.4f}")
+    ensemble = float(np.mean(np.mean(probs, axis=0).argmax(1) == gold))
+    return label, members, ensemble
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="+", help="two or more checkpoint folders of one label")
+    p.add_argument("--data", required=True, help="MASSIVE release file")
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "results", "bench"))
+    args = p.parse_args(argv)
+    try:
+        if len(args.checkpoints) < 2:
+            raise UserError("an ensemble needs two or more checkpoints")
+        label, members, ensemble = measure(args.checkpoints, args.data)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    best, mean = max(members.values()), float(np.mean(list(members.values())))
+    print(f"ensemble of {len(members)}: validation {ensemble:.4f} "
+          f"(members: mean {mean:.4f}, best {best:.4f}; gain over the mean {100 * (ensemble - mean):+.2f} points)")
+    write_json(os.path.join(args.out_dir, f"ensemble-{label}.json"),
+               {"label": label, "split": "validation", "members": members, "member_mean": mean,
+                "member_best": best, "ensemble": ensemble})
+
+
+if __name__ == "__main__":
+    main()
