@@ -121,18 +121,24 @@ def macro_f1(preds, labels, n_classes):
     return float(np.mean(f1s)) if f1s else 0.0
 
 
-def coarse_accuracy(probs, parent, coarse_labels):
-    """Accuracy on coarse labels of a fine-label model: each coarse label's probability is the sum of its fine ones.
+def coarse_probabilities(probs, parent, n_coarse):
+    """Coarse-label probabilities (N, n_coarse) of a fine-label model: each the sum of its fine labels'.
 
     probs: (N, F) fine-label probabilities; parent: (F,) the coarse label of each fine
-    label (-1: none seen); coarse_labels: (N,) gold coarse labels. E.g. MASSIVE
-    intents (<scenario>_<action>) summed into their scenario.
+    label (-1: none seen). E.g. MASSIVE intents (<scenario>_<action>) summed into
+    their scenario.
     """
     probs, parent = np.asarray(probs), np.asarray(parent)
-    coarse = np.zeros((len(probs), max(int(parent.max()) + 1, int(np.max(coarse_labels)) + 1)))
+    coarse = np.zeros((len(probs), n_coarse))
     for f in np.flatnonzero(parent >= 0):
         coarse[:, parent[f]] += probs[:, f]
-    return float(np.mean(coarse.argmax(1) == np.asarray(coarse_labels)))
+    return coarse
+
+
+def coarse_accuracy(probs, parent, coarse_labels):
+    """Accuracy on gold coarse labels (N,) of a fine-label model, by coarse_probabilities."""
+    n = max(int(np.max(parent)) + 1, int(np.max(coarse_labels)) + 1)
+    return float(np.mean(coarse_probabilities(probs, parent, n).argmax(1) == np.asarray(coarse_labels)))
 
 
 def environment(device):

@@ -8,6 +8,11 @@ rarely beats its teachers' ensemble, so an ensemble no better than its members
 says distillation is not worth its cost. Validation only: this is a selection
 step, and the test split stays untouched. Writes ensemble-<label>.json into
 --out-dir (results/bench).
+
+--scenario scores every checkpoint on scenario, an intent checkpoint by summing
+its intents' probabilities per scenario, so that intent and scenario models
+compare (and ensemble) on one footing; it writes
+ensemble-scenario-with-intent.json.
 """
 import argparse
 import os
@@ -18,25 +23,40 @@ from scipy.special import softmax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataloader import UserError, read_jsonl  # noqa: E402
+from dataloader import UserError, build_labels, read_jsonl  # noqa: E402
 from inference import Predictor  # noqa: E402
-from utils import write_json  # noqa: E402
+from utils import coarse_probabilities, write_json  # noqa: E402
 
 
-def measure(checkpoints, data):
+def scenario_of_intents(data, intents):
+    """The scenario names, and the scenario id of each intent in `intents`, as the training split pairs them."""
+    pairs = zip(read_jsonl(data, "intent")["train"], read_jsonl(data, "scenario")["train"])
+    owner = {intent: scenario for (_, intent), (_, scenario) in pairs}
+    scenarios = build_labels(read_jsonl(data, "scenario"))
+    return scenarios, np.array([scenarios.index(owner[i]) if i in owner else -1 for i in intents])
+
+
+def measure(checkpoints, data, scenario=False):
     """{member run name: validation accuracy} and the mean-probability ensemble's accuracy."""
     members, probs, labels, label = {}, [], None, None
     for checkpoint in checkpoints:
         predictor = Predictor(checkpoint)
+        own = predictor.meta["config"]["label"]
         if labels is None:
-            labels, label = predictor.labels, predictor.meta["config"]["label"]
+            label = "scenario" if scenario else own
+            labels = build_labels(read_jsonl(data, "scenario")) if scenario else predictor.labels
             texts, gold = zip(*read_jsonl(data, label)["validation"])
             gold = np.array([labels.index(y) for y in gold])
+        member = softmax(predictor.logits(list(texts)), axis=1)
+        if scenario and own == "intent":
+            scenarios, parent = scenario_of_intents(data, predictor.labels)
+            member = coarse_probabilities(member, parent, len(scenarios))
         elif predictor.labels != labels:
-            raise UserError(f"{checkpoint} was trained on other labels than {checkpoints[0]}")
-        probs.append(softmax(predictor.logits(list(texts)), axis=1))
-        members[predictor.name] = float(np.mean(probs[-1].argmax(1) == gold))
-        print(f"{predictor.name}: validation {members[predictor.name]:.4f}")
+            raise UserError(f"{checkpoint} was trained on other labels than {checkpoints[0]}"
+                            + ("" if scenario else " (--scenario compares intent and scenario models)"))
+        probs.append(member)
+        members[predictor.name] = float(np.mean(member.argmax(1) == gold))
+        print(f"{predictor.name}: validation {label} {members[predictor.name]:.4f}")
     ensemble = float(np.mean(np.mean(probs, axis=0).argmax(1) == gold))
     return label, members, ensemble
 
@@ -46,17 +66,19 @@ def main(argv=None):
     p.add_argument("checkpoints", nargs="+", help="two or more checkpoint folders of one label")
     p.add_argument("--data", required=True, help="MASSIVE release file")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "results", "bench"))
+    p.add_argument("--scenario", action="store_true", help="score on scenario, intent models by their summed intents")
     args = p.parse_args(argv)
     try:
         if len(args.checkpoints) < 2:
             raise UserError("an ensemble needs two or more checkpoints")
-        label, members, ensemble = measure(args.checkpoints, args.data)
+        label, members, ensemble = measure(args.checkpoints, args.data, args.scenario)
     except UserError as e:
         sys.exit(f"error: {e}")
     best, mean = max(members.values()), float(np.mean(list(members.values())))
     print(f"ensemble of {len(members)}: validation {ensemble:.4f} "
           f"(members: mean {mean:.4f}, best {best:.4f}; gain over the mean {100 * (ensemble - mean):+.2f} points)")
-    write_json(os.path.join(args.out_dir, f"ensemble-{label}.json"),
+    name = "scenario-with-intent" if args.scenario else label  # keeps the plain scenario ensemble's file
+    write_json(os.path.join(args.out_dir, f"ensemble-{name}.json"),
                {"label": label, "split": "validation", "members": members, "member_mean": mean,
                 "member_best": best, "ensemble": ensemble})
 

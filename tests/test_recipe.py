@@ -144,6 +144,32 @@ def test_ensemble_bench_bad_input(run_args, tmp_path, capsys):
     assert not list(tmp_path.glob("ensemble-*.json"))
 
 
+def test_ensemble_bench_scores_intent_models_on_scenario(run_args, tmp_path):
+    from scipy.special import softmax
+
+    from dataloader import read_jsonl
+    from inference import Predictor
+
+    bench = load_bench("ensemble")
+    intent = [*run_args, "--label", "intent"]
+    cli.main(run_args)
+    cli.main(intent)
+    folders = [parse_args(run_args).run_dir, parse_args(intent).run_dir]
+    out = tmp_path / "bench"
+    bench.main([*folders, "--data", run_args[3], "--out-dir", str(out), "--scenario"])
+    report = json.loads((out / "ensemble-scenario-with-intent.json").read_text())
+    assert not (out / "ensemble-scenario.json").exists()
+    # the intent model's scenario accuracy, summed here by the intent names' <scenario>_ prefix
+    predictor = Predictor(folders[1])
+    texts, gold = zip(*read_jsonl(run_args[3], "scenario")["validation"])
+    probs = softmax(predictor.logits(list(texts)), axis=1)
+    scenarios = sorted({i.split("_")[0] for i in predictor.labels})
+    summed = [[sum(p[i] for i, name in enumerate(predictor.labels) if name.startswith(s + "_")) for s in scenarios]
+              for p in probs]
+    expected = sum(scenarios[max(range(len(s)), key=s.__getitem__)] == y for s, y in zip(summed, gold)) / len(gold)
+    assert report["label"] == "scenario" and report["members"][predictor.name] == pytest.approx(expected)
+
+
 def test_coarse_accuracy_sums_fine_probabilities():
     from utils import coarse_accuracy
 
