@@ -28,12 +28,11 @@ from inference import Predictor  # noqa: E402
 from utils import coarse_probabilities, write_json  # noqa: E402
 
 
-def scenario_of_intents(data, intents):
-    """The scenario names, and the scenario id of each intent in `intents`, as the training split pairs them."""
+def scenario_of_intents(data, intents, scenarios):
+    """(F,) the index in `scenarios` of each intent's scenario, as the training split pairs them (-1: unseen)."""
     pairs = zip(read_jsonl(data, "intent")["train"], read_jsonl(data, "scenario")["train"])
     owner = {intent: scenario for (_, intent), (_, scenario) in pairs}
-    scenarios = build_labels(read_jsonl(data, "scenario"))
-    return scenarios, np.array([scenarios.index(owner[i]) if i in owner else -1 for i in intents])
+    return np.array([scenarios.index(owner[i]) if i in owner else -1 for i in intents])
 
 
 def measure(checkpoints, data, scenario=False):
@@ -49,8 +48,7 @@ def measure(checkpoints, data, scenario=False):
             gold = np.array([labels.index(y) for y in gold])
         member = softmax(predictor.logits(list(texts)), axis=1)
         if scenario and own == "intent":
-            scenarios, parent = scenario_of_intents(data, predictor.labels)
-            member = coarse_probabilities(member, parent, len(scenarios))
+            member = coarse_probabilities(member, scenario_of_intents(data, predictor.labels, labels), len(labels))
         elif predictor.labels != labels:
             raise UserError(f"{checkpoint} was trained on other labels than {checkpoints[0]}"
                             + ("" if scenario else " (--scenario compares intent and scenario models)"))
