@@ -306,6 +306,9 @@ def main(argv=None):
     groups = group_runs(runs)
     plot_comparison(groups, os.path.join(args.out_dir, "comparison.png"))
     md = table(groups)
+    seconds = sum(h["seconds"] for r in runs for h in r["history"])
+    md += (f"\n\nTraining time of these {len(runs)} runs: {seconds / 3600:.1f} h ({seconds:,.0f} s, their epochs' "
+           "seconds summed; evaluation and start-up not included).")
     rows = comparisons(groups)
     if rows:
         md += "\n\nPaired against the baseline on the same seeds and test utterances:\n\n" + comparison_table(rows)

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from arguments import complete_config, parse_args, recorded_config
 from dataloader import file_sha256
@@ -249,6 +250,7 @@ def main(argv=None):
     data_sha = file_sha256(args.data) if args.data else None
     todo = [(a, cfg) for _, _, a, cfg in runs if status(cfg, data_sha) == "todo"]
     print(f"study: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
+    start = time.monotonic()
     outcome = run_grid(todo, args) if todo else {}
     failed = {n: o for n, o in outcome.items() if o not in ("done", "busy")}
     busy = [n for n, o in outcome.items() if o == "busy"]
@@ -257,7 +259,8 @@ def main(argv=None):
     for n, why in failed.items():
         print(f"FAILED {n}: {why}", file=sys.stderr)
     print(f"study: {sum(o == 'done' for o in outcome.values())} ran, {len(runs) - len(todo)} skipped, "
-          f"{len(busy)} busy elsewhere, {len(failed)} failed", file=sys.stderr)
+          f"{len(busy)} busy elsewhere, {len(failed)} failed, in {(time.monotonic() - start) / 3600:.2f} h wall time",
+          file=sys.stderr)
     if args.report:
         import plots
 

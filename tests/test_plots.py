@@ -39,6 +39,8 @@ def test_figures_and_table(tmp_path, capsys):
             "all-MiniLM-L6-v2 | 90.45% |") in table
     assert "| SupCon (t=0.1) [scenario] | 1 | 95.00% | (single run) |" in table
     assert "| LoRA r=8 [scenario] | 1 | 89.00% | (single run) |" in table
+    # 2 + 2 + 4 + 2 epochs of 2 s each
+    assert "Training time of these 4 runs: 0.0 h (20 s," in table
     # LoRA seed 42 pairs with baseline seed 42 on the same utterances: it gets utterance 1 right, which the
     # baseline got wrong (1 of 5 = +20 points)
     assert "| LoRA r=8 [scenario] | baseline [scenario] | 1 | +20.00 | +0.00 to +60.00 |" in table

@@ -30,6 +30,7 @@ def run_study(args):
 def test_grid_runs_then_skips_and_reports(grid, tmp_path):
     first = run_study(grid)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert "study: 4 ran, 0 skipped, 0 busy elsewhere, 0 failed, in " in first.stderr and " h wall time" in first.stderr
     results = sorted(os.listdir(tmp_path / "results"))
     assert len(results) == 4 and {r.split("-s")[-1] for r in results} == {"1.json", "2.json"}
     for name in results:
