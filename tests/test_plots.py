@@ -7,12 +7,13 @@ import plots
 from arguments import TASK_DEFAULTS
 
 
-def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), **config):
+def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), seconds=(2.0, 2.0),
+             **config):
     cfg = {"label": "scenario", "model": None, "seed": seed, "lr": TASK_DEFAULTS[task]["lr"], "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
     history = [{"phase": ph, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": None if ph != "classify" else 0.5 + 0.1 * e,
-                "lr": 1e-5, "seconds": 2.0,
+                "lr": 1e-5, "seconds": seconds[e - 1],
                 **({"val_loss": 0.9 / e, "val_accuracy": 0.6 + 0.1 * e} if ph == "classify" else {})}
                for ph in phases for e in (1, 2)]
     run = {"run_name": f"{task}-x-s{seed}", "task": task, "config": cfg,
@@ -26,7 +27,8 @@ def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), 
 
 
 def test_figures_and_table(tmp_path, capsys):
-    files = [fake_run(tmp_path, seed=42, acc=0.90), fake_run(tmp_path, seed=43, acc=0.92),
+    # one epoch slowed by a shared CPU (50 s) leaves the median of 2, 2, 2, 50 at 2.0 (the mean would be 14.0)
+    files = [fake_run(tmp_path, seed=42, acc=0.90), fake_run(tmp_path, seed=43, acc=0.92, seconds=(2.0, 50.0)),
              fake_run(tmp_path, task="supcon", acc=0.95, phases=("contrastive", "classify")),
              fake_run(tmp_path, task="lora", acc=0.89, predictions=(0, 0, 1, 2, 2))]
     out = tmp_path / "plots"
@@ -39,8 +41,8 @@ def test_figures_and_table(tmp_path, capsys):
             "all-MiniLM-L6-v2 | 90.45% |") in table
     assert "| SupCon (t=0.1) [scenario] | 1 | 95.00% | (single run) |" in table
     assert "| LoRA r=8 [scenario] | 1 | 89.00% | (single run) |" in table
-    # 2 + 2 + 4 + 2 epochs of 2 s each
-    assert "Training time of these 4 runs: 0.0 h (20 s," in table
+    # 2 + 4 + 2 epochs of 2 s each, and 2 + 50 s
+    assert "Training time of these 4 runs: 0.0 h (68 s," in table
     # LoRA seed 42 pairs with baseline seed 42 on the same utterances: it gets utterance 1 right, which the
     # baseline got wrong (1 of 5 = +20 points)
     assert "| LoRA r=8 [scenario] | baseline [scenario] | 1 | +20.00 | +0.00 to +60.00 |" in table
