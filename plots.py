@@ -5,10 +5,10 @@
 Writes, for each run, accuracy and loss per epoch (both phases for supcon and
 simclr); one comparison of test accuracy across experiments (runs that differ
 only by seed are grouped: mean and 95% t-interval, the study's numbers as
-markers); the study's Table 1 and the paired comparisons against the baseline
-as markdown (printed and saved in table.md); and for one run (--run, default
-the most accurate) a confusion matrix, per-class precision, recall and F1, and
-a reliability diagram before and after temperature scaling.
+markers); as markdown (printed and saved in table.md) the study's Table 1, the
+paired comparisons against the baseline and the recipe's ablation; and for one
+run (--run, default the most accurate) a confusion matrix, per-class precision,
+recall and F1, and a reliability diagram before and after temperature scaling.
 """
 import argparse
 import json
@@ -56,6 +56,11 @@ STUDY = {"baseline": 90.45, "LLRD only": 65.0, "warmup only": 84.1, "LLRD + warm
          "SimCLR (t=0.1)": 84.10, "LoRA r=4": 90.08, "LoRA r=8": 90.52, "LoRA r=16": 89.48}
 
 
+def flag(key, value):
+    """A setting as the main.py flag that sets it."""
+    return f"--{key.replace('_', '-')} {value if isinstance(value, str) else f'{value:g}'}"
+
+
 def experiment(r):
     """(readable name of the run's settings, key that groups runs differing only by seed)."""
     c, task = r["config"], r["task"]
@@ -70,11 +75,8 @@ def experiment(r):
         name = task
     if task in TASK_DEFAULTS and c["lr"] != TASK_DEFAULTS[task]["lr"]:
         name += f", lr {c['lr']:g}"
-    recipe = complete_config(c)
-    changed = [k for k, off in RECIPE_DEFAULTS.items() if recipe[k] != off and k != "teachers"]
-    if changed:  # the accuracy recipe's techniques, as their flags
-        name += " + " + " ".join(f"--{k.replace('_', '-')} {recipe[k]:g}" if not isinstance(recipe[k], str)
-                                 else f"--{k.replace('_', '-')} {recipe[k]}" for k in changed)
+    if techniques(r):  # the accuracy recipe's techniques, as their flags
+        name += " + " + " ".join(flag(k, v) for k, v in techniques(r).items())
     if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
         name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
     if not c.get("fast", True):
@@ -90,14 +92,19 @@ def encoder_name(r):
 
 
 def group_runs(runs):
-    """Runs that differ only by seed, as {"name", "title", "study", "runs"}; the study's number where it applies."""
+    """Runs that differ only by seed, as {"name", "title", "study", "runs"}; the study's number where it applies.
+
+    Runs on different kinds of device are kept apart: their numerics differ, so their seeds are not replicates.
+    """
     groups = {}
     for r in runs:
         name, key = experiment(r)
-        label = r["config"]["label"]
+        label, device = r["config"]["label"], device_of(r)
         study = STUDY.get(name) if label == "scenario" else None
-        groups.setdefault(key, {"name": name, "title": f"{name} [{label}]", "study": study, "runs": []})
-        groups[key]["runs"].append(r)
+        where = [label] + [w for w, usual in ((encoder_name(r), "all-MiniLM-L6-v2"), (device, "cpu")) if w != usual]
+        group = groups.setdefault((key, device), {"name": name, "title": f"{name} [{', '.join(where)}]",
+                                                  "study": study, "runs": []})
+        group["runs"].append(r)
     return list(groups.values())
 
 
@@ -127,41 +134,77 @@ def table(groups):
     return "\n".join(lines)
 
 
+def device_of(r):
+    return r["environment"].get("device", "cpu")
+
+
 def context(r):
     """What a strategy and its baseline must share to be compared."""
     c = r["config"]
-    return c["label"], c["model"], c["epochs"], c.get("fast", True)
+    return c["label"], c["model"], c["epochs"], c.get("fast", True), device_of(r)
 
 
-def comparisons(groups, n_boot=10_000):
-    """Each experiment against the baseline of its context, paired on seeds and test utterances.
+def paired(base, g, title, n_boot):
+    """Group g against group base, paired on seeds and test utterances; None if they share no seed with predictions.
 
-    Returns rows {"title", "baseline", "seeds", "delta", "low", "high", "p", "p_holm", "p_t"}, differences in
-    accuracy points; p_holm adjusts the bootstrap p-values for the number of comparisons against each baseline.
+    A row {"title", "vs", "seeds", "delta", "low", "high", "p", "p_t"}, differences in accuracy points.
     """
-    baselines = {context(g["runs"][0]): g for g in groups if g["runs"][0]["task"] == "baseline"}
-    rows = []
-    for g in groups:
-        base = baselines.get(context(g["runs"][0]))
-        if base is None or base is g:
-            continue
-        by_seed = {r["config"]["seed"]: r for r in base["runs"]}
-        pairs = [(by_seed[r["config"]["seed"]], r) for r in g["runs"] if r["config"]["seed"] in by_seed]
-        if not pairs or any("test_predictions" not in r for pair in pairs for r in pair):
-            continue
+    by_seed = {r["config"]["seed"]: r for r in base["runs"]}
+    pairs = [(by_seed[r["config"]["seed"]], r) for r in g["runs"] if r["config"]["seed"] in by_seed]
+    if not pairs or any("test_predictions" not in r for pair in pairs for r in pair):
+        return None
 
-        def correct(r):
-            return np.array(r["test_predictions"]) == np.array(r["test_labels"])
+    def correct(r):
+        return np.array(r["test_predictions"]) == np.array(r["test_labels"])
 
-        boot = paired_bootstrap([correct(a) for a, _ in pairs], [correct(b) for _, b in pairs], n_boot=n_boot)
-        diffs = [100 * (b["test_accuracy"] - a["test_accuracy"]) for a, b in pairs]
-        rows.append({"title": g["title"], "baseline": base["title"], "seeds": len(pairs), "delta": 100 * boot["delta"],
-                     "low": 100 * boot["low"], "high": 100 * boot["high"], "p": boot["p"], "p_t": paired_t(diffs)})
-    for base in {r["baseline"] for r in rows}:
-        mine = [r for r in rows if r["baseline"] == base]
+    boot = paired_bootstrap([correct(a) for a, _ in pairs], [correct(b) for _, b in pairs], n_boot=n_boot)
+    diffs = [100 * (b["test_accuracy"] - a["test_accuracy"]) for a, b in pairs]
+    return {"title": title, "vs": base["title"], "seeds": len(pairs), "delta": 100 * boot["delta"],
+            "low": 100 * boot["low"], "high": 100 * boot["high"], "p": boot["p"], "p_t": paired_t(diffs)}
+
+
+def holm_per_reference(rows):
+    """Adds p_holm: the bootstrap p-values adjusted for the number of comparisons against each reference."""
+    for ref in {r["vs"] for r in rows}:
+        mine = [r for r in rows if r["vs"] == ref]
         for r, p in zip(mine, holm([r["p"] for r in mine])):
             r["p_holm"] = p
     return rows
+
+
+def comparisons(groups, n_boot=10_000):
+    """Each experiment against the baseline of its context (rows as paired() returns, plus p_holm)."""
+    baselines = {context(g["runs"][0]): g for g in groups if g["runs"][0]["task"] == "baseline"}
+    rows = [paired(baselines[context(g["runs"][0])], g, g["title"], n_boot) for g in groups
+            if baselines.get(context(g["runs"][0]), g) is not g]
+    return holm_per_reference([r for r in rows if r])
+
+
+def techniques(r):
+    """The accuracy-recipe flags a run turned on, as {config key: value} (the teachers' folders left out)."""
+    c = complete_config(r["config"])
+    return {k: c[k] for k, off in RECIPE_DEFAULTS.items() if c[k] != off and k != "teachers"}
+
+
+def ablation(groups, n_boot=10_000):
+    """Each recipe (custom, 2+ techniques) against itself minus one technique, same context and schedule."""
+    def schedule(g):
+        c = g["runs"][0]["config"]
+        return context(g["runs"][0]), c["lr"], c["llrd"], c["warmup_ratio"], c["epochs"]
+
+    custom = [g for g in groups if g["runs"][0]["task"] == "custom"]
+    rows = []
+    for full in custom:
+        on = techniques(full["runs"][0])
+        if len(on) < 2:
+            continue
+        for g in custom:
+            mine = techniques(g["runs"][0])
+            dropped = set(on) - set(mine)
+            if schedule(g) == schedule(full) and len(dropped) == 1 and mine.items() <= on.items():
+                k = dropped.pop()
+                rows.append(paired(full, g, f"without {flag(k, on[k])}", n_boot))
+    return holm_per_reference([r for r in rows if r])
 
 
 def comparison_table(rows):
@@ -169,7 +212,7 @@ def comparison_table(rows):
              "p (bootstrap) | p (Holm) | p (paired t over seeds) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p_t = f"{r['p_t']:.3f}" if r["p_t"] is not None else "(one seed)"
-        lines.append(f"| {r['title']} | {r['baseline']} | {r['seeds']} | {r['delta']:+.2f} | "
+        lines.append(f"| {r['title']} | {r['vs']} | {r['seeds']} | {r['delta']:+.2f} | "
                      f"{r['low']:+.2f} to {r['high']:+.2f} | {r['p']:.4f} | {r['p_holm']:.4f} | {p_t} |")
     return "\n".join(lines)
 
@@ -205,26 +248,25 @@ def plot_run(r, path):
 
 def plot_comparison(groups, path):
     """Mean test accuracy per experiment with its 95% t-interval; single runs without bars; the study as markers."""
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups)), 4.8))
-    lows = []
-    for i, g in enumerate(groups):
+    fig, ax = plt.subplots(figsize=(15, 1.2 + 0.3 * len(groups)))
+    edges = []
+    for y, g in zip(range(len(groups) - 1, -1, -1), groups):  # the first group at the top
         mean, low, high = t_interval(accuracies(g))
         single = len(g["runs"]) == 1
-        ax.bar(i, mean, color="tab:gray" if single else "tab:blue",
-               yerr=None if single else [[mean - low], [high - mean]], capsize=4)
-        ax.text(i, (mean if single else high) + 0.3, f"{mean:.2f}" + ("\n(1 run)" if single else ""), ha="center",
+        ax.barh(y, mean, color="tab:gray" if single else "tab:blue",
+                xerr=None if single else [[mean - low], [high - mean]], capsize=3)
+        ax.text((mean if single else high) + 0.1, y, f"{mean:.2f}" + (" (1 run)" if single else ""), va="center",
                 fontsize=7)
-        lows.append(low)
+        edges += [mean, low, high]
         if g["study"] is not None:
-            ax.plot(i, g["study"], "D", color="tab:red", label="study (bert-base)" if "study" not in
-                    ax.get_legend_handles_labels()[1] else None)
-            lows.append(g["study"])
-    ax.set_ylim(max(0, min(lows) - 3), 100)
-    ax.set_xticks(range(len(groups)), [g["title"] for g in groups], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="test accuracy (%)",
-           title="Test accuracy: mean, 95% t-interval over seeds")
+            first = "study (bert-base)" not in ax.get_legend_handles_labels()[1]
+            ax.plot(g["study"], y, "D", color="tab:red", label="study (bert-base)" if first else None)
+            edges.append(g["study"])
+    ax.set_xlim(max(0, min(edges) - 1), min(100, max(edges) + 3))
+    ax.set_yticks(range(len(groups) - 1, -1, -1), [g["title"] for g in groups], fontsize=7)
+    ax.set(xlabel="test accuracy (%)", title="Test accuracy: mean, 95% t-interval over seeds")
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -313,6 +355,10 @@ def main(argv=None):
     rows = comparisons(groups)
     if rows:
         md += "\n\nPaired against the baseline on the same seeds and test utterances:\n\n" + comparison_table(rows)
+    rows = ablation(groups)
+    if rows:
+        md += ("\n\nAblation: each accuracy recipe without one of its techniques, paired against the full recipe "
+               "(difference = without - with: negative where the technique helps):\n\n" + comparison_table(rows))
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(md + "\n")
     print(md)

@@ -8,7 +8,7 @@ from arguments import TASK_DEFAULTS
 
 
 def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), seconds=(2.0, 2.0),
-             **config):
+             name="x", device="cpu", **config):
     cfg = {"label": "scenario", "model": None, "seed": seed, "lr": TASK_DEFAULTS[task]["lr"], "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
@@ -16,8 +16,9 @@ def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), 
                 "lr": 1e-5, "seconds": seconds[e - 1],
                 **({"val_loss": 0.9 / e, "val_accuracy": 0.6 + 0.1 * e} if ph == "classify" else {})}
                for ph in phases for e in (1, 2)]
-    run = {"run_name": f"{task}-x-s{seed}", "task": task, "config": cfg,
-           "environment": {"parameters_trainable": 100, "parameters_total": 400, "trainable_percent": 25.0},
+    run = {"run_name": f"{task}-{name}-s{seed}", "task": task, "config": cfg,
+           "environment": {"parameters_trainable": 100, "parameters_total": 400, "trainable_percent": 25.0,
+                           "device": device},
            "history": history, "seconds_per_epoch": 2.0, "test_loss": 0.5, "test_accuracy": acc,
            "test_macro_f1": acc - 0.1, "labels": ["a", "b", "c"], "test_labels": [0, 0, 1, 2, 2],
            "test_predictions": list(predictions)}
@@ -48,6 +49,27 @@ def test_figures_and_table(tmp_path, capsys):
     assert "| LoRA r=8 [scenario] | baseline [scenario] | 1 | +20.00 | +0.00 to +60.00 |" in table
     printed = capsys.readouterr().out
     assert table.strip() in printed and str(out) in printed
+
+
+def test_ablation_and_devices(tmp_path):
+    schedule = dict(task="custom", llrd=0.8, warmup_ratio=0.1)
+    files = [fake_run(tmp_path, name="full", acc=1.0, predictions=(0, 0, 1, 2, 2), pooling="mean", label_smoothing=0.1,
+                      **schedule),
+             fake_run(tmp_path, name="no-ls", acc=0.8, pooling="mean", **schedule),  # one more utterance wrong
+             fake_run(tmp_path, name="no-mean", acc=1.0, predictions=(0, 0, 1, 2, 2), label_smoothing=0.1, **schedule),
+             fake_run(tmp_path, name="other-lr", acc=0.8, pooling="mean", lr=1e-4, **schedule),
+             fake_run(tmp_path, acc=0.8), fake_run(tmp_path, name="gpu", acc=0.6, device="cuda")]
+    out = tmp_path / "plots"
+    assert plots.main([*files, "--out-dir", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    ablation = table.split("Ablation")[1]
+    full = "LLRD + warmup + --pooling mean --label-smoothing 0.1 [scenario]"
+    assert f"| without --label-smoothing 0.1 | {full} | 1 | -20.00 |" in ablation
+    assert f"| without --pooling mean | {full} | 1 | +0.00 |" in ablation
+    assert "lr 0.0001" not in ablation and ablation.count("| without") == 2  # another schedule is not an ablation
+    # the GPU run is its own group and its own context: never paired with the CPU baseline
+    assert "| baseline [scenario, cuda] | 1 | 60.00% |" in table and "| baseline [scenario] | 1 | 80.00% |" in table
+    assert "| baseline [scenario, cuda] | baseline [scenario] |" not in table
 
 
 def test_per_class_scores(tmp_path):

@@ -2,6 +2,7 @@
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -39,7 +40,7 @@ def test_grid_runs_then_skips_and_reports(grid, tmp_path):
         assert r["environment"]["data"]["file"] == "en-US.jsonl" and len(r["environment"]["data"]["sha256"]) == 64
     assert len(os.listdir(tmp_path / "logs")) >= 4
     table = (tmp_path / "plots" / "table.md").read_text()
-    assert "LoRA r=4, 1 epoch [scenario] | 2 |" in table and "paired seeds" in table
+    assert re.search(r"\| LoRA r=4, 1 epoch \[scenario, tiny-bert\d+\] \| 2 \|", table) and "paired seeds" in table
 
     again = run_study(grid)
     assert again.returncode == 0
