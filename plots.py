@@ -75,8 +75,9 @@ def experiment(r):
         name = task
     if task in TASK_DEFAULTS and c["lr"] != TASK_DEFAULTS[task]["lr"]:
         name += f", lr {c['lr']:g}"
-    if techniques(r):  # the accuracy recipe's techniques, as their flags
-        name += " + " + " ".join(flag(k, v) for k, v in techniques(r).items())
+    on = techniques(r)
+    if on:  # the accuracy recipe's techniques, as their flags
+        name += " + " + " ".join(flag(k, v) for k, v in on.items())
     if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
         name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
     if not c.get("fast", True):
@@ -190,7 +191,7 @@ def ablation(groups, n_boot=10_000):
     """Each recipe (custom, 2+ techniques) against itself minus one technique, same context and schedule."""
     def schedule(g):
         c = g["runs"][0]["config"]
-        return context(g["runs"][0]), c["lr"], c["llrd"], c["warmup_ratio"], c["epochs"]
+        return context(g["runs"][0]), c["lr"], c["llrd"], c["warmup_ratio"]
 
     custom = [g for g in groups if g["runs"][0]["task"] == "custom"]
     rows = []
