@@ -71,6 +71,7 @@ class Config:
     distill_temperature: float
     augment: float
     fast: bool
+    bf16: bool
     cache_dir: str
     out_dir: str
     save: bool
@@ -101,10 +102,11 @@ class Config:
         return os.path.join(self.checkpoint_dir, self.run_name)
 
 
-# Where a run reads and writes, not what it computes: results and checkpoints do not record these.
+# Where a run reads and writes, or how the machine executes it, not what it computes: results and checkpoints do
+# not record these as settings (a run's environment records whether bf16 autocast was used).
 IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
            "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue",
-           "threads", "run_name")
+           "threads", "bf16", "run_name")
 
 
 def recorded_config(cfg):
@@ -169,6 +171,9 @@ def build_parser():
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; "
                         "--no-fast is the study's way (pad to max length, fp32)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast in training on CPUs with native bf16; --no-bf16 trains in fp32 there, "
+                        "to replicate runs from CPUs without it")
     p.add_argument("--cache-dir", default="assets/cache", help="where tokenized features are cached")
     p.add_argument("--out-dir", default="results", help="where results/<run name>.json goes")
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,

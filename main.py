@@ -293,7 +293,7 @@ def train(cfg):
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must split evenly over {world} "
                         "processes")
-    amp = cfg.fast and use_bf16(device)
+    amp = cfg.fast and cfg.bf16 and use_bf16(device)
     if cfg.fast:
         fast_process_settings(device)
     resume = load_resume_state(cfg, world) if cfg.resume else None

@@ -136,7 +136,9 @@ def table(groups):
 
 
 def device_of(r):
-    return r["environment"].get("device", "cpu")
+    """The kind of device a run trained on, with bf16 where it autocast: CPU runs in bf16 and fp32 are not replicates."""
+    env = r["environment"]
+    return env.get("device", "cpu") + (", bf16" if env.get("bf16") else "")
 
 
 def context(r):

@@ -53,6 +53,16 @@ def test_same_command_same_numbers(run_args):
     assert a["test_predictions"] == b["test_predictions"] and a["test_loss"] == b["test_loss"]
 
 
+def test_no_bf16_trains_in_fp32_under_the_same_settings(run_args):
+    auto = cli.main(["--task", "baseline", *run_args, "--epochs", "1"])
+    fp32 = cli.main(["--task", "baseline", *run_args, "--epochs", "1", "--no-bf16"])
+    assert auto["environment"]["bf16"] == cli.use_bf16(cli.torch.device("cpu")) and fp32["environment"]["bf16"] is False
+    # precision is how a machine runs the settings, not one of them: study.py treats both as the same run
+    assert fp32["config"] == auto["config"] and "bf16" not in fp32["config"]
+    if not auto["environment"]["bf16"]:  # on a CPU without native bf16 both ran in fp32: the same numbers
+        assert fp32["test_predictions"] == auto["test_predictions"] and fp32["test_loss"] == auto["test_loss"]
+
+
 def test_learns_on_a_separable_toy_set(run_args):
     res = cli.main(["--task", "baseline", *run_args, "--epochs", "15", "--lr", "3e-3", "--batch-size", "4"])
     assert res["test_accuracy"] > res["before_test_accuracy"]

@@ -8,7 +8,7 @@ from arguments import TASK_DEFAULTS
 
 
 def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), seconds=(2.0, 2.0),
-             name="x", device="cpu", **config):
+             name="x", device="cpu", bf16=False, **config):
     cfg = {"label": "scenario", "model": None, "seed": seed, "lr": TASK_DEFAULTS[task]["lr"], "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
@@ -18,7 +18,7 @@ def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), 
                for ph in phases for e in (1, 2)]
     run = {"run_name": f"{task}-{name}-s{seed}", "task": task, "config": cfg,
            "environment": {"parameters_trainable": 100, "parameters_total": 400, "trainable_percent": 25.0,
-                           "device": device},
+                           "device": device, "bf16": bf16},
            "history": history, "seconds_per_epoch": 2.0, "test_loss": 0.5, "test_accuracy": acc,
            "test_macro_f1": acc - 0.1, "labels": ["a", "b", "c"], "test_labels": [0, 0, 1, 2, 2],
            "test_predictions": list(predictions)}
@@ -58,7 +58,8 @@ def test_ablation_and_devices(tmp_path):
              fake_run(tmp_path, name="no-ls", acc=0.8, pooling="mean", **schedule),  # one more utterance wrong
              fake_run(tmp_path, name="no-mean", acc=1.0, predictions=(0, 0, 1, 2, 2), label_smoothing=0.1, **schedule),
              fake_run(tmp_path, name="other-lr", acc=0.8, pooling="mean", lr=1e-4, **schedule),
-             fake_run(tmp_path, acc=0.8), fake_run(tmp_path, name="gpu", acc=0.6, device="cuda")]
+             fake_run(tmp_path, acc=0.8), fake_run(tmp_path, name="gpu", acc=0.6, device="cuda"),
+             fake_run(tmp_path, name="bf16", acc=0.4, bf16=True)]
     out = tmp_path / "plots"
     assert plots.main([*files, "--out-dir", str(out)]) == 0
     table = (out / "table.md").read_text()
@@ -70,6 +71,8 @@ def test_ablation_and_devices(tmp_path):
     # the GPU run is its own group and its own context: never paired with the CPU baseline
     assert "| baseline [scenario, cuda] | 1 | 60.00% |" in table and "| baseline [scenario] | 1 | 80.00% |" in table
     assert "| baseline [scenario, cuda] | baseline [scenario] |" not in table
+    # nor a CPU run that trained in bf16 with one that trained in fp32
+    assert "| baseline [scenario, cpu, bf16] | 1 | 40.00% |" in table and "| baseline [scenario, cpu, bf16] | baseline" not in table
 
 
 def test_per_class_scores(tmp_path):
