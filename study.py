@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
+import glob
 import io
 import json
 import os
@@ -264,7 +265,10 @@ def main(argv=None):
     if args.report:
         import plots
 
-        finished = [cfg.results_path for *_, cfg in runs if os.path.exists(cfg.results_path)]
+        # every run in the folders this study writes to, not only its own: a study of one experiment still
+        # pairs it with the baseline there, and the report never shrinks to a subset
+        finished = sorted(p for out in {cfg.out_dir for *_, cfg in runs}
+                          for p in glob.glob(os.path.join(glob.escape(out), "*.json")))
         if finished:
             plots.main([*finished, "--out-dir", args.report_dir])
     return 1 if failed else 0

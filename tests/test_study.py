@@ -44,9 +44,14 @@ def test_grid_runs_then_skips_and_reports(grid, tmp_path):
     assert re.search(r"\| LoRA r=4, 1 epoch \[scenario, tiny-bert\d+(, cpu, bf16)?\] \| 2 \|", table)
     assert "paired seeds" in table
 
-    again = run_study(grid)
+    # a study of one experiment skips its finished runs and still reports every run in the results folder
+    os.remove(tmp_path / "plots" / "table.md")
+    again = run_study([*grid, "--experiments", "lora-r4"])
     assert again.returncode == 0
-    assert "4 already done, 0 to run" in again.stderr
+    assert "2 already done, 0 to run" in again.stderr
+    table = (tmp_path / "plots" / "table.md").read_text()
+    assert re.search(r"\| baseline, 1 epoch \[scenario, tiny-bert\d+(, cpu, bf16)?\] \| 2 \|", table)
+    assert re.search(r"\| LoRA r=4, 1 epoch \[[^]]*\] \| baseline, 1 epoch \[[^]]*\] \| 2 \|", table)
 
 
 def test_changed_settings_under_an_existing_name_are_refused(grid, run_args, tmp_path):
