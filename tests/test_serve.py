@@ -54,7 +54,13 @@ def test_predict_abstains_below_min_confidence(trained):
         cli.main(["--task", "predict", "--checkpoint", run_dir, "--min-confidence", "1.5", "play some jazz"])
 
 
-def test_export_passes_the_gate_and_onnx_backends_agree(trained):
+@pytest.fixture
+def fp32_torch(monkeypatch):
+    """The torch backend in fp32 on any CPU: where it would hold bf16 weights, it differs from fp32 ONNX by ~1e-2."""
+    monkeypatch.setattr(cli, "use_bf16", lambda device: False)
+
+
+def test_export_passes_the_gate_and_onnx_backends_agree(trained, fp32_torch):
     run_dir, data, _ = trained
     report = cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
     best = os.path.join(run_dir, "best")
@@ -160,7 +166,7 @@ def test_plots_draws_the_reliability_diagram(trained, tmp_path):
     assert os.path.getsize(tmp_path / f"{results['run_name']}-reliability.png") > 1000
 
 
-def test_export_merges_lora_adapters(tiny_model, data_file, tmp_path, monkeypatch):
+def test_export_merges_lora_adapters(tiny_model, data_file, tmp_path, monkeypatch, fp32_torch):
     import export
 
     args = ["--task", "lora", "--lora-rank", "4", "--model", tiny_model, "--data", data_file, "--epochs", "2",
