@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arguments import RECIPE_DEFAULTS, TASK_DEFAULTS, complete_config  # noqa: E402
+from arguments import RECIPE_DEFAULTS, TASK_DEFAULTS, build_parser, complete_config  # noqa: E402
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
@@ -176,10 +176,19 @@ def holm_per_reference(rows):
 
 
 def comparisons(groups, n_boot=10_000):
-    """Each experiment against the baseline of its context (rows as paired() returns, plus p_holm)."""
+    """Each experiment against the baseline of its context (rows as paired() returns, plus p_holm).
+
+    An experiment trained for more or fewer epochs than any baseline is compared with the baseline of the
+    study's epoch count: its epochs are then part of what is compared, and its name says how many.
+    """
     baselines = {context(g["runs"][0]): g for g in groups if g["runs"][0]["task"] == "baseline"}
-    rows = [paired(baselines[context(g["runs"][0])], g, g["title"], n_boot) for g in groups
-            if baselines.get(context(g["runs"][0]), g) is not g]
+    study_epochs = build_parser().get_default("epochs")
+
+    def baseline_of(g):
+        label, model, epochs, *rest = context(g["runs"][0])
+        return baselines.get((label, model, epochs, *rest)) or baselines.get((label, model, study_epochs, *rest))
+
+    rows = [paired(baseline_of(g), g, g["title"], n_boot) for g in groups if baseline_of(g) not in (None, g)]
     return holm_per_reference([r for r in rows if r])
 
 

@@ -75,6 +75,21 @@ def test_ablation_and_devices(tmp_path):
     assert "| baseline [scenario, cpu, bf16] | 1 | 40.00% |" in table and "| baseline [scenario, cpu, bf16] | baseline" not in table
 
 
+def test_longer_runs_pair_with_the_study_baseline(tmp_path):
+    custom = dict(task="custom", llrd=0.8, warmup_ratio=0.1)
+    files = [fake_run(tmp_path, acc=0.8),  # the study's 10 epochs
+             fake_run(tmp_path, name="long", acc=1.0, predictions=(0, 0, 1, 2, 2), epochs=15, **custom),
+             fake_run(tmp_path, name="short", acc=0.6, epochs=3),
+             fake_run(tmp_path, name="short", acc=0.8, predictions=(0, 0, 1, 2, 2), epochs=3, **custom)]
+    out = tmp_path / "plots"
+    assert plots.main([*files, "--out-dir", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    # no 15-epoch baseline: the study's one; a 3-epoch baseline exists, so 3-epoch runs pair with it
+    assert "| LLRD + warmup, 15 epochs [scenario] | baseline [scenario] | 1 | +20.00 |" in table
+    assert "| LLRD + warmup, 3 epochs [scenario] | baseline, 3 epochs [scenario] | 1 | +20.00 |" in table
+    assert "| baseline, 3 epochs [scenario] | baseline [scenario] |" not in table
+
+
 def test_per_class_scores(tmp_path):
     run = json.loads(open(fake_run(tmp_path)).read())
     cm, precision, recall, f1, support = plots.per_class(run)
