@@ -188,7 +188,8 @@ def comparisons(groups, n_boot=10_000):
         label, model, epochs, *rest = context(g["runs"][0])
         return baselines.get((label, model, epochs, *rest)) or baselines.get((label, model, study_epochs, *rest))
 
-    rows = [paired(baseline_of(g), g, g["title"], n_boot) for g in groups if baseline_of(g) not in (None, g)]
+    pairs = [(baseline_of(g), g) for g in groups]
+    rows = [paired(base, g, g["title"], n_boot) for base, g in pairs if base not in (None, g)]
     return holm_per_reference([r for r in rows if r])
 
 
