@@ -35,7 +35,7 @@ class Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids, attention_mask)
+        return self.model(input_ids, attention_mask)["logits"]
 
 
 def to_onnx(path, model_dir, base_model):

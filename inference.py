@@ -1,6 +1,6 @@
 """Inference from a saved checkpoint: utterances -> calibrated class probabilities, on torch or ONNX Runtime.
 
-`predict`, `export` and `serve` (main.py) all go through `Predictor`. The
+`--task predict` (predict() below), `export` and `serve` all go through `Predictor`. The
 probabilities are softmax(logits / T) with the temperature T fitted on the
 validation split after training (stored in meta.json; 1 for checkpoints
 saved before calibration existed).
@@ -11,6 +11,7 @@ saved before calibration existed).
 """
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -57,8 +58,7 @@ class Predictor:
         self.path = checkpoint_folder(checkpoint)
         self.backend = backend
         if backend == "torch":
-            from main import use_bf16
-            from utils import cpu_attention, use_tf32
+            from utils import cpu_attention, use_bf16, use_tf32
 
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             if self.device.type == "cuda":
@@ -103,7 +103,7 @@ class Predictor:
         if self.backend == "torch":
             with torch.inference_mode():
                 out = self.model(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
-            return out.float().cpu().numpy()
+            return out["logits"].float().cpu().numpy()
         return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     def logits(self, texts, batch_size=128):
@@ -140,3 +140,33 @@ class Predictor:
             else:
                 out.append([{"label": self.labels[j], "score": round(float(p[j]), 4)} for j in best])
         return out
+
+
+def read_utterances(cfg):
+    """predict's utterances: from the command line, --input FILE, or standard input."""
+    if cfg.texts:
+        return cfg.texts
+    if cfg.input and cfg.input != "-":
+        try:
+            with open(cfg.input, encoding="utf-8", errors="replace") as f:
+                return f.read().splitlines()
+        except OSError as e:
+            raise UserError(f"cannot read --input {cfg.input}: {e.strerror}") from None
+    if cfg.input is None and sys.stdin.isatty():
+        raise UserError("nothing to classify: give utterances, --input FILE, or pipe lines into standard input")
+    return sys.stdin.read().splitlines()
+
+
+def predict(cfg):
+    """--task predict: top-k labels with calibrated probabilities for each utterance, printed; returns the records."""
+    predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, spelling=cfg.spelling)
+    texts = read_utterances(cfg)
+    records = []
+    for text, top in zip(texts, predictor.top_k(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size)):
+        records.append({"text": text, "predictions": [{"label": t["label"], "probability": t["score"]} for t in top]})
+        if cfg.format == "jsonl":
+            print(json.dumps(records[-1], ensure_ascii=False))
+        else:
+            cells = [f"{t['label']} {t['score']:.3f}" for t in top] or ["(empty)" if not text.strip() else "(abstain)"]
+            print("\t".join([text] + cells))
+    return records

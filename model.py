@@ -75,16 +75,19 @@ class Classifier(nn.Module):
             return self.dropout((h * m).sum(1) / m.sum(1).clamp(min=1))
         return self.dropout(h[:, 0])
 
-    def forward(self, input_ids, attention_mask, project=False, aux=False):
-        """Class logits (B, C); with aux, also the second head's (B, C2); with project, the L2-normalised
-        projections of the sentence vector for the contrastive loss (B, H).
+    def forward(self, input_ids, attention_mask, project=False):
+        """Named outputs: "logits" (B, C), and "aux_logits" (B, C2) where there is a second head; with project,
+        only "projection": the L2-normalised projections of the sentence vector (B, H) for the contrastive loss.
 
         All go through forward so that a data-parallel wrapper sees every pass.
         """
         x = self.pool(input_ids, attention_mask)
         if project:
-            return F.normalize(self.projection(x), dim=-1)
-        return (self.head(x), self.aux_head(x)) if aux else self.head(x)
+            return {"projection": F.normalize(self.projection(x), dim=-1)}
+        out = {"logits": self.head(x)}
+        if self.aux_head is not None:
+            out["aux_logits"] = self.aux_head(x)
+        return out
 
 
 def load_encoder(path, attention=None, pooler=True):

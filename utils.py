@@ -1,5 +1,6 @@
-"""Small pure helpers: seeding, logging, CPU speed settings, parameter groups, optimizer and schedule, metrics,
-results files."""
+"""Small pure helpers: seeding, logging, device and precision settings, parameter groups, optimizer and schedule,
+metrics, results files. Training and inference both use them; this module imports neither."""
+import contextlib
 import ctypes
 import json
 import logging
@@ -28,6 +29,23 @@ def setup_logging():
     # transformers' own progress bars and notices would interleave with ours
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def use_bf16(device):
+    """bf16 only on CPUs that do bf16 natively (emulated bf16 is slower than fp32).
+
+    Not on a GPU: a step of 16 short utterances there is bound by kernel
+    launches, not by matmuls, and autocast's extra cast kernels made steps 3-4x
+    slower (bench/speed.py on an H200); the GPU fast path uses TF32 instead.
+    """
+    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
+
+
+def autocast(device, enabled):
+    """bf16 autocast on device when enabled, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def cpu_attention(device, fast):
@@ -119,26 +137,6 @@ def macro_f1(preds, labels, n_classes):
         if tp + fp + fn:
             f1s.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(f1s)) if f1s else 0.0
-
-
-def coarse_probabilities(probs, parent, n_coarse):
-    """Coarse-label probabilities (N, n_coarse) of a fine-label model: each the sum of its fine labels'.
-
-    probs: (N, F) fine-label probabilities; parent: (F,) the coarse label of each fine
-    label (-1: none seen). E.g. MASSIVE intents (<scenario>_<action>) summed into
-    their scenario.
-    """
-    probs, parent = np.asarray(probs), np.asarray(parent)
-    coarse = np.zeros((len(probs), n_coarse))
-    for f in np.flatnonzero(parent >= 0):
-        coarse[:, parent[f]] += probs[:, f]
-    return coarse
-
-
-def coarse_accuracy(probs, parent, coarse_labels):
-    """Accuracy on gold coarse labels (N,) of a fine-label model, by coarse_probabilities."""
-    n = max(int(np.max(parent)) + 1, int(np.max(coarse_labels)) + 1)
-    return float(np.mean(coarse_probabilities(probs, parent, n).argmax(1) == np.asarray(coarse_labels)))
 
 
 def environment(device):

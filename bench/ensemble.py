@@ -25,14 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from dataloader import UserError, build_labels, read_jsonl  # noqa: E402
 from inference import Predictor  # noqa: E402
-from utils import coarse_probabilities, write_json  # noqa: E402
+from recipe import coarse_probabilities, scenario_of_intents  # noqa: E402
+from utils import write_json  # noqa: E402
 
 
-def scenario_of_intents(data, intents, scenarios):
-    """(F,) the index in `scenarios` of each intent's scenario, as the training split pairs them (-1: unseen)."""
-    pairs = zip(read_jsonl(data, "intent")["train"], read_jsonl(data, "scenario")["train"])
-    owner = {intent: scenario for (_, intent), (_, scenario) in pairs}
-    return np.array([scenarios.index(owner[i]) if i in owner else -1 for i in intents])
+def training_pairs(data):
+    """(intent, scenario) of every training utterance."""
+    return [(intent, scenario) for (_, intent), (_, scenario) in zip(read_jsonl(data, "intent")["train"],
+                                                                     read_jsonl(data, "scenario")["train"])]
 
 
 def measure(checkpoints, data, scenario=False):
@@ -48,7 +48,8 @@ def measure(checkpoints, data, scenario=False):
             gold = np.array([labels.index(y) for y in gold])
         member = softmax(predictor.logits(list(texts)), axis=1)
         if scenario and own == "intent":
-            member = coarse_probabilities(member, scenario_of_intents(data, predictor.labels, labels), len(labels))
+            member = coarse_probabilities(member, scenario_of_intents(training_pairs(data), predictor.labels, labels),
+                                          len(labels))
         elif predictor.labels != labels:
             raise UserError(f"{checkpoint} was trained on other labels than {checkpoints[0]}"
                             + ("" if scenario else " (--scenario compares intent and scenario models)"))

@@ -32,10 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arguments import parse_args, recorded_config  # noqa: E402
 from dataloader import Features, load_features, make_loader  # noqa: E402
 from inference import Predictor  # noqa: E402
-from main import EVAL_BATCH, ce_step, evaluate, train_epoch, use_bf16  # noqa: E402
+from train import EVAL_BATCH, classify_step, evaluate, train_epoch  # noqa: E402
 from model import Classifier, build_model, load_tokenizer, model_name, resolve_model, save_checkpoint  # noqa: E402
 from utils import (build_optimizer, build_param_groups, cpu_attention, fast_process_settings,  # noqa: E402
-                   keep_freed_memory, set_seed, setup_logging, use_tf32, write_json)
+                   keep_freed_memory, set_seed, setup_logging, use_bf16, use_tf32, write_json)
 
 
 def sync(device):
@@ -96,10 +96,10 @@ def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, rand
     # Untimed warm-up: the first steps of a process grow its heap and create kernels for each new shape. The study's
     # batches all have one shape; ours meet a new length every few steps, so they get more.
     warmup = 3 if len({b["input_ids"].shape for b in batches}) == 1 else 10
-    train_epoch(model, batches[:warmup], opt, sched, ce_step, cfg, device, bf16, "warm-up")
+    train_epoch(model, batches[:warmup], opt, sched, classify_step, cfg, device, bf16, "warm-up")
     sync(device)
     t = time.perf_counter()
-    train_epoch(model, batches, opt, sched, ce_step, cfg, device, bf16, "timed")
+    train_epoch(model, batches, opt, sched, classify_step, cfg, device, bf16, "timed")
     sync(device)
     seconds = (time.perf_counter() - t) / len(batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
@@ -162,7 +162,7 @@ def main():
                     ("+ fused AdamW", grouped_batches, bf16, True, None, False, False),
                     ("+ glibc keeps freed memory", grouped_batches, bf16, True, None, True, False),
                     ("+ eager attention", grouped_batches, bf16, True, "eager", True, False)]
-    else:  # bf16 autocast is left out on a GPU: see main.use_bf16
+    else:  # bf16 autocast is left out on a GPU: see utils.use_bf16
         configs += [("+ fused AdamW", grouped_batches, False, True, None, False, False),
                     ("+ TF32 matmuls", grouped_batches, False, True, None, False, True)]
     # emulated bf16 matmuls (a CPU without AVX512-BF16) take minutes at this size, and no row uses them there
@@ -236,7 +236,7 @@ def main():
     # it up, where ours get a whole pass.
     evals["study"] = evaluation(make_model(cfg, len(labels), None, args.random_init, device), False, False, 16, 320, 1,
                                 32)
-    fast_process_settings(device)  # as main.py's training process does
+    fast_process_settings(device)  # as a training process does (train.py)
     model = make_model(cfg, len(labels), cpu_attention(device, fast=True), args.random_init, device)
     evals["fast"] = evaluation(model, True, bf16, EVAL_BATCH, None, args.eval_passes, None)
     for key, label in (("study", "the study's way"), ("fast", "ours")):

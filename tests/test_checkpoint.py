@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import main as cli
+import train as loop
 from arguments import parse_args
 from dataloader import UserError, load_features, make_loader
 from inference import Predictor
 from model import load_checkpoint
-from utils import cpu_attention
+from utils import cpu_attention, use_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +35,7 @@ def strip_seconds(results):
 def test_resume_after_a_crash_gives_the_same_run(run_args, tmp_path, monkeypatch, task, extra, crash_at):
     args = ["--task", task, *run_args, *extra, "--checkpoint-dir", str(tmp_path / "ckpt")]
     cfg = parse_args(args)
-    real_train_epoch, calls = cli.train_epoch, []
+    real_train_epoch, calls = loop.train_epoch, []
 
     def crashing(model, loader, *a, **kw):
         calls.append(1)
@@ -43,12 +44,12 @@ def test_resume_after_a_crash_gives_the_same_run(run_args, tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real_train_epoch(model, loader, *a, **kw)
 
-    monkeypatch.setattr(cli, "train_epoch", crashing)
+    monkeypatch.setattr(loop, "train_epoch", crashing)
     with pytest.raises(KeyboardInterrupt):
         cli.main(args)
     assert not os.path.exists(cfg.results_path)
     assert os.path.exists(os.path.join(cfg.run_dir, "last.pt"))
-    monkeypatch.setattr(cli, "train_epoch", real_train_epoch)
+    monkeypatch.setattr(loop, "train_epoch", real_train_epoch)
     resumed = cli.main(args + ["--resume"])
     shutil.rmtree(cfg.run_dir)
     uninterrupted = cli.main(args)
@@ -75,8 +76,8 @@ def test_checkpoint_reproduces_recorded_test_accuracy(run_args, tmp_path, task, 
     assert meta["labels"] == results["labels"]
     assert meta["config"]["model"] == os.path.basename(cfg.model) and cfg.model not in json.dumps(meta)
     _, feats = load_features(cfg, tokenizer)
-    loader = make_loader(feats["test"], tokenizer, cli.EVAL_BATCH, False)
-    test = cli.evaluate(model.to(device), loader, device, cli.use_bf16(device))
+    loader = make_loader(feats["test"], tokenizer, loop.EVAL_BATCH, False)
+    test = loop.evaluate(model.to(device), loader, device, use_bf16(device))
     assert test["accuracy"] == results["best_test_accuracy"]
     assert test["loss"] == pytest.approx(results["best_test_loss"], rel=1e-6)
     saved = os.listdir(os.path.join(cfg.run_dir, "best"))

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import main as cli
+import train as loop
 from arguments import parse_args
 from dataloader import UserError
 from model import build_model
@@ -67,7 +68,7 @@ def _contrastive_worker(rank, model_path, batch, task, port, out):
     model.head.requires_grad_(False)  # as in the contrastive phase
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     half = {k: v.chunk(2)[rank] for k, v in batch.items()}
-    loss, _ = cli.contrastive_step(ddp, half, SimpleNamespace(task=task, temperature=0.1))
+    loss, _ = loop.contrastive_step(ddp, half, SimpleNamespace(task=task, temperature=0.1))
     loss.backward()
     torch.save(_gradients(model), os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -83,7 +84,7 @@ def test_distributed_contrastive_gradient_equals_single_process(tiny_model, tmp_
     torch.manual_seed(0)
     model = build_model(tiny_model, 3, 0.0, projection=True).eval()
     model.head.requires_grad_(False)
-    loss, _ = cli.contrastive_step(model, batch, SimpleNamespace(task=task, temperature=0.1))
+    loss, _ = loop.contrastive_step(model, batch, SimpleNamespace(task=task, temperature=0.1))
     loss.backward()
     single = _gradients(model)
     for rank in (0, 1):
@@ -95,7 +96,7 @@ def test_distributed_contrastive_gradient_equals_single_process(tiny_model, tmp_
 
 def test_distributed_resume_refuses_another_world_size(run_args, tmp_path, monkeypatch):
     args = [*run_args, "--epochs", "2"]
-    real_train_epoch, calls = cli.train_epoch, []
+    real_train_epoch, calls = loop.train_epoch, []
 
     def crash_in_epoch_2(*a, **kw):
         calls.append(1)
@@ -103,14 +104,14 @@ def test_distributed_resume_refuses_another_world_size(run_args, tmp_path, monke
             raise KeyboardInterrupt
         return real_train_epoch(*a, **kw)
 
-    monkeypatch.setattr(cli, "train_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(loop, "train_epoch", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         cli.main(args)
     cfg = parse_args([*args, "--resume"])
-    assert cli.load_resume_state(cfg, world=1)["world_size"] == 1
+    assert loop.load_resume_state(cfg, world=1)["world_size"] == 1
     with pytest.raises(UserError, match=r"written by 1 process\(es\), this run has 2; resume with 1"):
-        cli.load_resume_state(cfg, world=2)
+        loop.load_resume_state(cfg, world=2)
     # what the run computes must match; where it writes may change
     with pytest.raises(UserError, match="written with other settings"):
-        cli.load_resume_state(parse_args([*args, "--resume", "--weight-decay", "0.1"]), world=1)
-    assert cli.load_resume_state(parse_args([*args, "--resume", "--out-dir", str(tmp_path / "elsewhere")]), world=1)
+        loop.load_resume_state(parse_args([*args, "--resume", "--weight-decay", "0.1"]), world=1)
+    assert loop.load_resume_state(parse_args([*args, "--resume", "--out-dir", str(tmp_path / "elsewhere")]), world=1)

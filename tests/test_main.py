@@ -4,10 +4,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import main as cli
 from arguments import parse_args
 from dataloader import UserError
+from utils import use_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP_KEYS = {"run_name", "task", "config", "environment", "labels", "before_test_loss", "before_test_accuracy",
@@ -56,7 +58,7 @@ def test_same_command_same_numbers(run_args):
 def test_no_bf16_trains_in_fp32_under_the_same_settings(run_args):
     auto = cli.main(["--task", "baseline", *run_args, "--epochs", "1"])
     fp32 = cli.main(["--task", "baseline", *run_args, "--epochs", "1", "--no-bf16"])
-    assert auto["environment"]["bf16"] == cli.use_bf16(cli.torch.device("cpu")) and fp32["environment"]["bf16"] is False
+    assert auto["environment"]["bf16"] == use_bf16(torch.device("cpu")) and fp32["environment"]["bf16"] is False
     # precision is how a machine runs the settings, not one of them: study.py treats both as the same run
     assert fp32["config"] == auto["config"] and "bf16" not in fp32["config"]
     if not auto["environment"]["bf16"]:  # on a CPU without native bf16 both ran in fp32: the same numbers

@@ -14,8 +14,8 @@ def net(tiny_model):
 def test_shapes(net):
     ids = torch.randint(1000, 2000, (3, 7))
     mask = torch.ones_like(ids)
-    assert net(ids, mask).shape == (3, 5)
-    z = net(ids, mask, project=True)
+    assert net(ids, mask)["logits"].shape == (3, 5)
+    z = net(ids, mask, project=True)["projection"]
     assert z.shape == (3, 32)
     assert torch.allclose(z.norm(dim=-1), torch.ones(3))
     assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [256, 5]
@@ -27,7 +27,7 @@ def test_padding_does_not_change_logits(net):
     ids = torch.randint(1000, 2000, (1, 5))
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(1, 5), torch.zeros(1, 4)], 1).long()
-    assert torch.allclose(net(ids, torch.ones_like(ids)), net(padded, mask), atol=1e-5)
+    assert torch.allclose(net(ids, torch.ones_like(ids))["logits"], net(padded, mask)["logits"], atol=1e-5)
 
 
 def test_eager_attention_matches_default(tiny_model):
@@ -39,7 +39,7 @@ def test_eager_attention_matches_default(tiny_model):
         torch.manual_seed(0)
         m = build_model(tiny_model, n_classes=5, dropout=0.0, attention=attention)
         assert m.encoder.config._attn_implementation == attention
-        logits = m(ids, mask)
+        logits = m(ids, mask)["logits"]
         logits.sum().backward()
         outs.append((logits, m.encoder.embeddings.word_embeddings.weight.grad))
     assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import main as cli
+import recipe
 from arguments import complete_config, parse_args, recorded_config
 from dataloader import UserError, load_features, make_loader
 from model import Classifier, load_encoder, load_tokenizer
@@ -62,10 +63,10 @@ def test_mean_pooling_ignores_padding(tiny_model):
     net = Classifier(load_encoder(tiny_model), 3, dropout=0.0, pooling="mean").eval()
     ids = torch.tensor([[101, 2000, 2001, 102]])
     padded = torch.tensor([[101, 2000, 2001, 102, 0, 0]])
-    short = net(ids, torch.ones_like(ids))
-    long = net(padded, torch.tensor([[1, 1, 1, 1, 0, 0]]))
+    short = net(ids, torch.ones_like(ids))["logits"]
+    long = net(padded, torch.tensor([[1, 1, 1, 1, 0, 0]]))["logits"]
     assert torch.allclose(short, long, atol=1e-5)
-    assert not torch.allclose(Classifier(load_encoder(tiny_model), 3, dropout=0.0).eval()(ids, torch.ones_like(ids)),
+    assert not torch.allclose(Classifier(load_encoder(tiny_model), 3, dropout=0.0).eval()(ids, torch.ones_like(ids))["logits"],
                               short)  # [CLS] is another vector
 
 
@@ -171,7 +172,7 @@ def test_ensemble_bench_scores_intent_models_on_scenario(run_args, tmp_path):
 
 
 def test_coarse_accuracy_sums_fine_probabilities():
-    from utils import coarse_accuracy
+    from recipe import coarse_accuracy
 
     # fine labels 0, 1 belong to coarse 0; fine 2 to coarse 1. Row 0: fine argmax is 2 (0.4), but coarse 0 holds 0.6
     probs = [[0.3, 0.3, 0.4], [0.1, 0.1, 0.8]]
@@ -186,7 +187,7 @@ def test_intent_runs_report_scenario_accuracy(run_args, monkeypatch):
         seen.update(parent=list(parent), rows=len(probs), gold=len(gold))
         return 0.5
 
-    monkeypatch.setattr(cli, "coarse_accuracy", fake)
+    monkeypatch.setattr(recipe, "coarse_accuracy", fake)
     results = cli.main([*run_args, "--label", "intent"])
     assert results["best_test_scenario_accuracy_from_intent"] == 0.5
     # every intent is summed into its own scenario (the test data's intents are <scenario>_<action>)

@@ -57,7 +57,9 @@ def test_predict_abstains_below_min_confidence(trained):
 @pytest.fixture
 def fp32_torch(monkeypatch):
     """The torch backend in fp32 on any CPU: where it would hold bf16 weights, it differs from fp32 ONNX by ~1e-2."""
-    monkeypatch.setattr(cli, "use_bf16", lambda device: False)
+    import utils
+
+    monkeypatch.setattr(utils, "use_bf16", lambda device: False)
 
 
 def test_export_passes_the_gate_and_onnx_backends_agree(trained, fp32_torch):

@@ -3,6 +3,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -78,7 +79,9 @@ def test_list_prints_commands_that_run(grid, tmp_path):
     lines = res.stdout.splitlines()
     assert res.returncode == 0 and len(lines) == 4 and all(line.startswith("python main.py --task ") for line in lines)
     assert not os.path.exists(tmp_path / "logs")  # listing runs nothing
-    ran = subprocess.run(lines[0], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # the listed commands assume the activated environment; here its interpreter is the one running the tests
+    argv = shlex.split(lines[0])
+    ran = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert len(os.listdir(tmp_path / "results")) == 1
 
