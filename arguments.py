@@ -26,8 +26,10 @@ TASK_DEFAULTS = {
 # lack them, and mean these values.
 RECIPE_DEFAULTS = dict(pooling="cls", label_smoothing=0.0, rdrop=0.0, ema=0.0, aux_weight=0.0, teachers=None,
                        distill_weight=0.0, distill_temperature=1.0, augment=0.0)
+# Slot filling, off (no slot head, so no slot-loss weight). Results written before it existed lack these keys.
+SLOT_DEFAULTS = dict(slots=False, slot_weight=None)
 COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
-                       lora_rank=None, lora_targets="query-value", **RECIPE_DEFAULTS)
+                       lora_rank=None, lora_targets="query-value", **RECIPE_DEFAULTS, **SLOT_DEFAULTS)
 # Flags that only mean something for some tasks; elsewhere they are an error, not silently ignored.
 TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon", "simclr"),
              "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
@@ -70,6 +72,8 @@ class Config:
     distill_weight: float
     distill_temperature: float
     augment: float
+    slots: bool
+    slot_weight: float | None
     fast: bool
     bf16: bool
     cache_dir: str
@@ -123,8 +127,8 @@ def recorded_config(cfg):
 
 
 def complete_config(recorded):
-    """A recorded config with the recipe's off values filled in where it predates them."""
-    return {**RECIPE_DEFAULTS, **recorded}
+    """A recorded config with the recipe's and slot filling's off values filled in where it predates them."""
+    return {**RECIPE_DEFAULTS, **SLOT_DEFAULTS, **recorded}
 
 
 def build_parser():
@@ -168,6 +172,10 @@ def build_parser():
                                                         "(default 0.5 with --teachers)")
     r.add_argument("--distill-temperature", type=float, help="softmax temperature of distillation")
     r.add_argument("--augment", type=float, help="probability that a training utterance gets one kind of typing noise")
+    p.add_argument("--slots", action="store_true", default=None,
+                   help="also train a slot-filling head (MASSIVE's joint task: intent + slots); for predict, require "
+                        "the checkpoint's slots")
+    p.add_argument("--slot-weight", type=float, help="weight of the slot loss beside the label's (default 1, with --slots)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; "
                         "--no-fast is the study's way (pad to max length, fp32)")
@@ -217,6 +225,8 @@ def run_name(cfg):
         parts.append(f"t{cfg.temperature:g}-ce{cfg.contrastive_epochs}-clr{cfg.contrastive_lr:g}")
     if cfg.task == "lora":
         parts.append(f"r{cfg.lora_rank}-{cfg.lora_targets}")
+    if cfg.slots:
+        parts.append(f"slots{cfg.slot_weight:g}")
     if not cfg.fast:
         parts.append("slow")
     parts.append(f"s{cfg.seed}")
@@ -236,6 +246,8 @@ def parse_args(argv=None):
     for k, v in {**COMMON_DEFAULTS, **TASK_DEFAULTS[args["task"]]}.items():
         if args.get(k) is None:
             args[k] = v
+    if args["slots"] and args["slot_weight"] is None and args["task"] not in USE_TASKS:
+        args["slot_weight"] = 1.0
     if args["task"] == "lora" and args["lora_alpha"] is None:
         args["lora_alpha"] = 2 * args["lora_rank"]
     cfg = Config(**args)
@@ -246,6 +258,8 @@ def parse_args(argv=None):
 
     if cfg.task in USE_TASKS:
         check(cfg.checkpoint, f"--task {cfg.task} needs --checkpoint DIR")
+        check(cfg.task == "predict" or not cfg.slots, "--slots applies only to training tasks and --task predict")
+        check(cfg.slot_weight is None, "--slot-weight applies only to training tasks")
         check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
         defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=0.0,
                         max_inputs=256, max_queue=4096)
@@ -276,6 +290,10 @@ def parse_args(argv=None):
           "--rdrop and --aux-weight must be >= 0, --distill-temperature positive")
     check(0 <= cfg.distill_weight <= 1 and (cfg.teachers or not cfg.distill_weight),
           "--distill-weight must be in [0, 1] and needs --teachers")
+    check(cfg.slots or cfg.slot_weight is None, "--slot-weight applies only with --slots")
+    check(cfg.slot_weight is None or cfg.slot_weight > 0, "--slot-weight must be positive")
+    check(not (cfg.slots and cfg.augment), "--augment does not keep slot labels aligned with the words it changes; "
+                                           "use --slots without --augment")
     if cfg.task == "lora":
         check(cfg.lora_rank >= 1 and cfg.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1")
     cfg.run_name = run_name(cfg)

@@ -1,11 +1,19 @@
 """MASSIVE (English) data: read the release file or the hub, tokenize once, cache, batch.
 
 The official release is JSON lines with `partition` (train/dev/test), `utt`,
-`scenario` and `intent`; `dev` becomes `validation`. Tokenized features are
-pickled under `assets/cache/` with a key that covers everything they depend on
-(data bytes, tokenizer vocabulary, max length, label column), so a changed input
-never reuses a stale cache, and a cache that fails its checks is rebuilt.
+`scenario`, `intent` and `annot_utt` (the utterance with its slot spans,
+`wake me up at [time : five am]`); `dev` becomes `validation`. With slots,
+every word of `utt.split()` gets one slot name, `Other` outside spans, as
+MASSIVE's own code reads it; the model labels each word at its first
+sub-token, and a word whose first sub-token left truncation cut away (or that
+gives no token at all) has no position and counts as predicted `Other`.
+
+Tokenized features are pickled under `assets/cache/` with a key that covers
+everything they depend on (data bytes, tokenizer vocabulary, max length, label
+column, slots or not), so a changed input never reuses a stale cache, and a
+cache that fails its checks is rebuilt.
 """
+import bisect
 import hashlib
 import json
 import logging
@@ -33,8 +41,48 @@ class UserError(Exception):
     """A bad input the user can fix; main() prints it as one line and exits non-zero."""
 
 
-def read_jsonl(path, label):
-    """Read a MASSIVE release file into {split: [(text, label_name), ...]}."""
+def parse_annotation(annot):
+    """The slot name of each word of an annotated utterance (MASSIVE's annot_utt), "Other" outside spans.
+
+    "wake me up at [time : five am]" -> ["Other"] * 4 + ["time"] * 2. ValueError
+    on unbalanced brackets, a span without " : ", or a span with no words.
+    """
+    names, rest = [], annot
+    while rest:
+        start = rest.find("[")
+        outside = rest if start < 0 else rest[:start]
+        if "]" in outside:
+            raise ValueError("unbalanced brackets: ']' without '['")
+        names += ["Other"] * len(outside.split())
+        if start < 0:
+            break
+        end = rest.find("]", start)
+        if end < 0:
+            raise ValueError("unbalanced brackets: '[' without ']'")
+        span = rest[start + 1:end]
+        if "[" in span:
+            raise ValueError("unbalanced brackets: '[' inside a span")
+        if " : " not in span:
+            raise ValueError(f"span '[{span}]' has no ' : ' between slot and value")
+        slot, value = span.split(" : ", 1)
+        if not slot.strip() or not value.split():
+            raise ValueError(f"span '[{span}]' has an empty slot name or value")
+        names += [slot.strip()] * len(value.split())
+        rest = rest[end + 1:]
+    return names
+
+
+def word_slots(utt, annot):
+    """parse_annotation(annot), checked to give one name per word of utt.split(); ValueError otherwise."""
+    names = parse_annotation(annot)
+    if len(names) != len(utt.split()):
+        raise ValueError(f"annot_utt has {len(names)} words, utt has {len(utt.split())}")
+    return names
+
+
+def read_jsonl(path, label, slots=False):
+    """Read a MASSIVE release file into {split: [(text, label_name), ...]}; with slots, (text, label_name, the
+    slot name of each word)."""
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path}")
     splits = {s: [] for s in SPLITS}
@@ -48,16 +96,22 @@ def read_jsonl(path, label):
                 raise UserError(f"{path}:{n}: malformed JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object")
-            for field in ("partition", "utt", label):
+            for field in ("partition", "utt", label, *(("annot_utt",) if slots else ())):
                 if not isinstance(row.get(field), str):
                     raise UserError(f"{path}:{n}: missing or non-text field '{field}'")
             if row["partition"] not in PARTITIONS:
                 raise UserError(f"{path}:{n}: unknown partition '{row['partition']}' (expected train, dev or test)")
-            splits[PARTITIONS[row["partition"]]].append((row["utt"], row[label]))
+            example = (row["utt"], row[label])
+            if slots:
+                try:
+                    example += (word_slots(row["utt"], row["annot_utt"]),)
+                except ValueError as e:
+                    raise UserError(f"{path}:{n}: malformed annot_utt: {e}") from None
+            splits[PARTITIONS[row["partition"]]].append(example)
     return splits
 
 
-def read_hub(label):
+def read_hub(label, slots=False):
     """The same data from the Hugging Face hub (needs `datasets` and a network)."""
     try:
         import datasets  # lazily: machines without it can still train from a file
@@ -70,7 +124,14 @@ def read_hub(label):
         raise UserError(f"could not load {HUB_ID} ({HUB_CONFIG}) from the hub ({type(e).__name__}); "
                         "offline, pass --data PATH/en-US.jsonl (the MASSIVE release file) or set MASSIVE_DATA") from None
     names = ds["train"].features[label].names  # the hub stores labels as ClassLabel ids
-    return {s: [(r["utt"], names[r[label]]) for r in ds[s]] for s in SPLITS}
+    splits = {s: [(r["utt"], names[r[label]]) for r in ds[s]] for s in SPLITS}
+    if slots:
+        try:
+            for s in SPLITS:
+                splits[s] = [(*x, word_slots(r["utt"], r["annot_utt"])) for x, r in zip(splits[s], ds[s])]
+        except ValueError as e:
+            raise UserError(f"{HUB_ID} ({HUB_CONFIG}): malformed annot_utt: {e}") from None
+    return splits
 
 
 def build_labels(splits):
@@ -78,10 +139,10 @@ def build_labels(splits):
     for s in SPLITS:
         if not splits[s]:
             raise UserError(f"the {s} split is empty")
-    labels = sorted({y for _, y in splits["train"]})
+    labels = sorted({x[1] for x in splits["train"]})
     known = set(labels)
     for s in ("validation", "test"):
-        unseen = sorted({y for _, y in splits[s]} - known)
+        unseen = sorted({x[1] for x in splits[s]} - known)
         if unseen:
             raise UserError(f"{s} has labels that train lacks: {', '.join(unseen[:5])}")
     return labels
@@ -105,22 +166,85 @@ def describe_data(path):
     return {"file": os.path.basename(path), "sha256": file_sha256(path)}
 
 
-def cache_key(source, tokenizer, max_length, label):
+def cache_key(source, tokenizer, max_length, label, slots=False):
     if os.path.isfile(source):
         source = file_sha256(source)
-    parts = [CACHE_VERSION, source, tokenizer_fingerprint(tokenizer), max_length, label]
+    parts = [CACHE_VERSION, source, tokenizer_fingerprint(tokenizer), max_length, label] + (["slots"] if slots else [])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def word_spans(text):
+    """(start, end) character offsets of the words of text.split(), in order."""
+    spans, start = [], None
+    for i, c in enumerate(text):
+        if c.isspace():
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def first_subtokens(tokenizer, texts, max_length):
+    """For each text, the position of each word's first sub-token in its left-truncated token ids, or -1 where
+    truncation cut that sub-token away or the word gives no token.
+
+    Positions come from the untruncated encoding's character offsets: left
+    truncation keeps [CLS], the last max_length - 2 tokens and [SEP].
+    """
+    if not tokenizer.is_fast:
+        raise UserError("slot filling needs a fast tokenizer (character offsets of each token)")
+    full = tokenizer(texts, return_offsets_mapping=True)
+    out = []
+    for text, offsets in zip(texts, full["offset_mapping"]):
+        starts = [s for s, _ in word_spans(text)]
+        positions, cut = [-1] * len(starts), max(0, len(offsets) - max_length)
+        seen = set()
+        for pos, (s, e) in enumerate(offsets):
+            if s == e:  # a special token
+                continue
+            word = bisect.bisect_right(starts, s) - 1
+            if word not in seen:  # the word's first sub-token: kept unless it lies in the cut
+                seen.add(word)
+                positions[word] = pos - cut if pos - cut >= 1 else -1
+        out.append(positions)
+    return out
+
+
 def tokenize(splits, labels, tokenizer, max_length):
-    """{split: {"input_ids": [[int]], "labels": [int], "texts": [str]}}, unpadded."""
+    """{split: {"input_ids": [[int]], "labels": [int], "texts": [str]}}, unpadded; with slots also
+    "slot_words" (the slot name of each word) and "slot_positions" (first_subtokens)."""
     tokenizer.truncation_side = "left"  # the study keeps the end of long utterances
     index = {y: i for i, y in enumerate(labels)}
     out = {}
     for s in SPLITS:
-        texts = [t for t, _ in splits[s]]
+        texts = [x[0] for x in splits[s]]
         ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        out[s] = {"input_ids": ids, "labels": [index[y] for _, y in splits[s]], "texts": texts}
+        out[s] = {"input_ids": ids, "labels": [index[x[1]] for x in splits[s]], "texts": texts}
+        if splits[s] and len(splits[s][0]) == 3:
+            out[s]["slot_words"] = [x[2] for x in splits[s]]
+            out[s]["slot_positions"] = first_subtokens(tokenizer, texts, max_length)
+    return out
+
+
+def slot_labels(features):
+    """The sorted slot names of the training words, "Other" among them."""
+    return sorted({name for words in features["train"]["slot_words"] for name in words})
+
+
+def token_slot_labels(split, slots):
+    """Per utterance, one slot id per token id: the word's slot at its first sub-token, -100 (ignored) elsewhere."""
+    index = {name: i for i, name in enumerate(slots)}
+    out = []
+    for ids, words, positions in zip(split["input_ids"], split["slot_words"], split["slot_positions"]):
+        labels = [-100] * len(ids)
+        for name, pos in zip(words, positions):
+            if pos >= 0:
+                labels[pos] = index[name]
+        out.append(labels)
     return out
 
 
@@ -152,14 +276,15 @@ def atomic_write(path, write):
         raise
 
 
-def load_features(cfg, tokenizer):
-    """Labels and tokenized splits for cfg.data (a release file, or the hub when None), cached."""
+def load_features(cfg, tokenizer, slots=False):
+    """Labels and tokenized splits for cfg.data (a release file, or the hub when None), cached; with slots, each
+    split also has its word slots and their first sub-tokens (tokenize)."""
     source = cfg.data or f"hub:{HUB_ID}/{HUB_CONFIG}"
-    key = cache_key(source, tokenizer, cfg.max_length, cfg.label)
-    path = os.path.join(cfg.cache_dir, f"massive-{cfg.label}-{key[:16]}.pkl")
+    key = cache_key(source, tokenizer, cfg.max_length, cfg.label, slots)
+    path = os.path.join(cfg.cache_dir, f"massive-{cfg.label}{'-slots' if slots else ''}-{key[:16]}.pkl")
     blob = load_cache(path, key)
     if blob is None:
-        splits = read_jsonl(cfg.data, cfg.label) if cfg.data else read_hub(cfg.label)
+        splits = read_jsonl(cfg.data, cfg.label, slots) if cfg.data else read_hub(cfg.label, slots)
         labels = build_labels(splits)
         blob = {"key": key, "labels": labels, "features": tokenize(splits, labels, tokenizer, cfg.max_length)}
         atomic_write(path, lambda f: pickle.dump(blob, f))
@@ -173,12 +298,15 @@ class Features(torch.utils.data.Dataset):
     """Tokenized utterances with their labels, and any extra per-example columns (extras: {name: list}).
 
     augment(text) -> token ids, with probability p: the utterance is perturbed and tokenized anew. Its
-    random draws come from the `random` module, whose state a resumed run restores.
+    random draws come from the `random` module, whose state a resumed run restores. With slots, the gold
+    word slots, their first sub-tokens and the model's slot names, which evaluation scores against.
     """
 
-    def __init__(self, split, extras=None, augment=None, p=0.0):
+    def __init__(self, split, extras=None, augment=None, p=0.0, slot_names=None):
         self.ids, self.labels, self.texts = split["input_ids"], split["labels"], split.get("texts")
         self.extras, self.augment, self.p = extras or {}, augment, p
+        self.slot_words, self.slot_positions = split.get("slot_words"), split.get("slot_positions")
+        self.slot_names = slot_names
 
     def __len__(self):
         return len(self.ids)
@@ -188,8 +316,24 @@ class Features(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": self.labels[i], **{k: v[i] for k, v in self.extras.items()}}
 
 
-def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_length=128, extras=None, augment=0.0):
-    """Batches of padded tensors (extras: further per-example columns, as tensors under their names).
+class PadSlots:
+    """A collator that also pads the token-level "slot_labels" column to the batch's token length, with -100."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, rows):
+        slots = [row.pop("slot_labels") for row in rows]
+        batch = self.collate(rows)
+        width = batch["input_ids"].shape[1]
+        batch["slot_labels"] = torch.tensor([s + [-100] * (width - len(s)) for s in slots])
+        return batch
+
+
+def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_length=128, extras=None, augment=0.0,
+                slot_names=None):
+    """Batches of padded tensors (extras: further per-example columns, as tensors under their names; token-level
+    "slot_labels" padded with -100). slot_names: the model's, for scoring slots in evaluation.
 
     fast: pad each batch to its longest member; training batches are grouped by
     length (random mega-batches, re-drawn every epoch) and evaluation batches are
@@ -201,11 +345,13 @@ def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_leng
         tokenizer.truncation_side = "left"  # as the cached features were made
         return tokenizer(noise.perturb(text), truncation=True, max_length=max_length)["input_ids"]
 
-    data = Features(split, extras, noisy_ids if augment else None, augment)
+    data = Features(split, extras, noisy_ids if augment else None, augment, slot_names)
     if fast:
         collate = DataCollatorWithPadding(tokenizer)
     else:
         collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    if extras and "slot_labels" in extras:
+        collate = PadSlots(collate)
     generator = torch.Generator().manual_seed(seed)
     lengths = [len(x) for x in data.ids]
     if train and fast:

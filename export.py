@@ -70,6 +70,8 @@ def to_int8(fp32_path, path, encoder_config):
 def export(cfg):
     path = checkpoint_folder(cfg.checkpoint)
     torch_predictor = Predictor(path, "torch", base_model=cfg.model)
+    if torch_predictor.slots:  # a graph of the utterance head alone would silently drop the slots
+        raise UserError(f"{path} has a slot head, which export cannot write into ONNX yet; nothing was written")
     torch_predictor.model.float()  # the reference is fp32, as exported
     label = torch_predictor.meta["config"]["label"]
     test = (read_jsonl(cfg.data, label) if cfg.data else read_hub(label))["test"]

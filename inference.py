@@ -16,9 +16,17 @@ import sys
 import numpy as np
 import torch
 
-from dataloader import UserError
+from dataloader import UserError, first_subtokens, word_spans
+from slots import OUTSIDE, spans
 
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def calibrated(logits, temperature):
+    """softmax(logits / temperature) over the last axis."""
+    z = logits / temperature
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
 
 
 def checkpoint_folder(path):
@@ -90,6 +98,7 @@ class Predictor:
         self.max_length = self.meta["max_length"]
         self.temperature = self.meta.get("temperature", 1.0)
         self.name = self.meta["run_name"]
+        self.slots = self.meta.get("slots")  # the slot head's names; None without one
         self.speller = self.load_speller() if spelling else None
 
     def load_speller(self):
@@ -99,35 +108,63 @@ class Predictor:
             return Speller(json.load(f), whole_words(self.tokenizer))
 
     def _forward(self, ids, mask):
-        """Logits (B, C) as float32 numpy for one padded batch."""
+        """Logits (B, C) and slot logits (B, T, S) or None, as float32 numpy, for one padded batch."""
         if self.backend == "torch":
             with torch.inference_mode():
                 out = self.model(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
-            return out["logits"].float().cpu().numpy()
-        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            slots = out["slot_logits"].float().cpu().numpy() if "slot_logits" in out else None
+            return out["logits"].float().cpu().numpy(), slots
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], None
 
-    def logits(self, texts, batch_size=128):
-        """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""
+    def outputs(self, texts, batch_size=128, slots=True):
+        """Uncalibrated logits (N, C) for raw utterances (tokenized, batched by length, truncated from the left);
+        with slots and a slot head also each utterance's slot name and probability per word (else None)."""
         if self.speller:
-            texts = [self.speller(t) for t in texts]
-        ids = self.tokenizer([t.strip() for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
+            texts = [self.speller(t) for t in texts]  # word for word, so words keep their places
+        texts = [t.strip() for t in texts]
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
-        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        out, token_probs = np.zeros((len(ids), len(self.labels)), dtype=np.float32), [None] * len(ids)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
-            out[rows] = self._forward(batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64))
-        return out
+            out[rows], slot_logits = self._forward(batch["input_ids"].astype(np.int64),
+                                                   batch["attention_mask"].astype(np.int64))
+            if slots and slot_logits is not None:
+                for r, i in enumerate(rows):
+                    token_probs[i] = calibrated(slot_logits[r, :len(ids[i])], 1.0)  # (T, S)
+        if not (slots and self.slots):
+            return out, None
+        words = []
+        for probs, positions in zip(token_probs, first_subtokens(self.tokenizer, texts, self.max_length)):
+            # a word without a first sub-token (cut by truncation) is Other, as in training
+            best = [probs[p].argmax() if p >= 0 else None for p in positions]
+            words.append(([self.slots[b] if b is not None else OUTSIDE for b in best],
+                          [float(probs[p, b]) if b is not None else 1.0 for p, b in zip(positions, best)]))
+        return out, words
+
+    def logits(self, texts, batch_size=128):
+        """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""
+        return self.outputs(texts, batch_size, slots=False)[0]
 
     def probabilities(self, texts, batch_size=128):
         """Calibrated probabilities (N, C): softmax(logits / temperature)."""
-        z = self.logits(texts, batch_size) / self.temperature
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
+        return calibrated(self.logits(texts, batch_size), self.temperature)
 
     def top_k(self, texts, k=3, min_confidence=None, batch_size=128):
         """For each utterance its k most probable labels as [{"label", "score"}], best first (see rank)."""
         return self.rank(texts, self.probabilities(texts, batch_size), k, min_confidence)
+
+    def parse(self, texts, k=3, min_confidence=None, batch_size=128):
+        """For each utterance (its top k labels as top_k gives them, its slots): each slot {"slot", "value",
+        "start", "end", "score"} with character offsets into the text as given, so text[start:end] == value, and
+        the mean probability of its words' slot. No slots without a slot head."""
+        logits, words = self.outputs(texts, batch_size)
+        ranked = self.rank(texts, calibrated(logits, self.temperature), k, min_confidence)
+        if words is None:
+            return [(top, []) for top in ranked]
+        return [(top, spans(text, names, scores, word_spans(text))) for top, text, (names, scores)
+                in zip(ranked, texts, words)]
 
     def rank(self, texts, probs, k=3, min_confidence=None):
         """The k best labels of each row of probs; [] for an empty utterance, or below min_confidence (abstain)."""
@@ -158,15 +195,22 @@ def read_utterances(cfg):
 
 
 def predict(cfg):
-    """--task predict: top-k labels with calibrated probabilities for each utterance, printed; returns the records."""
+    """--task predict: each utterance's top-k labels with calibrated probabilities, and its slots where the
+    checkpoint has a slot head; printed, and returned as records."""
     predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, spelling=cfg.spelling)
+    if cfg.slots and not predictor.slots:
+        raise UserError(f"checkpoint {cfg.checkpoint} has no slot head: train it with --slots to get slots")
     texts = read_utterances(cfg)
     records = []
-    for text, top in zip(texts, predictor.top_k(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size)):
+    for text, (top, found) in zip(texts, predictor.parse(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size)):
         records.append({"text": text, "predictions": [{"label": t["label"], "probability": t["score"]} for t in top]})
+        if predictor.slots:
+            records[-1]["slots"] = found
         if cfg.format == "jsonl":
             print(json.dumps(records[-1], ensure_ascii=False))
         else:
             cells = [f"{t['label']} {t['score']:.3f}" for t in top] or ["(empty)" if not text.strip() else "(abstain)"]
+            if found:
+                cells.append(" ".join(f"{x['slot']}={json.dumps(x['value'], ensure_ascii=False)}" for x in found))
             print("\t".join([text] + cells))
     return records

@@ -1,4 +1,5 @@
-"""Losses beyond plain cross-entropy: contrastive (supcon, simclr), R-Drop and distillation (custom). Pure functions."""
+"""Losses beyond plain cross-entropy: contrastive (supcon, simclr), R-Drop and distillation (custom), and the
+token-level cross-entropy of slot filling. Pure functions."""
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +69,20 @@ def distill_loss(student_logits, teacher_probs, temperature=1.0):
     """
     log_student = F.log_softmax(student_logits / temperature, -1)
     return temperature ** 2 * F.kl_div(log_student, teacher_probs, reduction="batchmean")
+
+
+def token_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=-100):
+    """Cross-entropy of token labels (slot filling), averaged over the labelled tokens.
+
+    logits: (B, T, S). labels: (B, T) slot ids, ignore_index where a token has
+    no label (padding, special tokens, a word's later sub-tokens).
+    Returns a scalar: -1/|L| * sum_{(b, t) in L} log softmax(logits[b, t])[labels[b, t]]
+    over the labelled tokens L; 0 when a batch has none, instead of the 0/0 =
+    NaN of a plain mean (and without reading the count back from the device).
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be (B, T, S) and labels (B, T), got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=ignore_index,
+                            label_smoothing=label_smoothing, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)

@@ -3,7 +3,9 @@
 `projection` (hidden -> hidden) exists only for the contrastive phase of supcon
 and simclr; the classification phase drops it, as SupContrast and SimCSE do.
 `aux_head` exists only while a custom run trains a second label alongside
-(--aux-weight); checkpoints keep the main head only.
+(--aux-weight); checkpoints keep the main head only. `slot_head` (--slots)
+labels every token with a slot from the encoder's last hidden states, beside
+the utterance head; checkpoints keep it.
 """
 import hashlib
 import inspect
@@ -54,7 +56,8 @@ def mlp_head(hidden, n_classes):
 
 
 class Classifier(nn.Module):
-    def __init__(self, encoder, n_classes, dropout=0.1, projection=False, pooling="cls", aux_classes=None):
+    def __init__(self, encoder, n_classes, dropout=0.1, projection=False, pooling="cls", aux_classes=None,
+                 slot_classes=None):
         super().__init__()
         self.encoder = encoder
         # our own pooling; an unused pooler would only add untrained parameters
@@ -66,27 +69,32 @@ class Classifier(nn.Module):
         self.head = mlp_head(hidden, n_classes)
         self.projection = nn.Linear(hidden, hidden) if projection else None
         self.aux_head = mlp_head(hidden, aux_classes) if aux_classes else None
+        self.slot_head = nn.Linear(hidden, slot_classes) if slot_classes else None  # one linear layer, as JointBERT
 
-    def pool(self, input_ids, attention_mask):
-        """The sentence vector (B, H), after dropout: [CLS], or the mean over real (unpadded) tokens."""
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    def pool(self, h, attention_mask):
+        """The sentence vector (B, H) of the last hidden states h (B, T, H), after dropout: [CLS], or the mean over
+        real (unpadded) tokens."""
         if self.pooling == "mean":
             m = attention_mask.unsqueeze(-1).to(h.dtype)
             return self.dropout((h * m).sum(1) / m.sum(1).clamp(min=1))
         return self.dropout(h[:, 0])
 
     def forward(self, input_ids, attention_mask, project=False):
-        """Named outputs: "logits" (B, C), and "aux_logits" (B, C2) where there is a second head; with project,
-        only "projection": the L2-normalised projections of the sentence vector (B, H) for the contrastive loss.
+        """Named outputs: "logits" (B, C); "aux_logits" (B, C2) where there is a second head; "slot_logits"
+        (B, T, S) where there is a slot head. With project, only "projection": the L2-normalised projections of
+        the sentence vector (B, H) for the contrastive loss.
 
         All go through forward so that a data-parallel wrapper sees every pass.
         """
-        x = self.pool(input_ids, attention_mask)
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        x = self.pool(h, attention_mask)
         if project:
             return {"projection": F.normalize(self.projection(x), dim=-1)}
         out = {"logits": self.head(x)}
         if self.aux_head is not None:
             out["aux_logits"] = self.aux_head(x)
+        if self.slot_head is not None:
+            out["slot_logits"] = self.slot_head(self.dropout(h))
         return out
 
 
@@ -107,9 +115,10 @@ def load_encoder(path, attention=None, pooler=True):
     return AutoModel.from_pretrained(path, attn_implementation=attention, dtype=torch.float32, **kwargs)
 
 
-def build_model(model_name, n_classes, dropout, projection=False, attention=None, pooling="cls", aux_classes=None):
+def build_model(model_name, n_classes, dropout, projection=False, attention=None, pooling="cls", aux_classes=None,
+                slot_classes=None):
     return Classifier(load_encoder(resolve_model(model_name), attention), n_classes, dropout, projection, pooling,
-                      aux_classes)
+                      aux_classes, slot_classes)
 
 
 def count_parameters(model):
@@ -119,12 +128,15 @@ def count_parameters(model):
 
 
 def apply_lora(model, rank, alpha, targets, dropout=0.1):
-    """Wrap the encoder's attention (or all linear layers) in LoRA adapters; the head trains fully."""
+    """Wrap the encoder's attention (or all linear layers) in LoRA adapters; the heads train fully."""
     from peft import LoraConfig, get_peft_model
 
     target_modules = ["query", "value"] if targets == "query-value" else "all-linear"
+    heads, exclude = ["head"], ["head.0", "head.2"]
+    if model.slot_head is not None:
+        heads, exclude = heads + ["slot_head"], exclude + ["slot_head"]
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        modules_to_save=["head"], exclude_modules=["head.0", "head.2"])
+                        modules_to_save=heads, exclude_modules=exclude)
     return get_peft_model(model, config)
 
 
@@ -142,6 +154,8 @@ def save_checkpoint(model, tokenizer, meta, path, words=None):
     else:
         model.encoder.save_pretrained(os.path.join(tmp, "encoder"))
         torch.save(model.head.state_dict(), os.path.join(tmp, "head.pt"))
+        if model.slot_head is not None:
+            torch.save(model.slot_head.state_dict(), os.path.join(tmp, "slot_head.pt"))
     tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -165,8 +179,11 @@ def load_checkpoint(path, attention=None, base_model=None):
     with open(meta_path) as f:
         meta = json.load(f)
     cfg, n_classes = meta["config"], len(meta["labels"])
+    n_slots = len(meta["slots"]) if meta.get("slots") else None
     lora = cfg["task"] == "lora"
     needed = ["tokenizer", "adapter"] if lora else ["tokenizer", "encoder", "head.pt"]
+    if n_slots and not lora:  # a LoRA adapter holds its slot head itself
+        needed.append("slot_head.pt")
     missing = [n for n in needed if not os.path.exists(os.path.join(path, n))]
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
@@ -176,12 +193,14 @@ def load_checkpoint(path, attention=None, base_model=None):
 
         base = base_model or cfg["model"]
         try:
-            net = build_model(base, n_classes, cfg["dropout"], attention=attention)
+            net = build_model(base, n_classes, cfg["dropout"], attention=attention, slot_classes=n_slots)
         except OSError:
             raise ValueError(f"cannot load the LoRA base encoder '{base}'; pass its folder with --model") from None
         model = PeftModel.from_pretrained(net, os.path.join(path, "adapter"))
     else:
         model = Classifier(load_encoder(os.path.join(path, "encoder"), attention, pooler=False), n_classes, cfg["dropout"],
-                           pooling=cfg.get("pooling", "cls"))
+                           pooling=cfg.get("pooling", "cls"), slot_classes=n_slots)
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
+        if n_slots:
+            model.slot_head.load_state_dict(torch.load(os.path.join(path, "slot_head.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

@@ -22,7 +22,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arguments import RECIPE_DEFAULTS, TASK_DEFAULTS, build_parser, complete_config  # noqa: E402
+from arguments import (RECIPE_DEFAULTS, TASK_DEFAULTS, build_parser, complete_config, parse_args,  # noqa: E402
+                       recorded_config)
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
@@ -78,12 +79,40 @@ def experiment(r):
     on = techniques(r)
     if on:  # the accuracy recipe's techniques, as their flags
         name += " + " + " ".join(flag(k, v) for k, v in on.items())
+    if c.get("slots"):
+        name += " + --slots" + (f" --slot-weight {c['slot_weight']:g}" if c["slot_weight"] != 1 else "")
     if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
         name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
     if not c.get("fast", True):
         name += ", study's way"
     rest = re.sub(r"-s\d+$", "", r["run_name"])  # everything else that distinguishes runs
     return name, rest
+
+
+def short_name(r):
+    """The study.py experiment a run belongs to ("recipe", "recipe-no-ema", ...), with the lr and epochs it ran
+    with where they are not the experiment's own; the readable long name where no experiment matches."""
+    import study
+
+    c = complete_config(r["config"])
+    best = None
+    for name, flags in study.EXPERIMENTS.items():
+        try:
+            expected = recorded_config(parse_args([*flags, "--label", c["label"], "--seed", str(c["seed"])]))
+        except (SystemExit, KeyError):
+            continue
+        differ = {k for k in expected if k in c and k not in ("data", "model") and expected[k] != c[k]}
+        if best is None or len(differ) < len(best[1]):
+            best = (name, differ)
+    if best is None:
+        return experiment(r)[0]
+    name, differ = best
+    schedule = "".join(f", lr {c['lr']:.0e}".replace("e-0", "e-") if k == "lr" else f", {c['epochs']} epochs" for k in sorted(differ)
+                       if k in ("lr", "epochs"))
+    # other flags by name and value (teachers by their count: distillation's settings name it)
+    others = [flag(k, c[k]) if not isinstance(c[k], (list, type(None))) else f"--{k} ({len(c[k] or [])})"
+              for k in sorted(differ - {"lr", "epochs"})]
+    return name + schedule + "".join(" " + o for o in others)
 
 
 def encoder_name(r):
@@ -104,7 +133,8 @@ def group_runs(runs):
         study = STUDY.get(name) if label == "scenario" else None
         where = [label] + [w for w, usual in ((encoder_name(r), "all-MiniLM-L6-v2"), (device, "cpu")) if w != usual]
         group = groups.setdefault((key, device), {"name": name, "title": f"{name} [{', '.join(where)}]",
-                                                  "study": study, "runs": []})
+                                                  "short": short_name(r), "label": label, "device": device,
+                                                  "encoder": encoder_name(r), "study": study, "runs": []})
         group["runs"].append(r)
     return list(groups.values())
 
@@ -147,21 +177,27 @@ def context(r):
     return c["label"], c["model"], c["epochs"], c.get("fast", True), device_of(r)
 
 
-def paired(base, g, title, n_boot):
+def intent_correct(r):
+    return np.array(r["test_predictions"]) == np.array(r["test_labels"])
+
+
+def exact_match_correct(r):
+    return np.array(r["test_exact_match_correct"])
+
+
+def paired(base, g, title, n_boot, metric=("test_accuracy", "test_predictions", intent_correct)):
     """Group g against group base, paired on seeds and test utterances; None if they share no seed with predictions.
 
-    A row {"title", "vs", "seeds", "delta", "low", "high", "p", "p_t"}, differences in accuracy points.
+    A row {"title", "vs", "seeds", "delta", "low", "high", "p", "p_t"}, differences in points of metric:
+    (its results key, the per-utterance key it needs, per utterance whether a run got it right).
     """
+    key, needed, correct = metric
     by_seed = {r["config"]["seed"]: r for r in base["runs"]}
     pairs = [(by_seed[r["config"]["seed"]], r) for r in g["runs"] if r["config"]["seed"] in by_seed]
-    if not pairs or any("test_predictions" not in r for pair in pairs for r in pair):
+    if not pairs or any(needed not in r for pair in pairs for r in pair):
         return None
-
-    def correct(r):
-        return np.array(r["test_predictions"]) == np.array(r["test_labels"])
-
     boot = paired_bootstrap([correct(a) for a, _ in pairs], [correct(b) for _, b in pairs], n_boot=n_boot)
-    diffs = [100 * (b["test_accuracy"] - a["test_accuracy"]) for a, b in pairs]
+    diffs = [100 * (b[key] - a[key]) for a, b in pairs]
     return {"title": title, "vs": base["title"], "seeds": len(pairs), "delta": 100 * boot["delta"],
             "low": 100 * boot["low"], "high": 100 * boot["high"], "p": boot["p"], "p_t": paired_t(diffs)}
 
@@ -181,7 +217,7 @@ def comparisons(groups, n_boot=10_000):
     An experiment trained for more or fewer epochs than any baseline is compared with the baseline of the
     study's epoch count: its epochs are then part of what is compared, and its name says how many.
     """
-    baselines = {context(g["runs"][0]): g for g in groups if g["runs"][0]["task"] == "baseline"}
+    baselines = {context(g["runs"][0]): g for g in groups if g["runs"][0]["task"] == "baseline" and not joint(g)}
     study_epochs = build_parser().get_default("epochs")
 
     def baseline_of(g):
@@ -191,6 +227,40 @@ def comparisons(groups, n_boot=10_000):
     pairs = [(baseline_of(g), g) for g in groups]
     rows = [paired(base, g, g["title"], n_boot) for base, g in pairs if base not in (None, g)]
     return holm_per_reference([r for r in rows if r])
+
+
+def joint(g):
+    """Whether a group trained MASSIVE's joint task (a slot head)."""
+    return bool(g["runs"][0]["config"].get("slots"))
+
+
+def joint_comparisons(groups, n_boot=10_000):
+    """Each joint experiment against the joint baseline (baseline + --slots) of its context, on exact match."""
+    bases = {context(g["runs"][0]): g for g in groups if joint(g) and g["short"] == "joint"}
+    rows = [paired(bases[context(g["runs"][0])], g, g["title"], n_boot,
+                   ("test_exact_match", "test_exact_match_correct", exact_match_correct))
+            for g in groups if joint(g) and context(g["runs"][0]) in bases and bases[context(g["runs"][0])] is not g]
+    return holm_per_reference([r for r in rows if r])
+
+
+# MASSIVE's en-US test results (exact match, slot F1, intent accuracy), models trained on all 51 locales.
+ANCHORS = {"XLM-R base (270M)": (69.7, 78.7, 88.3), "mT5 base, encoder only (~580M)": (72.0, 80.4, 89.0),
+           "mT5 base, text to text (~580M)": (72.5, 81.6, 87.9)}
+JOINT_METRICS = (("test_exact_match", "exact match"), ("test_slot_f1", "slot F1"), ("test_accuracy", "intent"))
+
+
+def joint_table(groups):
+    """MASSIVE's three numbers per joint experiment (mean ± std over seeds), with the paper's anchors below."""
+    lines = ["| experiment | seeds | exact match | slot F1 | intent accuracy | s/epoch (median) |", "|---|---|---|---|---|---|"]
+    for g in (g for g in groups if joint(g)):
+        cells = []
+        for key, _ in JOINT_METRICS:
+            values = [100 * r[key] for r in g["runs"]]
+            cells.append(f"{np.mean(values):.2f}" + (f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""))
+        secs = np.median([h["seconds"] for r in g["runs"] for h in r["history"] if h["phase"] == "classify"])
+        lines.append(f"| {g['title']} | {len(g['runs'])} | {' | '.join(cells)} | {secs:.1f} |")
+    lines += [f"| {name}, MASSIVE paper | | {em} | {f1} | {acc} | |" for name, (em, f1, acc) in ANCHORS.items()]
+    return "\n".join(lines)
 
 
 def techniques(r):
@@ -259,27 +329,85 @@ def plot_run(r, path):
     plt.close(fig)
 
 
+def interval_panel(ax, rows, xlabel, lines=()):
+    """One row per (label, values, study number or None), the first at the top: the mean with its 95% t-interval
+    as an error bar, the study's number as a red diamond (named in the label instead where it lies far off the
+    data), the axis zoomed to the data. lines: (x, name) reference lines."""
+    spread = [v for _, values, _ in rows for v in t_interval(values)]
+    lo, hi = min(spread + [x for x, _ in lines]), max(spread + [x for x, _ in lines])
+    pad = max(0.25, 0.08 * (hi - lo))
+    lo, hi = lo - pad, hi + 3 * pad  # room on the right for the numbers
+    labels = []
+    for y, (label, values, study) in zip(range(len(rows) - 1, -1, -1), rows):
+        mean, low, high = t_interval(values)
+        single = len(values) == 1
+        ax.errorbar(mean, y, xerr=None if single else [[mean - low], [high - mean]], fmt="o", ms=4,
+                    color="tab:gray" if single else "tab:blue", capsize=3)
+        ax.annotate(f"{mean:.2f}" + (" (1 run)" if single else ""), (mean if single else high, y), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+        if study is not None and lo <= study <= hi:
+            ax.plot(study, y, "D", color="tab:red", ms=4)
+        elif study is not None:
+            label += f" (study: {study:.1f})"
+        labels.append(label)
+    for x, name in lines:
+        ax.axvline(x, color="tab:red", ls="--", lw=0.8)
+        ax.annotate(name, (x, len(rows) - 0.6), rotation=90, fontsize=6, color="tab:red", va="top", ha="right")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_yticks(range(len(rows) - 1, -1, -1), labels, fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def plot_comparison(groups, path):
-    """Mean test accuracy per experiment with its 95% t-interval; single runs without bars; the study as markers."""
-    fig, ax = plt.subplots(figsize=(15, 1.2 + 0.3 * len(groups)))
-    edges = []
-    for y, g in zip(range(len(groups) - 1, -1, -1), groups):  # the first group at the top
-        mean, low, high = t_interval(accuracies(g))
-        single = len(g["runs"]) == 1
-        ax.barh(y, mean, color="tab:gray" if single else "tab:blue",
-                xerr=None if single else [[mean - low], [high - mean]], capsize=3)
-        ax.text((mean if single else high) + 0.1, y, f"{mean:.2f}" + (" (1 run)" if single else ""), va="center",
-                fontsize=7)
-        edges += [mean, low, high]
-        if g["study"] is not None:
-            first = "study (bert-base)" not in ax.get_legend_handles_labels()[1]
-            ax.plot(g["study"], y, "D", color="tab:red", label="study (bert-base)" if first else None)
-            edges.append(g["study"])
-    ax.set_xlim(max(0, min(edges) - 1), min(100, max(edges) + 3))
-    ax.set_yticks(range(len(groups) - 1, -1, -1), [g["title"] for g in groups], fontsize=7)
-    ax.set(xlabel="test accuracy (%)", title="Test accuracy: mean, 95% t-interval over seeds")
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(loc="lower left", fontsize=8)
+    """Test accuracy per experiment (mean, 95% t-interval over seeds), one panel per label, kind of device and
+    encoder, experiments by their study.py names (the baseline first, then the most accurate), the study's
+    numbers as red diamonds."""
+    panels = {}
+    for g in groups:
+        panels.setdefault((g["label"], g["device"], g["encoder"]), []).append(g)
+    heights = [0.9 + 0.24 * len(gs) for gs in panels.values()]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights},
+                             squeeze=False)
+    for ax, ((label, device, encoder), gs) in zip(axes[:, 0], panels.items()):
+        gs = sorted(gs, key=lambda g: (g["short"] != "baseline", -np.mean(accuracies(g))))
+        interval_panel(ax, [(g["short"], accuracies(g), g["study"]) for g in gs], f"{label} test accuracy (%)")
+        ax.set_title(f"{label}, {device}, {encoder}: mean and 95% t-interval over seeds; red: the study (bert-base)",
+                     fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_joint(groups, path):
+    """MASSIVE's three numbers per joint experiment (mean, 95% t-interval over seeds), the paper's en-US results
+    as reference lines."""
+    gs = [g for g in groups if joint(g)]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 1.6 + 0.35 * len(gs)), sharey=True)
+    for i, (ax, (key, name)) in enumerate(zip(axes, JOINT_METRICS)):
+        rows = [(f"{g['short']} [{g['label']}, {g['device']}]", [100 * r[key] for r in g["runs"]], None) for g in gs]
+        interval_panel(ax, rows, f"test {name} (%)", [(v[i], n.split(" (")[0]) for n, v in ANCHORS.items()])
+        ax.set_title(name, fontsize=9)
+    fig.suptitle("MASSIVE's joint task (en-US test): mean and 95% t-interval over seeds; dashed: the MASSIVE paper",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_slot_f1(r, path):
+    """Per-slot test F1 of one joint run, slots sorted by how often they occur in test."""
+    per = sorted(r["test_slot_f1_per_type"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.2 * len(per)))
+    y = np.arange(len(per))[::-1]
+    ax.barh(y, [100 * v["f1"] for _, v in per], color="tab:blue")
+    ax.set_yticks(y, [f"{name} ({v['support']})" for name, v in per], fontsize=7)
+    ax.set_xlim(0, 100)
+    ax.set(xlabel="test F1 (%)", title=f"{short_name(r)}, seed {r['config']['seed']}: per-slot F1 "
+                                        "(test spans in brackets), most frequent first")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -372,6 +500,15 @@ def main(argv=None):
     if rows:
         md += ("\n\nAblation: each accuracy recipe without one of its techniques, paired against the full recipe "
                "(difference = without - with: negative where the technique helps):\n\n" + comparison_table(rows))
+    if any(joint(g) for g in groups):
+        md += "\n\nMASSIVE's joint task (intent + slots), test, mean ± std over seeds:\n\n" + joint_table(groups)
+        plot_joint(groups, os.path.join(args.out_dir, "joint.png"))
+        rows = joint_comparisons(groups)
+        if rows:
+            md += ("\n\nExact match, paired against the joint baseline on the same seeds and test utterances:\n\n"
+                   + comparison_table(rows))
+        best = max((r for r in runs if r["config"].get("slots")), key=lambda r: r["test_exact_match"])
+        plot_slot_f1(best, os.path.join(args.out_dir, f"{best['run_name']}-slots.png"))
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(md + "\n")
     print(md)

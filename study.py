@@ -4,6 +4,7 @@
     python study.py --experiments baseline --label intent --data ...           # one experiment, 3 seeds
     python study.py --experiments mean-pooling,augment --seeds 42 --data ...  # screen accuracy-recipe candidates
     python study.py --experiments recipe --data ...                            # the accuracy recipe, 3 seeds
+    python study.py --experiments joint,joint-recipe --label intent --data ... # intent + slots, 3 seeds
     python study.py --list --data ... > grid.txt                               # plain main.py commands, no Ray
     python study.py --address HOST:6379 --gpus-per-run 0.25 --data ...         # an existing cluster
 
@@ -70,6 +71,15 @@ EXPERIMENTS["recipe"] = ["--task", "custom", *(f for flags in RECIPE.values() fo
 EXPERIMENTS.update({f"recipe-no-{name}": ["--task", "custom", *(f for other, flags in RECIPE.items()
                                                                  if other != name for f in flags)]
                     for name in RECIPE})
+# MASSIVE's joint task (intent + slots; run them with --label intent): the baseline with a slot head, the recipe
+# with one (without --augment, which cannot keep slot labels aligned), and the slot-loss weight as a screen.
+EXPERIMENTS.update({
+    "joint": ["--task", "baseline", "--slots"],
+    "joint-recipe": ["--task", "custom", *(f for name, flags in RECIPE.items() if name != "augment" for f in flags),
+                     "--slots"],
+    "joint-slots2": ["--task", "baseline", "--slots", "--slot-weight", "2"],
+    "joint-slots4": ["--task", "baseline", "--slots", "--slot-weight", "4"],
+})
 
 
 class StudyError(Exception):

@@ -33,11 +33,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from arguments import IO_KEYS, complete_config, recorded_config
-from dataloader import UserError, atomic_write, describe_data, load_features, make_loader
-from loss import distill_loss, supcon_loss, symmetric_kl
+from dataloader import (UserError, atomic_write, describe_data, load_features, make_loader, slot_labels,
+                        token_slot_labels)
+from loss import distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
 from model import apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model, save_checkpoint
 from model import weights_sha256
 from recipe import other_labels, scenario_from_intent, teacher_probabilities
+from slots import slot_metrics, word_predictions
 from spelling import word_counts
 from stats import ece, fit_temperature, nll
 from utils import (autocast, build_optimizer, build_param_groups, cpu_attention, environment, fast_process_settings,
@@ -66,7 +68,14 @@ def aux_term(out, batch, cfg):
     return cfg.aux_weight * F.cross_entropy(out["aux_logits"], batch["aux_labels"], label_smoothing=cfg.label_smoothing)
 
 
-LOSS_TERMS = (label_term, rdrop_term, aux_term)  # summed in this order; None: the term is off
+def slot_term(out, batch, cfg):
+    """Slot filling: token cross-entropy at each word's first sub-token, weighted by --slot-weight."""
+    if not cfg.slots:
+        return None
+    return cfg.slot_weight * token_cross_entropy(out["slot_logits"], batch["slot_labels"], cfg.label_smoothing)
+
+
+LOSS_TERMS = (label_term, rdrop_term, aux_term, slot_term)  # summed in this order; None: the term is off
 
 
 def classify_step(model, batch, cfg):
@@ -117,7 +126,7 @@ def phases(cfg):
     """(name, step, epochs, lr, the modules the phase does not train)."""
     classify = ("classify", classify_step, cfg.epochs, cfg.lr, ("projection",))
     if cfg.task in ("supcon", "simclr") and cfg.contrastive_epochs:
-        return [("contrastive", contrastive_step, cfg.contrastive_epochs, cfg.contrastive_lr, ("head",)),
+        return [("contrastive", contrastive_step, cfg.contrastive_epochs, cfg.contrastive_lr, ("head", "slot_head")),
                 classify]
     return [classify]
 
@@ -142,27 +151,43 @@ def evaluate(model, loader, device, amp, accel=None):
     """Loss and metrics of every output the model gives, on an evaluation loader, in the split's original order.
 
     Returns loss, accuracy and macro-F1 (numbers) and per utterance its
-    prediction (a list) and logits (an array). With several processes (accel:
-    the Accelerator of a data-parallel run), each evaluates its share of every
-    batch and all of them get every prediction exactly once (gather_for_metrics
-    drops the samples repeated to even out the last batch).
+    prediction (a list) and logits (an array); with a slot head also slot F1,
+    exact match and per-slot F1, and per utterance its word slots and
+    exact-match correctness (slots.slot_metrics). With several processes
+    (accel: the Accelerator of a data-parallel run), each evaluates its share
+    of every batch and all of them get every prediction exactly once
+    (gather_for_metrics drops the samples repeated to even out the last batch).
     """
     was_training = model.training
     model.eval()
-    loss, all_logits = torch.zeros((), device=device), []
+    loss, all_logits, all_slots = torch.zeros((), device=device), [], []
     with autocast(device, amp):
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits, labels = model(batch["input_ids"], batch["attention_mask"])["logits"].float(), batch["labels"]
+            out = model(batch["input_ids"], batch["attention_mask"])
+            logits, labels = out["logits"].float(), batch["labels"]
+            slots = out["slot_logits"].argmax(-1) if "slot_logits" in out else None  # (B, T)
             if accel is not None and accel.num_processes > 1:
-                logits, labels = accel.gather_for_metrics((logits, labels))
+                if slots is not None:
+                    slots = accel.pad_across_processes(slots, dim=1)
+                    logits, labels, slots = accel.gather_for_metrics((logits, labels, slots))
+                else:
+                    logits, labels = accel.gather_for_metrics((logits, labels))
             loss += F.cross_entropy(logits, labels, reduction="sum")
             all_logits.append(logits)  # moved off the device once, at the end: no sync per batch
+            all_slots.append(slots)
     model.train(was_training)
     order = torch.tensor(loader.dataset.indices)  # evaluation loaders may sort rows by length
     data = loader.dataset.dataset
-    return {"loss": loss.item() / len(data.labels), **label_metrics(in_order(torch.cat(all_logits), order),
-                                                                    data.labels)}
+    metrics = {"loss": loss.item() / len(data.labels), **label_metrics(in_order(torch.cat(all_logits), order),
+                                                                       data.labels)}
+    if all_slots and all_slots[0] is not None:
+        width = max(s.shape[1] for s in all_slots)
+        token_preds = in_order(torch.cat([F.pad(s, (0, width - s.shape[1])) for s in all_slots]), order).tolist()
+        predicted = [word_predictions(p, pos, data.slot_names) for p, pos in zip(token_preds, data.slot_positions)]
+        correct = [p == y for p, y in zip(metrics["predictions"], data.labels)]
+        metrics.update(slot_metrics(data.slot_words, predicted, correct))
+    return metrics
 
 
 def in_order(rows, order):
@@ -228,7 +253,8 @@ class Run:
     parameters: tuple  # (total, trainable)
     loaders: dict  # train, validation, test
     generator: torch.Generator  # orders each training epoch; a resumed run restores it
-    select: str = "accuracy"  # the validation metric that picks the best epoch
+    slots: list | None  # the slot head's names, None without one
+    select: str  # the validation metric that picks the best epoch
 
     @property
     def device(self):
@@ -265,28 +291,33 @@ def start_processes():
 
 
 def load_data(cfg):
-    """(tokenizer, labels, features, extras: per training example beside its label, the other label's names)."""
+    """(tokenizer, labels, features, extras: per training example beside its label, the other label's names,
+    the slot names or None)."""
     try:
         tokenizer = load_tokenizer(cfg.model)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load encoder '{resolve_model(cfg.model)}': {str(e).splitlines()[0]}") from None
-    labels, features = load_features(cfg, tokenizer)
+    labels, features = load_features(cfg, tokenizer, slots=cfg.slots)
     for i in (0, 1):
         ids = features["train"]["input_ids"][i]
         log.info("example: %r -> %s", tokenizer.decode(ids), labels[features["train"]["labels"][i]])
-    extras, aux_names = {}, None
+    extras, aux_names, slots = {}, None, None
     if cfg.aux_weight:
         aux_names, extras["aux_labels"] = other_labels(cfg, tokenizer, features)
     if cfg.teachers:
         extras["teacher_probs"] = teacher_probabilities(cfg, labels, features["train"])
-    return tokenizer, labels, features, extras, aux_names
+    if cfg.slots:
+        slots = slot_labels(features)
+        extras["slot_labels"] = token_slot_labels(features["train"], slots)
+        log.info("%d slot names: %s", len(slots), " ".join(slots))
+    return tokenizer, labels, features, extras, aux_names, slots
 
 
-def build(cfg, labels, aux_names, device):
+def build(cfg, labels, aux_names, slots, device):
     """(the Classifier, what trains it, its moving average or None, the encoder's identity, (total, trainable))."""
     net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"),
                       attention=cpu_attention(device, cfg.fast), pooling=cfg.pooling,
-                      aux_classes=len(aux_names) if aux_names else None)
+                      aux_classes=len(aux_names) if aux_names else None, slot_classes=len(slots) if slots else None)
     encoder = {"name": model_name(cfg.model), "weights_sha256": weights_sha256(net.encoder)}
     model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
     model.to(device)
@@ -295,12 +326,13 @@ def build(cfg, labels, aux_names, device):
     return net, model, ema, encoder, count_parameters(model)
 
 
-def make_loaders(cfg, tokenizer, features, extras, accel):
+def make_loaders(cfg, tokenizer, features, extras, slots, accel):
     """{split: loader} (training batches of cfg.batch_size, split over the processes) and the training generator."""
     loaders = {"train": make_loader(features["train"], tokenizer, cfg.batch_size, True, cfg.seed, cfg.fast,
                                     cfg.max_length, extras, cfg.augment)}
     for split in ("validation", "test"):
-        loaders[split] = make_loader(features[split], tokenizer, EVAL_BATCH, False, cfg.seed, cfg.fast, cfg.max_length)
+        loaders[split] = make_loader(features[split], tokenizer, EVAL_BATCH, False, cfg.seed, cfg.fast, cfg.max_length,
+                                     slot_names=slots)
     generator = loaders["train"].generator
     if accel.num_processes > 1:  # accelerate splits each batch of the plain sampler's order: no second sharding
         loaders = {split: accel.prepare_data_loader(x) for split, x in loaders.items()}
@@ -318,13 +350,13 @@ def set_up(cfg):
     if cfg.fast:
         fast_process_settings(accel.device)
     resume = load_resume_state(cfg, accel.num_processes) if cfg.resume else None
-    tokenizer, labels, features, extras, aux_names = load_data(cfg)
-    net, model, ema, encoder, parameters = build(cfg, labels, aux_names, accel.device)
+    tokenizer, labels, features, extras, aux_names, slots = load_data(cfg)
+    net, model, ema, encoder, parameters = build(cfg, labels, aux_names, slots, accel.device)
     if accel.num_processes > 1:  # the same initial weights everywhere (DDP broadcasts them), each its own dropout
         torch.manual_seed(cfg.seed + accel.process_index)
-    loaders, generator = make_loaders(cfg, tokenizer, features, extras, accel)
+    loaders, generator = make_loaders(cfg, tokenizer, features, extras, slots, accel)
     run = Run(cfg, accel, backend, amp, resume, tokenizer, labels, features, net, model, ema, encoder, parameters,
-              loaders, generator)
+              loaders, generator, slots, "exact_match" if slots else "accuracy")
     log.info("run %s: %d train / %d val / %d test examples, %d classes, global batch %d (%d per process), %d steps "
              "per epoch, device %s, bf16 autocast %s, fp32 matmul precision %s", cfg.run_name,
              len(loaders["train"].dataset), len(features["validation"]["labels"]), len(features["test"]["labels"]),
@@ -554,7 +586,8 @@ def save(run, results):
     if cfg.save:
         meta = {"run_name": cfg.run_name, "labels": run.labels, "config": results["config"],
                 "best_epoch": results["best_epoch"], "best_test_accuracy": results["best_test_accuracy"],
-                "max_length": cfg.max_length, "temperature": results["calibration"]["temperature"]}
+                "max_length": cfg.max_length, "temperature": results["calibration"]["temperature"],
+                **({"slots": run.slots} if run.slots else {})}
         save_checkpoint(run.model, run.tokenizer, meta, os.path.join(cfg.run_dir, "best"),
                         words=word_counts(run.features["train"]["texts"]))
         os.remove(os.path.join(cfg.run_dir, "last.pt"))  # finished: nothing left to resume

@@ -11,6 +11,7 @@ peak. Exits non-zero if any path fails.
 
     python bench/speed.py --data ../shared/data/massive/en-US.jsonl
     python bench/speed.py --data ... --model bert-base-uncased --random-init   # bert-base shapes, no weights needed
+    python bench/speed.py --data ... --slots   # also what the joint task's slot head costs per step
 """
 import argparse
 import logging
@@ -30,7 +31,7 @@ from transformers import AutoConfig, AutoModel, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arguments import parse_args, recorded_config  # noqa: E402
-from dataloader import Features, load_features, make_loader  # noqa: E402
+from dataloader import Features, load_features, make_loader, slot_labels, token_slot_labels  # noqa: E402
 from inference import Predictor  # noqa: E402
 from train import EVAL_BATCH, classify_step, evaluate, train_epoch  # noqa: E402
 from model import Classifier, build_model, load_tokenizer, model_name, resolve_model, save_checkpoint  # noqa: E402
@@ -72,15 +73,15 @@ def quiet_logging():
     logging.getLogger("utils").setLevel(logging.WARNING)  # param-group lines, once per configuration
 
 
-def make_model(cfg, n_classes, attention, random_init, device):
+def make_model(cfg, n_classes, attention, random_init, device, slot_classes=None):
     if not random_init:
-        return build_model(cfg.model, n_classes, cfg.dropout, attention=attention).to(device)
+        return build_model(cfg.model, n_classes, cfg.dropout, attention=attention, slot_classes=slot_classes).to(device)
     config = AutoConfig.from_pretrained(resolve_model(cfg.model))  # the architecture alone: no weights to download
     encoder = AutoModel.from_config(config, attn_implementation=attention, dtype=torch.float32)
-    return Classifier(encoder, n_classes, cfg.dropout).to(device)
+    return Classifier(encoder, n_classes, cfg.dropout, slot_classes=slot_classes).to(device)
 
 
-def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, random_init):
+def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, random_init, slot_classes=None):
     """Mean seconds per training step, real and padded tokens per step; run in a fresh process."""
     quiet_logging()
     if keep:
@@ -89,7 +90,7 @@ def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, rand
         use_tf32()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(cfg.seed)
-    model = make_model(cfg, n_classes, attention, random_init, device)
+    model = make_model(cfg, n_classes, attention, random_init, device, slot_classes)
     groups = build_param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, 1.0,
                                 model.encoder.config.num_hidden_layers)
     opt, sched = build_optimizer(groups, cfg.eps, fused, total_steps=10 * len(batches), warmup_ratio=0)
@@ -107,6 +108,28 @@ def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, rand
     return seconds, real, padded
 
 
+def joint_rounds(args, cfg, tok, n_classes, ours, timed, fresh, sample):
+    """Rounds of our default step against the same step with a slot head and its loss, on the same batches
+    (with their slot labels): what the joint task costs."""
+    joint_cfg = parse_args(["--task", "baseline", "--slots", *(["--data", args.data] if args.data else []),
+                            *(["--model", args.model] if args.model else [])])
+    _, feats = load_features(joint_cfg, tok, slots=True)
+    slots = slot_labels(feats)
+    extras = {"slot_labels": token_slot_labels(feats["train"], slots)}
+    batches = sample(make_loader(feats["train"], tok, cfg.batch_size, True, 0, fast=True, extras=extras), args.steps)
+    _, _, use16, fused, attention, keep, tf32 = ours
+    rounds = []
+    for _ in range(args.rounds):
+        base = timed(("ours", batches, use16, fused, attention, keep, tf32))[0]
+        with ProcessPoolExecutor(1, mp_context=fresh) as pool:
+            slot = pool.submit(time_steps, joint_cfg, n_classes, batches, use16, fused, attention, keep, tf32,
+                               args.random_init, len(slots)).result()[0]
+        rounds.append({"ours_seconds_per_step": base, "joint_seconds_per_step": slot, "ratio": slot / base})
+    print("joint task, s/step ours vs ours with the slot head: " + ", ".join(
+        f"{r['ours_seconds_per_step']:.3f} vs {r['joint_seconds_per_step']:.3f} ({r['ratio']:.2f}x)" for r in rounds))
+    return {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("MASSIVE_DATA"), help="MASSIVE release file")
@@ -119,6 +142,8 @@ def main():
                    help="head-to-head rounds of the study's way then ours; the speed-up is the median round's")
     p.add_argument("--eval-passes", type=int, default=2, help="timed evaluation passes, after one warm-up pass")
     p.add_argument("--out", default=None, help="results JSON (default: results/bench/speed-<cpu|cuda>.json)")
+    p.add_argument("--slots", action="store_true",
+                   help="also time the joint task (a slot head and its loss) against our default, in rounds")
     args = p.parse_args()
     quiet_logging()
 
@@ -182,7 +207,7 @@ def main():
     # Fresh processes forked from a server that has only imported the project: no training history, and not 4 s of
     # imports per configuration.
     fresh = multiprocessing.get_context("forkserver")
-    fresh.set_forkserver_preload(["main"])
+    fresh.set_forkserver_preload(["train"])
 
     def timed(config):
         _, batches, use16, fused, attention, keep, tf32 = config
@@ -212,6 +237,7 @@ def main():
                        "ratio": study_sec / ours_sec})
     print("head to head, s/step the study's way vs ours: " + ", ".join(
         f"{r['study_seconds_per_step']:.3f} vs {r['ours_seconds_per_step']:.3f} ({r['ratio']:.1f}x)" for r in rounds))
+    joint = joint_rounds(args, cfg, tok, len(labels), configs[-1], timed, fresh, sample) if args.slots else None
 
     evals = {}
     texts, gold = feats["test"]["texts"], feats["test"]["labels"]
@@ -264,7 +290,7 @@ def main():
                      "peak_flops": {"fp32": peak32, "bf16": peak16, "tf32": peak_tf32},
                      "train_flops_per_token": flops_tok,
                      "steps_per_epoch": steps_per_epoch, "training": rows, "head_to_head": rounds,
-                     "evaluation": evals, "training_speedup": ratio})
+                     "evaluation": evals, "training_speedup": ratio, "joint": joint})
     print(f"wrote {out}")
 
 

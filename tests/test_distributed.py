@@ -44,6 +44,18 @@ def test_distributed_two_process_supcon_run(run_args, tmp_path):
     assert "world size 2 (gloo)" in res.stderr
 
 
+def test_distributed_run_gathers_slot_predictions_once(run_args, tmp_path):
+    res = torchrun(["--task", "baseline", "--slots", "--label", "intent", "--epochs", "1", *run_args[:-6],
+                    "--cache-dir", "c", "--out-dir", "results", "--no-save"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (name,) = os.listdir(tmp_path / "results")
+    r = json.load(open(tmp_path / "results" / name))
+    # every test utterance's word slots exactly once, each with one slot per word of its text
+    rows = [json.loads(line) for line in open(run_args[3]) if json.loads(line)["partition"] == "test"]
+    assert [len(p) for p in r["test_slot_predictions"]] == [len(row["utt"].split()) for row in rows]
+    assert r["test_exact_match"] == sum(r["test_exact_match_correct"]) / 12
+
+
 def test_distributed_batch_must_split_over_processes(run_args, tmp_path):
     res = torchrun([*run_args, "--batch-size", "15"], tmp_path)
     assert res.returncode != 0

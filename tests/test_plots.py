@@ -129,3 +129,35 @@ def test_nothing_to_plot(tmp_path, capsys):
     assert plots.main([str(tmp_path / "none.json"), "--out-dir", str(tmp_path / "p")]) == 1
     assert "error: no results files to plot" in capsys.readouterr().err
     assert plots.main([fake_run(tmp_path), "--run", "nope", "--out-dir", str(tmp_path / "p")]) == 1
+
+
+def joint_run(tmp_path, seed, em, correct, slots=True, acc=0.9, predictions=(0, 1, 1, 2, 2), name=None, **config):
+    """A fake intent run; with slots, MASSIVE's joint numbers beside it."""
+    weights = {"slots": True, "slot_weight": config.pop("slot_weight", 1.0)} if slots else {}
+    path = fake_run(tmp_path, seed=seed, acc=acc, predictions=predictions, name=name or ("joint" if slots else "plain"),
+                    label="intent", **weights, **config)
+    run = json.loads(open(path).read())
+    if slots:
+        run.update(test_exact_match=em, test_slot_f1=em + 0.1, test_exact_match_correct=list(correct),
+                   test_slot_f1_per_type={"time": {"f1": 0.9, "support": 3}, "date": {"f1": 0.5, "support": 7}})
+    open(path, "w").write(json.dumps(run))
+    return path
+
+
+def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
+    files = [joint_run(tmp_path, s, em, c) for s, em, c in ((42, 0.6, (1, 1, 1, 0, 0)), (43, 0.8, (1, 1, 1, 1, 0)))]
+    files += [joint_run(tmp_path, s, 0, (), slots=False, predictions=(0, 1, 1, 2, 0)) for s in (42, 43)]
+    files += [joint_run(tmp_path, 42, 1.0, (1, 1, 1, 1, 1), slot_weight=4.0, name="w4")]
+    out = tmp_path / "plots"
+    assert plots.main([*files, "--out-dir", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    # the three numbers, mean ± std over seeds, beside the MASSIVE paper's rows
+    assert "| baseline + --slots [intent] | 2 | 70.00 ± 14.14 | 80.00 ± 14.14 | 90.00 ± 0.00 | 2.0 |" in table
+    assert "| XLM-R base (270M), MASSIVE paper | | 69.7 | 78.7 | 88.3 | |" in table
+    # intent accuracy against the intent-only baseline: the joint runs get utterance 4 right, the plain ones not
+    assert "| baseline + --slots [intent] | baseline [intent] | 2 | +20.00 |" in table
+    # exact match against the joint baseline: the weight-4 run is right on 1 and 2 more utterances of seed 42
+    assert "| baseline + --slots --slot-weight 4 [intent] | baseline + --slots [intent] | 1 | +40.00 |" in table
+    assert {"joint.png", "baseline-w4-s42-slots.png"} <= set(os.listdir(out))  # per-slot F1 of the best joint run
+    names = {g["short"] for g in plots.group_runs(plots.load_results(files)[0])}
+    assert {"joint", "joint-slots4", "baseline"} <= names

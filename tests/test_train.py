@@ -29,7 +29,7 @@ def test_the_step_sums_its_terms_and_mixes_in_distillation():
              "labels": torch.tensor([0, 1, 2, 0]), "aux_labels": torch.tensor([1, 0, 1, 1]),
              "teacher_probs": torch.softmax(torch.randn(4, 3), -1)}
     cfg = SimpleNamespace(label_smoothing=0.1, rdrop=0.0, aux_weight=0.5, teachers=["t"], distill_weight=0.25,
-                          distill_temperature=2.0, slots=0.0)
+                          distill_temperature=2.0, slots=False)
     loss, correct = loop.classify_step(model, batch, cfg)
     ce = F.cross_entropy(model.logits, batch["labels"], label_smoothing=0.1)
     aux = 0.5 * F.cross_entropy(model.aux, batch["aux_labels"], label_smoothing=0.1)

@@ -1,0 +1,265 @@
+"""Slot filling: MASSIVE's annotation, sub-token alignment, the official metrics, and --slots end to end."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main as cli
+import train as loop
+from arguments import parse_args
+from conftest import ANNOTATED, plain
+from dataloader import UserError, first_subtokens, load_features, parse_annotation, read_jsonl, word_slots
+from loss import token_cross_entropy
+from model import load_tokenizer
+from slots import slot_metrics, spans, to_bio, word_predictions
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tokenizer = load_tokenizer(None)
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+@pytest.mark.parametrize("annot, names", [
+    ("[time : five am] please", ["time", "time", "Other"]),                          # a span at the start
+    ("wake me at [time : five am]", ["Other", "Other", "Other", "time", "time"]),    # at the end
+    ("[date : today] [time : noon]", ["date", "time"]),                              # adjacent, different types
+    ("[person : ann] [person : bob]", ["person", "person"]),                         # adjacent, the same type
+    ("call [person : o'brien's] at [time : 5:30 p.m.]", ["Other", "person", "Other", "time", "time"]),
+    ("what's the weather", ["Other", "Other", "Other"]),                             # no span at all
+])
+def test_annotation_gives_one_slot_name_per_word(annot, names):
+    assert parse_annotation(annot) == names
+
+
+@pytest.mark.parametrize("annot, message", [
+    ("wake me at [time : five am", "'\\[' without '\\]'"),
+    ("wake me at time : five am]", "'\\]' without '\\['"),
+    ("wake [time : [date : five] am]", "inside a span"),
+    ("wake me at [time five am]", "no ' : '"),
+    ("wake me at [time : ]", "empty slot name or value"),
+])
+def test_malformed_annotations_are_named(annot, message):
+    with pytest.raises(ValueError, match=message):
+        parse_annotation(annot)
+
+
+def test_word_count_must_match_the_utterance():
+    assert word_slots("wake me at five", "wake me at [time : five]") == ["Other"] * 3 + ["time"]
+    with pytest.raises(ValueError, match="annot_utt has 4 words, utt has 3"):
+        word_slots("wake me five", "wake me at [time : five]")
+
+
+@pytest.mark.parametrize("bad", ["wake me at [time : five", "wake me at [time five]", "wake me up at [time : five]"])
+def test_a_malformed_row_names_file_and_line_and_writes_nothing(tmp_path, tok, data_file, bad):
+    with open(data_file, "a") as f:
+        f.write(json.dumps({"partition": "train", "utt": "wake me at five", "annot_utt": bad, "scenario": "alarm",
+                            "intent": "alarm_set"}) + "\n")
+    n = sum(1 for _ in open(data_file))
+    cfg = parse_args(["--data", data_file, "--cache-dir", str(tmp_path / "cache")])
+    with pytest.raises(UserError, match=rf"en-US.jsonl:{n}: malformed annot_utt"):
+        load_features(cfg, tok, slots=True)
+    assert not os.path.exists(tmp_path / "cache")
+    assert load_features(cfg, tok)[1]["train"]["labels"]  # without slots the annotation is not read
+
+
+def test_first_subtokens_of_multi_piece_words_and_left_truncation(tok):
+    text = "play unbelievably   supercalifragilistic o'hare now"
+    ids = tok(text)["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    (full,) = first_subtokens(tok, [text], 128)
+    assert [pieces[p] for p in full] == ["play", "un", "super", "o", "now"]
+    # only the first sub-token of each word is labelled: the rest of "unbelievably" is not
+    assert len(ids) - 2 > len(full)
+    # keep [CLS] + the last 6 tokens + [SEP]: "super..." keeps later pieces but not its first, so it has none
+    short = tok(text, truncation=True, max_length=8)["input_ids"]
+    (cut,) = first_subtokens(tok, [text], 8)
+    assert tok.convert_ids_to_tokens(short)[1] != "super" and cut[:3] == [-1, -1, -1]
+    assert [tok.convert_ids_to_tokens(short)[p] for p in cut[3:]] == ["o", "now"]
+
+
+def test_bio_merges_consecutive_names_as_massive_does():
+    assert to_bio(["Other", "time", "time", "date", "date", "Other", "time"]) == \
+        ["O", "B-time", "I-time", "B-date", "I-date", "O", "B-time"]
+    assert to_bio(["person", "person"]) == ["B-person", "I-person"]  # adjacent spans of one type merge
+
+
+def test_slot_metrics_on_hand_built_sequences():
+    gold = [["Other", "time", "time"], ["date", "Other"], ["Other", "Other"]]
+    pred = [["Other", "time", "time"], ["Other", "Other"], ["Other", "date"]]  # a miss, then an over-prediction
+    m = slot_metrics(gold, pred, intent_correct=[True, True, True])
+    # 1 true positive of 2 gold spans and 2 predicted: precision 1/2, recall 1/2
+    assert m["slot_f1"] == pytest.approx(0.5)
+    assert m["exact_match_correct"] == [True, False, False] and m["exact_match"] == pytest.approx(1 / 3)
+    assert m["slot_f1_per_type"]["time"] == {"f1": 1.0, "support": 1}
+    assert m["slot_f1_per_type"]["date"]["f1"] == 0.0
+    # an over-predicted span alone lowers precision: F1 below 1 although every gold span is found
+    assert slot_metrics([["Other", "time"]], [["date", "time"]], [True])["slot_f1"] == pytest.approx(2 / 3)
+    # the intent counts for exact match, not for slot F1
+    wrong_intent = slot_metrics(gold[:1], pred[:1], [False])
+    assert wrong_intent["slot_f1"] == 1.0 and wrong_intent["exact_match"] == 0.0
+
+
+def test_words_without_a_first_subtoken_are_predicted_other():
+    names = ["Other", "time", "date"]
+    # a first word cut by truncation (position -1) is Other, whatever the tokens say; later pieces never count
+    assert word_predictions([0, 2, 1, 1], [-1, 1, 3], names) == ["Other", "date", "time"]
+
+
+def test_spans_slice_the_text_as_typed():
+    text = "  wake me up at  five am this week"
+    from dataloader import word_spans
+
+    found = spans(text, ["Other"] * 4 + ["time", "time", "date", "date"], [1.0] * 4 + [0.9, 0.7, 0.8, 0.8],
+                  word_spans(text))
+    assert [(s["slot"], s["value"], s["score"]) for s in found] == [("time", "five am", 0.8), ("date", "this week", 0.8)]
+    assert all(text[s["start"]:s["end"]] == s["value"] for s in found)
+
+
+def test_token_cross_entropy_ignores_unlabelled_tokens():
+    logits = torch.randn(2, 3, 4)
+    labels = torch.tensor([[-100, 1, -100], [2, -100, -100]])
+    expected = torch.nn.functional.cross_entropy(torch.stack([logits[0, 1], logits[1, 0]]), torch.tensor([1, 2]))
+    assert torch.allclose(token_cross_entropy(logits, labels), expected)
+    none = token_cross_entropy(logits.requires_grad_(), torch.full((2, 3), -100))
+    assert none.item() == 0.0 and torch.isfinite(none)
+    none.backward()  # a batch of truncated words still trains the rest of the step
+    with pytest.raises(ValueError, match=r"\(B, T, S\)"):
+        token_cross_entropy(logits[0], labels)
+
+
+JOINT_KEYS = {"test_slot_f1", "test_exact_match", "test_slot_f1_per_type", "test_exact_match_correct",
+              "test_slot_predictions", "best_test_slot_f1", "best_test_exact_match", "best_val_exact_match"}
+
+
+@pytest.mark.parametrize("task, extra", [("baseline", []), ("supcon", ["--contrastive-epochs", "1"]),
+                                         ("lora", ["--lora-rank", "4"])])
+def test_end_to_end_with_slots(run_args, tmp_path, task, extra):
+    args = ["--task", task, *run_args, *extra, "--label", "intent", "--slots", "--slot-weight", "2", "--lr", "1e-3"]
+    results = cli.main(args)
+    cfg = parse_args(args)
+    assert cfg.run_name.endswith("-slots2-s42") and results["config"]["slots"] and results["config"]["slot_weight"] == 2
+    assert JOINT_KEYS <= set(results)
+    assert len(results["test_exact_match_correct"]) == len(results["test_labels"]) == 12
+    classify = [r for r in results["history"] if r["phase"] == "classify"]
+    assert all({"val_slot_f1", "val_exact_match", "val_slot_f1_per_type"} <= set(r) for r in classify)
+    best = max(classify, key=lambda r: r["val_exact_match"])  # the joint task picks epochs by exact match
+    assert results["best_epoch"] == best["epoch"] and results["best_val_exact_match"] == best["val_exact_match"]
+    with open(os.path.join(cfg.run_dir, "best", "meta.json")) as f:
+        meta = json.load(f)
+    assert "time" in meta["slots"] and "Other" in meta["slots"]
+    records = cli.main(["--task", "predict", "--checkpoint", cfg.run_dir, "--model", cfg.model, "--format", "jsonl",
+                        "  wake me up at five am", "play some jazz"])
+    for r in records:
+        assert r["slots"] is not None
+        for s in r["slots"]:
+            assert r["text"][s["start"]:s["end"]] == s["value"] and 0 <= s["score"] <= 1
+
+
+def test_a_checkpoint_reproduces_its_slot_scores(run_args, tmp_path):
+    args = [*run_args, "--label", "intent", "--slots", "--lr", "1e-3", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    results = cli.main(args)
+    from inference import Predictor
+
+    predictor = Predictor(parse_args(args).run_dir)
+    rows = [json.loads(line) for line in open(run_args[3]) if json.loads(line)["partition"] == "test"]
+    found = predictor.parse([r["utt"] for r in rows])
+    words = predictor.outputs([r["utt"] for r in rows])[1]
+    gold = [word_slots(r["utt"], r["annot_utt"]) for r in rows]
+    intents = [top[0]["label"] == r["intent"] for (top, _), r in zip(found, rows)]
+    assert slot_metrics(gold, [w for w, _ in words], intents)["exact_match"] == results["best_test_exact_match"]
+
+
+def test_resume_with_slots_gives_the_same_run(run_args, tmp_path, monkeypatch):
+    args = [*run_args, "--label", "intent", "--slots", "--epochs", "3", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    real, calls = loop.train_epoch, []
+
+    def dies_in_epoch_2(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(loop, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args)
+    monkeypatch.setattr(loop, "train_epoch", real)
+    resumed = cli.main([*args, "--resume"])
+    shutil.rmtree(tmp_path / "ckpt")
+    uninterrupted = cli.main(args)
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("history", "seconds_per_epoch", "config")}
+    assert strip(resumed) == strip(uninterrupted)
+    assert [dict(h, seconds=0) for h in resumed["history"]] == [dict(h, seconds=0) for h in uninterrupted["history"]]
+
+
+def test_a_slot_type_unseen_in_train_scores_as_an_error(tiny_model, tmp_path):
+    rows = []
+    for partition in ("train", "dev", "test"):
+        for annot in ANNOTATED["alarm"] + ANNOTATED["music"]:
+            rows.append({"partition": partition, "utt": plain(annot), "annot_utt": annot,
+                         "scenario": annot.split()[0], "intent": "alarm_set" if "alarm" in annot else "play_music"})
+    rows.append({"partition": "test", "utt": "wake me at noon", "annot_utt": "wake me at [mystery : noon]",
+                 "scenario": "alarm", "intent": "alarm_set"})
+    path = tmp_path / "unseen.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = cli.main(["--model", tiny_model, "--data", str(path), "--epochs", "1", "--label", "intent", "--slots",
+                        "--cache-dir", str(tmp_path / "c"), "--out-dir", str(tmp_path / "r"), "--no-save"])
+    assert results["test_slot_f1_per_type"]["mystery"] == {"f1": 0.0, "support": 1}
+    assert results["test_exact_match_correct"][-1] is False
+
+
+def test_predict_prints_slots_and_refuses_them_where_there_are_none(run_args, tmp_path):
+    joint = [*run_args, "--label", "intent", "--slots", "--checkpoint-dir", str(tmp_path / "joint")]
+    plain_run = [*run_args, "--checkpoint-dir", str(tmp_path / "plain")]
+    cli.main(joint)
+    cli.main(plain_run)
+    run = lambda *a: subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--task", "predict", *a],
+                                    capture_output=True, text=True)
+    text = run("--checkpoint", parse_args(joint).run_dir, "--model", parse_args(joint).model, "wake me up at five am")
+    assert text.returncode == 0 and text.stdout.startswith("wake me up at five am\t")
+    no_slots = run("--checkpoint", parse_args(plain_run).run_dir, "--format", "jsonl", "play jazz")
+    assert no_slots.returncode == 0 and "slots" not in json.loads(no_slots.stdout)
+    refused = run("--checkpoint", parse_args(plain_run).run_dir, "--slots", "play jazz")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"error: checkpoint {parse_args(plain_run).run_dir} has no slot head: train it with --slots to get slots"]
+    export = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--task", "export", "--checkpoint",
+                             parse_args(joint).run_dir, "--data", run_args[3]], capture_output=True, text=True)
+    assert export.returncode == 1 and "cannot write into ONNX yet" in export.stderr
+    assert not any(f.endswith(".onnx") for f in os.listdir(os.path.join(parse_args(joint).run_dir, "best")))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--slots", "--augment", "0.3", "--task", "custom"], "--augment does not keep slot labels aligned"),
+    (["--slots", "--slot-weight", "0"], "--slot-weight must be positive"),
+    (["--slot-weight", "2"], "--slot-weight applies only with --slots"),
+    (["--task", "serve", "--checkpoint", "x", "--slots"], "--slots applies only to training tasks"),
+])
+def test_bad_slot_flags_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_the_hub_path_reads_the_same_slots(monkeypatch, data_file):
+    import types
+
+    rows = [json.loads(line) for line in open(data_file)]
+    by_split = {s: [r for r in rows if r["partition"] == p] for p, s in (("train", "train"), ("dev", "validation"),
+                                                                            ("test", "test"))}
+    scenarios = sorted({r["scenario"] for r in rows})
+
+    class Split(list):
+        features = {"scenario": types.SimpleNamespace(names=scenarios)}
+
+    hub = {s: Split([{**r, "scenario": scenarios.index(r["scenario"])} for r in rs]) for s, rs in by_split.items()}
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: hub))
+    from dataloader import read_hub
+
+    assert read_hub("scenario", slots=True) == read_jsonl(data_file, "scenario", slots=True)
