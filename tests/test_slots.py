@@ -263,3 +263,26 @@ def test_the_hub_path_reads_the_same_slots(monkeypatch, data_file):
     from dataloader import read_hub
 
     assert read_hub("scenario", slots=True) == read_jsonl(data_file, "scenario", slots=True)
+
+
+def test_serve_answers_predict_from_a_joint_checkpoint(run_args, tmp_path):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from inference import Predictor
+    from serve import create_app
+
+    args = [*run_args, "--label", "intent", "--slots", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    cli.main(args)
+    run_dir, model = parse_args(args).run_dir, parse_args(args).model
+    app = create_app(lambda: Predictor(run_dir, base_model=model), max_batch=8, max_wait_ms=0, max_inputs=8,
+                     max_queue=16)
+    with TestClient(app) as c:
+        for _ in range(200):
+            if c.get("/health").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        got = c.post("/predict", json={"inputs": ["wake me up at five am"], "top_k": 2})
+    assert got.status_code == 200
+    assert got.json() == Predictor(run_dir).top_k(["wake me up at five am"], 2)
