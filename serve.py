@@ -20,7 +20,7 @@ import os
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from dataloader import UserError
 from inference import BACKENDS, Predictor, checkpoint_folder, words_file
@@ -46,6 +46,19 @@ class PredictRequest(BaseModel):
 
 class Overloaded(Exception):
     pass
+
+
+async def read_request(request, schema):
+    """(the body as schema, None) or (None, a 422 answer with the reasons). The body is read as JSON whatever content
+    type it declares: `curl -d`, how most people first try an API, sends application/x-www-form-urlencoded."""
+    body = await request.body()
+    try:
+        return schema.model_validate_json(body.decode("utf-8")), None
+    except UnicodeDecodeError as e:
+        return None, JSONResponse({"detail": f"the body is not UTF-8 ({e.reason} at byte {e.start})"}, status_code=422)
+    except ValidationError as e:  # malformed JSON, wrong types: each error's place and reason
+        detail = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
+        return None, JSONResponse({"detail": detail}, status_code=422)
 
 
 class Batcher:
@@ -121,7 +134,8 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         yield
         task.cancel()
 
-    app = FastAPI(title="MASSIVE intent classifier", lifespan=start)
+    # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
+    app = FastAPI(title="MASSIVE intent classifier", lifespan=start, docs_url=None, redoc_url=None)
 
     def not_ready():
         if "error" in state:
@@ -142,7 +156,10 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
                 "spelling": p.speller is not None, "max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
 
     @app.post("/predict")
-    async def predict(req: PredictRequest):
+    async def predict(request: Request):
+        req, invalid = await read_request(request, PredictRequest)
+        if invalid:
+            return invalid
         if "predictor" not in state:
             return not_ready()
         texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs

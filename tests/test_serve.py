@@ -128,6 +128,25 @@ def test_serve_predict_info_and_errors(client):
     assert too_many.status_code == 413 and "at most 8" in too_many.json()["detail"]
 
 
+def test_serve_reads_json_whatever_the_content_type_and_rejects_bad_bodies(client):
+    c, _ = client
+    # the README's command: curl -s localhost:8000/predict -d '{"inputs": "wake me up at seven", "top_k": 2}'
+    # (curl -d declares application/x-www-form-urlencoded)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    curl = c.post("/predict", content=b'{"inputs": "wake me up at seven", "top_k": 2}', headers=form)
+    assert curl.status_code == 200 and len(curl.json()) == 2
+    assert c.post("/predict", content=b'{"inputs": ["play jazz", "what is the weather"], "min_confidence": 0.5}',
+                  headers=form).status_code == 200
+    assert c.post("/predict", json={"inputs": "wake\x00 me\x1b up \u202e at five"}).status_code == 200
+    bad_utf8 = c.post("/predict", content=b'{"inputs": "wake me \xff\xfe up"}', headers=form)
+    assert bad_utf8.status_code == 422 and "utf-8" in bad_utf8.text.lower()
+    for body in (b'["wake me up"]', b'{"inputs": {"nested": "x"}}', b'{"inputs": [["a"]]}', b'{"inputs": "x", '
+                 b'"top_k": "2x"}', b""):
+        answer = c.post("/predict", content=body, headers=form)
+        assert answer.status_code == 422 and answer.json()["detail"], body
+    assert c.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+
+
 def test_serve_batches_concurrent_requests(client):
     c, app = client
     batcher = app.state.serving["batcher"]
