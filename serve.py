@@ -1,4 +1,4 @@
-"""HTTP serving with dynamic batching: POST /predict, GET /health, GET /info (FastAPI + uvicorn).
+"""HTTP serving with dynamic batching: POST /predict, POST /parse, GET /health, GET /info (FastAPI + uvicorn).
 
     python main.py --task serve --checkpoint checkpoints/<run name> [--port 8000] [--backend torch|onnx|onnx-int8]
 
@@ -20,10 +20,12 @@ import os
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from dataloader import UserError
-from inference import BACKENDS, Predictor, checkpoint_folder, words_file
+from dataloader import word_spans
+from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, words_file
+from slots import spans
 
 log = logging.getLogger("serve")
 # A pass's utterances go through the model sorted by length in forward batches of this many: less padding. On a
@@ -42,6 +44,22 @@ class PredictRequest(BaseModel):
         if v == [] or v == "":
             raise ValueError("inputs must hold at least one non-empty utterance")
         return v
+
+
+class ParseRequest(BaseModel):
+    """One utterance ("text") or several ("texts"), as Rasa's /model/parse takes one."""
+    text: str | None = None
+    texts: list[str] | None = None
+    top_k: int = Field(10, ge=1)
+    min_confidence: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def one_of(self):
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give either text (one utterance) or texts (a list of them)")
+        if self.texts == []:
+            raise ValueError("texts must hold at least one utterance")
+        return self
 
 
 class Overloaded(Exception):
@@ -69,14 +87,19 @@ class Batcher:
         self.queue, self.waiting, self.passes = asyncio.Queue(), 0, 0
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-    async def probabilities(self, texts):
-        """Calibrated probabilities (len(texts), C), computed in a shared pass; Overloaded when the queue is full."""
+    async def outputs(self, texts, slots=False):
+        """Calibrated probabilities (len(texts), C) and, with slots, each utterance's word slots and probabilities
+        (Predictor.outputs; else None), computed in a shared pass; Overloaded when the queue is full."""
         if self.waiting + len(texts) > self.max_queue:
             raise Overloaded
         future = asyncio.get_running_loop().create_future()
         self.waiting += len(texts)
-        self.queue.put_nowait((texts, future))
+        self.queue.put_nowait((texts, slots, future))
         return await future
+
+    def forward(self, texts, slots):
+        logits, words = self.predictor.outputs(texts, FORWARD_BATCH, slots=slots)
+        return calibrated(logits, self.predictor.temperature), words
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -95,20 +118,32 @@ class Batcher:
                 else:
                     break
                 n += len(items[-1][0])
-            texts = [t for batch, _ in items for t in batch]
+            texts = [t for batch, _, _ in items for t in batch]
+            slots = any(wants for _, wants, _ in items)  # slots only for passes that carry a /parse request
             try:
-                probs = await loop.run_in_executor(self.executor, self.predictor.probabilities, texts, FORWARD_BATCH)
+                probs, words = await loop.run_in_executor(self.executor, self.forward, texts, slots)
             except Exception as e:  # answered as 503 to each waiting request, never a crash
                 log.exception("forward pass failed")
-                for _, future in items:
+                for _, _, future in items:
                     future.set_exception(e)
             else:
                 start = 0
-                for batch, future in items:
-                    future.set_result(probs[start:start + len(batch)])
-                    start += len(batch)
+                for batch, _, future in items:
+                    end = start + len(batch)
+                    future.set_result((probs[start:end], words and words[start:end]))
+                    start = end
             self.waiting -= n
             self.passes += 1
+
+
+def parse_answer(text, top, words):
+    """One utterance's /parse answer, after Rasa's /model/parse: intent (null when abstaining), intent_ranking, and
+    slots with character offsets into the text as sent."""
+    ranking = [{"name": t["label"], "confidence": t["score"]} for t in top]
+    found = spans(text, *words, word_spans(text)) if words else []
+    return {"text": text, "intent": ranking[0] if ranking else None, "intent_ranking": ranking,
+            "slots": [{"slot": s["slot"], "value": s["value"], "start": s["start"], "end": s["end"],
+                       "confidence": s["score"]} for s in found]}
 
 
 def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096):
@@ -153,7 +188,8 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         p = state["predictor"]
         return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
                 "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
-                "spelling": p.speller is not None, "max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+                "spelling": p.speller is not None, "slots": p.slots or [], "max_inputs": max_inputs,
+                "max_batch": max_batch, "max_wait_ms": max_wait_ms}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -165,16 +201,40 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
         if len(texts) > max_inputs:
             return JSONResponse({"detail": f"{len(texts)} inputs; at most {max_inputs} per request"}, status_code=413)
+        answer = await run_model(texts, slots=False)
+        if isinstance(answer, JSONResponse):
+            return answer
+        ranked = state["predictor"].rank(texts, answer[0], req.top_k, req.min_confidence)
+        # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
+        return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
+
+    @app.post("/parse")
+    async def parse(request: Request):
+        req, invalid = await read_request(request, ParseRequest)
+        if invalid:
+            return invalid
+        if "predictor" not in state:
+            return not_ready()
+        texts = [req.text] if req.text is not None else req.texts
+        if len(texts) > max_inputs:
+            return JSONResponse({"detail": f"{len(texts)} texts; at most {max_inputs} per request"}, status_code=413)
+        answer = await run_model(texts, slots=True)
+        if isinstance(answer, JSONResponse):
+            return answer
+        probs, words = answer
+        ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
+        parsed = [parse_answer(text, top, w) for text, top, w in zip(texts, ranked, words or [None] * len(texts))]
+        return JSONResponse(parsed[0] if req.text is not None else parsed)
+
+    async def run_model(texts, slots):
+        """(probabilities, word slots) from a shared pass, or the 503 answer."""
         try:
-            probs = await state["batcher"].probabilities(texts)
+            return await state["batcher"].outputs(texts, slots)
         except Overloaded:
             return JSONResponse({"detail": "too many utterances waiting; retry shortly"}, status_code=503,
                                 headers={"Retry-After": "1"})
         except Exception as e:
             return JSONResponse({"detail": f"the model failed: {type(e).__name__}"}, status_code=503)
-        ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
-        # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
-        return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # an answer, not a dropped connection

@@ -286,3 +286,57 @@ def test_serve_answers_predict_from_a_joint_checkpoint(run_args, tmp_path):
         got = c.post("/predict", json={"inputs": ["wake me up at five am"], "top_k": 2})
     assert got.status_code == 200
     assert got.json() == Predictor(run_dir).top_k(["wake me up at five am"], 2)
+
+
+@pytest.fixture(scope="module")
+def joint_server(tmp_path_factory, tiny_model):
+    """A client of the app serving a joint checkpoint of the tiny model, once loaded."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from conftest import write_massive
+    from inference import Predictor
+    from serve import create_app
+
+    tmp = tmp_path_factory.mktemp("joint")
+    args = ["--model", tiny_model, "--data", str(write_massive(tmp / "en-US.jsonl")), "--epochs", "15", "--lr", "3e-3",
+            "--batch-size", "4", "--label", "intent", "--slots", "--cache-dir", str(tmp / "c"), "--out-dir",
+            str(tmp / "r"), "--checkpoint-dir", str(tmp / "ck")]
+    cli.main(args)
+    app = create_app(lambda: Predictor(parse_args(args).run_dir), max_batch=8, max_wait_ms=0, max_inputs=4,
+                     max_queue=16)
+    with TestClient(app) as c:
+        for _ in range(200):
+            if c.get("/health").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        yield c, Predictor(parse_args(args).run_dir)
+
+
+def test_parse_answers_as_rasa_does_with_offsets_into_the_text_as_sent(joint_server):
+    c, predictor = joint_server
+    text = "  wake me up at  five am"
+    one = c.post("/parse", content=json.dumps({"text": text, "top_k": 2}).encode(),
+                 headers={"content-type": "application/x-www-form-urlencoded"})
+    assert one.status_code == 200
+    got = one.json()
+    assert set(got) == {"text", "intent", "intent_ranking", "slots"} and got["text"] == text
+    assert got["intent"] == got["intent_ranking"][0] and len(got["intent_ranking"]) == 2
+    (top, found), = predictor.parse([text], 2)
+    assert got["intent"]["name"] == top[0]["label"]
+    assert [(s["slot"], s["value"]) for s in got["slots"]] == [(s["slot"], s["value"]) for s in found]
+    assert got["slots"] and all(text[s["start"]:s["end"]] == s["value"] for s in got["slots"])
+    many = c.post("/parse", json={"texts": ["play some jazz", ""], "min_confidence": 1.0}).json()
+    assert [m["intent"] for m in many] == [None, None] and many[1]["slots"] == []  # abstention, empty text
+    assert "time" in c.get("/info").json()["slots"]
+
+
+@pytest.mark.parametrize("body, status", [
+    ({}, 422), ({"text": "a", "texts": ["b"]}, 422), ({"texts": []}, 422), ({"text": ["a"]}, 422),
+    ({"texts": [{"a": 1}]}, 422), ({"text": "a", "top_k": 0}, 422), ({"texts": ["a"] * 5}, 413),
+])
+def test_parse_refuses_bad_requests(joint_server, body, status):
+    c, _ = joint_server
+    answer = c.post("/parse", json=body)
+    assert answer.status_code == status and answer.json()["detail"]
