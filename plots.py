@@ -308,6 +308,9 @@ def plot_run(r, path):
     cls = [(i, row) for i, row in zip(x, h) if row["phase"] == "classify"]
     ax_acc.plot([i for i, _ in cls], [row["train_accuracy"] for _, row in cls], "o-", label="train")
     ax_acc.plot([i for i, _ in cls], [row["val_accuracy"] for _, row in cls], "s-", label="validation")
+    for key, name in (("val_slot_f1", "validation slot F1"), ("val_exact_match", "validation exact match")):
+        if cls and key in cls[0][1]:  # joint runs
+            ax_acc.plot([i for i, _ in cls], [row[key] for _, row in cls], "^--", label=name)
     con = [(i, row) for i, row in zip(x, h) if row["phase"] == "contrastive"]
     if con:  # a different loss: its own line, not joined to cross-entropy
         ax_loss.plot([i for i, _ in con], [row["train_loss"] for _, row in con], "^-", color="tab:gray",
@@ -350,9 +353,10 @@ def interval_panel(ax, rows, xlabel, lines=()):
         elif study is not None:
             label += f" (study: {study:.1f})"
         labels.append(label)
-    for x, name in lines:
-        ax.axvline(x, color="tab:red", ls="--", lw=0.8)
-        ax.annotate(name, (x, len(rows) - 0.6), rotation=90, fontsize=6, color="tab:red", va="top", ha="right")
+    for (x, name), color in zip(lines, ("tab:red", "tab:purple", "tab:brown", "tab:olive")):
+        ax.axvline(x, color=color, ls="--", lw=0.9, label=f"{name}: {x:g}")
+    if lines:
+        ax.legend(fontsize=6, loc="lower left", framealpha=0.9)
     ax.set_xlim(lo, hi)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_yticks(range(len(rows) - 1, -1, -1), labels, fontsize=7)
@@ -405,8 +409,9 @@ def plot_slot_f1(r, path):
     ax.barh(y, [100 * v["f1"] for _, v in per], color="tab:blue")
     ax.set_yticks(y, [f"{name} ({v['support']})" for name, v in per], fontsize=7)
     ax.set_xlim(0, 100)
-    ax.set(xlabel="test F1 (%)", title=f"{short_name(r)}, seed {r['config']['seed']}: per-slot F1 "
-                                        "(test spans in brackets), most frequent first")
+    ax.set_xlabel("test F1 (%)")
+    ax.set_title(f"{short_name(r)}, seed {r['config']['seed']}: per-slot F1 (test spans in brackets), most frequent "
+                 "first", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
