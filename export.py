@@ -3,12 +3,14 @@
     python main.py --task export --checkpoint checkpoints/<run name> --data ../shared/data/massive/en-US.jsonl
 
 Writes model.onnx and model.int8.onnx (dynamic batch and sequence axes) and
-export.json (the gate's numbers) into the checkpoint's best/ folder. LoRA
-adapters are merged into the encoder first. The int8 model is ONNX Runtime's
-BERT graph optimization followed by dynamic per-channel int8 quantization of
-the weights. Both must keep test accuracy within GATE_DROP points of torch and
-agree with torch's top-1 on at least GATE_AGREEMENT of the test utterances;
-otherwise nothing is put in place and the exit is non-zero.
+export.json (the gate's numbers) into the checkpoint's best/ folder. A joint
+checkpoint's graphs have both outputs: utterance logits and token slot logits.
+LoRA adapters are merged into the encoder first. The int8 model is ONNX
+Runtime's BERT graph optimization followed by dynamic per-channel int8
+quantization of the weights. Both must keep test accuracy (and slot F1 and
+exact match) within GATE_DROP points of torch and agree with torch's top-1 on
+at least GATE_AGREEMENT of the test utterances; otherwise nothing is put in
+place and the exit is non-zero.
 """
 import logging
 import os
@@ -20,22 +22,25 @@ import torch
 from dataloader import UserError, read_hub, read_jsonl
 from inference import Predictor, checkpoint_folder
 from model import load_checkpoint
+from slots import slot_metrics
 from utils import write_json
 
 log = logging.getLogger("export")
 GATE_DROP = 0.3  # accuracy points
+GATE_SLOT_DROP = 0.5  # slot F1 and exact-match points
 GATE_AGREEMENT = 0.985
 
 
-class Logits(torch.nn.Module):
-    """The classifier as ONNX sees it: (input_ids, attention_mask) -> logits."""
+class Outputs(torch.nn.Module):
+    """The classifier as ONNX sees it: (input_ids, attention_mask) -> logits, and slot_logits with a slot head."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids, attention_mask)["logits"]
+        out = self.model(input_ids, attention_mask)
+        return (out["logits"], out["slot_logits"]) if "slot_logits" in out else out["logits"]
 
 
 def to_onnx(path, model_dir, base_model):
@@ -43,12 +48,14 @@ def to_onnx(path, model_dir, base_model):
     model, tokenizer, meta = load_checkpoint(model_dir, attention="eager", base_model=base_model)
     if meta["config"]["task"] == "lora":
         model = model.merge_and_unload()  # plain linear layers: one graph, no adapter branches
-    model = Logits(model.float().eval())
+    model = Outputs(model.float().eval())
     # batch 2 and length 8 with padding, so that neither axis is traced as a constant
     dummy = tokenizer(["wake me up at seven please", "hi"], padding=True, return_tensors="pt")
     axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}, "logits": {0: "batch"}}
+    if meta.get("slots"):
+        axes["slot_logits"] = {0: "batch", 1: "length"}
     torch.onnx.export(model, (dummy["input_ids"], dummy["attention_mask"]), path, input_names=list(axes)[:2],
-                      output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+                      output_names=list(axes)[2:], dynamic_axes=axes, opset_version=17, dynamo=False)
     return model.model
 
 
@@ -67,16 +74,34 @@ def to_int8(fp32_path, path, encoder_config):
     os.remove(fused)
 
 
+def scores(predictor, texts, gold, batch_size):
+    """(top-1 per utterance, accuracy, and with slots: slot F1, exact match) of a backend on the test split."""
+    logits, words = predictor.outputs(texts, batch_size)
+    pred = logits.argmax(1)
+    out = {"accuracy": float((pred == gold["labels"]).mean())}
+    if words is not None:
+        m = slot_metrics(gold["slots"], [names for names, _ in words], pred == gold["labels"])
+        out.update(slot_f1=m["slot_f1"], exact_match=m["exact_match"])
+    return pred, out
+
+
+def gate(row, reference):
+    """Whether a backend's row keeps within GATE_DROP points of torch's accuracy (GATE_SLOT_DROP of its slot F1
+    and exact match) and agrees with its top-1 on GATE_AGREEMENT of the utterances."""
+    limits = {"accuracy": GATE_DROP, "slot_f1": GATE_SLOT_DROP, "exact_match": GATE_SLOT_DROP}
+    return (all(100 * (reference[k] - row[k]) <= limits[k] for k in reference)
+            and row["agreement"] >= GATE_AGREEMENT)
+
+
 def export(cfg):
     path = checkpoint_folder(cfg.checkpoint)
     torch_predictor = Predictor(path, "torch", base_model=cfg.model)
-    if torch_predictor.slots:  # a graph of the utterance head alone would silently drop the slots
-        raise UserError(f"{path} has a slot head, which export cannot write into ONNX yet; nothing was written")
     torch_predictor.model.float()  # the reference is fp32, as exported
-    label = torch_predictor.meta["config"]["label"]
-    test = (read_jsonl(cfg.data, label) if cfg.data else read_hub(label))["test"]
+    label, slots = torch_predictor.meta["config"]["label"], bool(torch_predictor.slots)
+    test = (read_jsonl(cfg.data, label, slots) if cfg.data else read_hub(label, slots))["test"]
     index = {y: i for i, y in enumerate(torch_predictor.labels)}
-    texts, gold = [t for t, _ in test], np.array([index[y] for _, y in test])
+    texts = [x[0] for x in test]
+    gold = {"labels": np.array([index[x[1]] for x in test]), "slots": [x[2] for x in test] if slots else None}
 
     staging = os.path.join(path, ".export")
     shutil.rmtree(staging, ignore_errors=True)
@@ -85,21 +110,20 @@ def export(cfg):
         model = to_onnx(os.path.join(staging, "model.onnx"), path, cfg.model)
         config = (model.encoder if hasattr(model, "encoder") else model.base_model.encoder).config
         to_int8(os.path.join(staging, "model.onnx"), os.path.join(staging, "model.int8.onnx"), config)
-        reference = torch_predictor.logits(texts, cfg.batch_size).argmax(1)
-        report = {"test_utterances": len(texts), "torch_accuracy": float((reference == gold).mean()),
-                  "gate": {"max_drop_points": GATE_DROP, "min_agreement": GATE_AGREEMENT}}
+        reference, torch_scores = scores(torch_predictor, texts, gold, cfg.batch_size)
+        report = {"test_utterances": len(texts), "torch": torch_scores, "torch_accuracy": torch_scores["accuracy"],
+                  "gate": {"max_drop_points": GATE_DROP, "max_slot_drop_points": GATE_SLOT_DROP,
+                           "min_agreement": GATE_AGREEMENT}}
         failed = []
         for backend, name in (("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
             onnx_file = os.path.join(staging, name)
-            pred = Predictor(path, backend, onnx_file=onnx_file).logits(texts, cfg.batch_size).argmax(1)
-            row = {"accuracy": float((pred == gold).mean()), "agreement": float((pred == reference).mean()),
-                   "megabytes": os.path.getsize(onnx_file) / 2**20}
-            row["passed"] = (100 * (report["torch_accuracy"] - row["accuracy"]) <= GATE_DROP
-                             and row["agreement"] >= GATE_AGREEMENT)
+            pred, row = scores(Predictor(path, backend, onnx_file=onnx_file), texts, gold, cfg.batch_size)
+            row.update(agreement=float((pred == reference).mean()), megabytes=os.path.getsize(onnx_file) / 2**20)
+            row["passed"] = gate(row, torch_scores)
             report[backend] = row
-            log.info("%s: test accuracy %.4f (torch %.4f), top-1 agreement with torch %.4f, %.1f MB: %s", backend,
-                     row["accuracy"], report["torch_accuracy"], row["agreement"], row["megabytes"],
-                     "passed" if row["passed"] else "FAILED")
+            numbers = ", ".join(f"{k} {row[k]:.4f} (torch {torch_scores[k]:.4f})" for k in torch_scores)
+            log.info("%s: %s, top-1 agreement with torch %.4f, %.1f MB: %s", backend, numbers, row["agreement"],
+                     row["megabytes"], "passed" if row["passed"] else "FAILED")
             if not row["passed"]:
                 failed.append(backend)
         write_json(os.path.join(path, "export.json"), report)  # the numbers, whether or not the gate passed

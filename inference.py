@@ -114,7 +114,8 @@ class Predictor:
                 out = self.model(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
             slots = out["slot_logits"].float().cpu().numpy() if "slot_logits" in out else None
             return out["logits"].float().cpu().numpy(), slots
-        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0], None
+        outs = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return outs[0], outs[1] if len(outs) > 1 else None
 
     def outputs(self, texts, batch_size=128, slots=True):
         """Uncalibrated logits (N, C) for raw utterances (tokenized, batched by length, truncated from the left);

@@ -229,10 +229,6 @@ def test_predict_prints_slots_and_refuses_them_where_there_are_none(run_args, tm
     refused = run("--checkpoint", parse_args(plain_run).run_dir, "--slots", "play jazz")
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
         f"error: checkpoint {parse_args(plain_run).run_dir} has no slot head: train it with --slots to get slots"]
-    export = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--task", "export", "--checkpoint",
-                             parse_args(joint).run_dir, "--data", run_args[3]], capture_output=True, text=True)
-    assert export.returncode == 1 and "cannot write into ONNX yet" in export.stderr
-    assert not any(f.endswith(".onnx") for f in os.listdir(os.path.join(parse_args(joint).run_dir, "best")))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -340,3 +336,23 @@ def test_parse_refuses_bad_requests(joint_server, body, status):
     c, _ = joint_server
     answer = c.post("/parse", json=body)
     assert answer.status_code == status and answer.json()["detail"]
+
+
+def test_export_writes_both_outputs_and_gates_the_slots(joint_server, monkeypatch, tmp_path):
+    import export
+    from inference import Predictor
+
+    _, predictor = joint_server
+    run_dir = os.path.dirname(predictor.path)
+    data = os.path.join(os.path.dirname(os.path.dirname(run_dir)), "en-US.jsonl")
+    report = cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
+    assert {"accuracy", "slot_f1", "exact_match"} == set(report["torch"])
+    assert report["onnx"]["slot_f1"] == pytest.approx(report["torch"]["slot_f1"], abs=1e-9) and report["onnx-int8"]
+    texts = ["wake me up at five am", "play some jazz", "will it snow tomorrow"]
+    onnx = Predictor(run_dir, "onnx").parse(texts)
+    assert [slots for _, slots in onnx] == [slots for _, slots in predictor.parse(texts)]
+    # a gate the slots fail leaves the graphs of the last export, and says so
+    monkeypatch.setattr(export, "GATE_SLOT_DROP", -1.0)
+    with pytest.raises(UserError, match="failed the accuracy gate"):
+        cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
+    assert json.load(open(os.path.join(predictor.path, "export.json")))["onnx"]["passed"] is False
