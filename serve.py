@@ -1,4 +1,5 @@
-"""HTTP serving with dynamic batching: POST /predict, POST /parse, GET /health, GET /info (FastAPI + uvicorn).
+"""HTTP serving with dynamic batching: POST /predict, POST /parse, GET /health, GET /info, and a try-it page at
+GET / (FastAPI + uvicorn).
 
     python main.py --task serve --checkpoint checkpoints/<run name> [--port 8000] [--backend torch|onnx|onnx-int8]
 
@@ -19,7 +20,7 @@ import logging
 import os
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from dataloader import UserError
@@ -28,6 +29,7 @@ from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, words_
 from slots import spans
 
 log = logging.getLogger("serve")
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "try-it.html")  # GET /: the try-it page
 # A pass's utterances go through the model sorted by length in forward batches of this many: less padding. On a
 # 2-core CPU, passes of 32 test utterances ran at 581 utterances/s this way against 415 as one padded batch (int8).
 FORWARD_BATCH = 8
@@ -176,6 +178,12 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         if "error" in state:
             return JSONResponse({"detail": f"the model could not be loaded: {state['error']}"}, status_code=503)
         return JSONResponse({"detail": "the model is loading"}, status_code=503, headers={"Retry-After": "1"})
+
+    page = open(PAGE, encoding="utf-8").read()
+
+    @app.get("/", response_class=HTMLResponse)
+    def try_it():
+        return page
 
     @app.get("/health")
     def health():
