@@ -23,7 +23,7 @@ from dataloader import UserError, read_hub, read_jsonl
 from inference import Predictor, checkpoint_folder
 from model import load_checkpoint
 from slots import slot_metrics
-from utils import write_json
+from utils import use_bf16, write_json
 
 log = logging.getLogger("export")
 GATE_DROP = 0.3  # accuracy points
@@ -95,8 +95,9 @@ def gate(row, reference):
 
 def export(cfg):
     path = checkpoint_folder(cfg.checkpoint)
-    torch_predictor = Predictor(path, "torch", base_model=cfg.model)
-    torch_predictor.model.float()  # the reference is fp32, as exported
+    # the reference is the fp32 model, the weights as trained and exported: not the bf16 backend of a CPU with
+    # native bf16, which approximates them as the int8 graph does (its agreement is reported beside)
+    torch_predictor = Predictor(path, "torch", base_model=cfg.model, fp32=True)
     label, slots = torch_predictor.meta["config"]["label"], bool(torch_predictor.slots)
     test = (read_jsonl(cfg.data, label, slots) if cfg.data else read_hub(label, slots))["test"]
     index = {y: i for i, y in enumerate(torch_predictor.labels)}
@@ -114,6 +115,10 @@ def export(cfg):
         report = {"test_utterances": len(texts), "torch": torch_scores, "torch_accuracy": torch_scores["accuracy"],
                   "gate": {"max_drop_points": GATE_DROP, "max_slot_drop_points": GATE_SLOT_DROP,
                            "min_agreement": GATE_AGREEMENT}}
+        if use_bf16(torch_predictor.device):  # what predict and serve run here on torch: reported, not gated
+            pred, report["torch-bf16"] = scores(Predictor(path, "torch", base_model=cfg.model), texts, gold,
+                                                cfg.batch_size)
+            report["torch-bf16"]["agreement"] = float((pred == reference).mean())
         failed = []
         for backend, name in (("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
             onnx_file = os.path.join(staging, name)

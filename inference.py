@@ -54,10 +54,12 @@ class Predictor:
     ONNX model to use instead of the checkpoint's (export checks one before
     putting it in place). spelling: correct words unknown to the model first
     (spelling.py), with the training words the checkpoint saved; `speller` can
-    also be set to any spelling.Speller.
+    also be set to any spelling.Speller. fp32: the torch backend keeps the
+    weights as trained, in fp32, also on a CPU with native bf16.
     """
 
-    def __init__(self, checkpoint, backend="torch", base_model=None, threads=None, onnx_file=None, spelling=False):
+    def __init__(self, checkpoint, backend="torch", base_model=None, threads=None, onnx_file=None, spelling=False,
+                 fp32=False):
         from model import load_checkpoint
         from transformers import AutoTokenizer
 
@@ -78,8 +80,9 @@ class Predictor:
                                                                         base_model=base_model)
             except (ValueError, OSError, KeyError) as e:
                 raise UserError(f"cannot load checkpoint {checkpoint}: {str(e).splitlines()[0]}") from None
-            # bf16 weights where the CPU does bf16 natively: faster than autocast over fp32 weights
-            self.model.to(self.device, torch.bfloat16 if use_bf16(self.device) else torch.float32)
+            # bf16 weights where the CPU does bf16 natively (faster than autocast over fp32 weights), unless fp32
+            self.bf16 = use_bf16(self.device) and not fp32
+            self.model.to(self.device, torch.bfloat16 if self.bf16 else torch.float32)
         else:
             import onnxruntime as ort
 

@@ -77,6 +77,21 @@ def test_export_passes_the_gate_and_onnx_backends_agree(trained, fp32_torch):
     np.testing.assert_allclose(Predictor(run_dir, "onnx").probabilities(texts), ref, atol=1e-4)
 
 
+def test_export_gates_against_the_fp32_model_on_a_bf16_cpu(trained, monkeypatch):
+    """Where the torch backend runs in bf16, the gate's reference is still the fp32 model, as trained and exported;
+    the bf16 backend's agreement with it is reported beside."""
+    import utils
+
+    monkeypatch.setattr(utils, "use_bf16", lambda device: True)  # as on a CPU with native bf16
+    import export
+
+    monkeypatch.setattr(export, "use_bf16", lambda device: True)
+    run_dir, data, _ = trained
+    report = cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
+    assert report["onnx"]["agreement"] == 1.0  # fp32 graph against fp32 torch
+    assert "agreement" in report["torch-bf16"] and report["torch-bf16"]["accuracy"] > 0
+
+
 def test_export_gate_failure_leaves_nothing_in_place(trained, monkeypatch, tmp_path):
     import export
 
