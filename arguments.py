@@ -37,7 +37,7 @@ TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon
              "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
              "min_confidence": ("predict", "serve"), "spelling": ("predict", "serve"), "host": ("serve",),
              "port": ("serve",), "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",),
-             "threads": ("serve",),
+             "threads": ("serve",), "replicas": ("serve",), "address": ("serve",),
              **{k: ("custom",) for k in RECIPE_DEFAULTS}}
 
 
@@ -95,6 +95,8 @@ class Config:
     max_inputs: int | None
     max_queue: int | None
     threads: int | None
+    replicas: int | None
+    address: str | None
     run_name: str = ""
 
     @property
@@ -110,7 +112,7 @@ class Config:
 # not record these as settings (a run's environment records whether bf16 autocast was used).
 IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
            "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue",
-           "threads", "bf16", "run_name")
+           "threads", "replicas", "address", "bf16", "run_name")
 
 
 def recorded_config(cfg):
@@ -203,7 +205,11 @@ def build_parser():
                         "(default 0: a pass takes what queued while the last one ran)")
     g.add_argument("--max-inputs", type=int, help="serve: most utterances in one request (default 256)")
     g.add_argument("--max-queue", type=int, help="serve: most utterances waiting before requests get 503 (default 4096)")
-    g.add_argument("--threads", type=int, help="serve: the model's intra-op threads (default: one per core)")
+    g.add_argument("--threads", type=int, help="serve: the model's intra-op threads (default: one per core, shared "
+                                               "out over the replicas)")
+    g.add_argument("--replicas", type=int, help="serve: run the app as a Ray Serve deployment of this many replicas, "
+                                                "each with its own batching (default: one plain uvicorn process)")
+    g.add_argument("--address", help="serve --replicas: join the Ray cluster at HOST:PORT (default: a local instance)")
     g.add_argument("--input", help="file with one utterance per line ('-' for standard input)")
     g.add_argument("--top-k", type=int, help="labels shown per utterance (default 3)")
     g.add_argument("--format", choices=("text", "jsonl"), help="output format (default text)")
@@ -260,6 +266,7 @@ def parse_args(argv=None):
         check(cfg.checkpoint, f"--task {cfg.task} needs --checkpoint DIR")
         check(cfg.task == "predict" or not cfg.slots, "--slots applies only to training tasks and --task predict")
         check(cfg.slot_weight is None, "--slot-weight applies only to training tasks")
+        check(cfg.address is None or cfg.replicas, "--address applies only with --replicas")
         check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
         defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=0.0,
                         max_inputs=256, max_queue=4096)
@@ -269,8 +276,9 @@ def parse_args(argv=None):
         check(cfg.top_k >= 1, "--top-k must be at least 1")
         check(cfg.min_confidence is None or 0 <= cfg.min_confidence <= 1, "--min-confidence must be in [0, 1]")
         check(0 < cfg.port < 65536 and cfg.max_wait_ms >= 0 and cfg.max_inputs >= 1 and cfg.max_queue >= 1
-              and (cfg.threads is None or cfg.threads >= 1) and cfg.batch_size >= 1,
-              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads and --batch-size must be positive")
+              and (cfg.threads is None or cfg.threads >= 1) and (cfg.replicas is None or cfg.replicas >= 1)
+              and cfg.batch_size >= 1,
+              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --replicas and --batch-size must be positive")
         return cfg
 
     check(cfg.epochs >= 1, "--epochs must be at least 1")

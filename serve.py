@@ -18,6 +18,8 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import signal
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -253,19 +255,60 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
     return app
 
 
-def serve(cfg):
-    import uvicorn
+def replica_app(checkpoint, backend, base_model, threads, spelling, max_batch, max_wait_ms, max_inputs, max_queue):
+    """The app of one server process or Ray Serve replica, which loads its own model and batches on its own."""
+    return create_app(lambda: Predictor(checkpoint, backend, base_model=base_model, threads=threads, spelling=spelling),
+                      max_batch, max_wait_ms, max_inputs, max_queue)
 
+
+def serve(cfg):
     folder = checkpoint_folder(cfg.checkpoint)  # bad paths fail here, in one line, before the server starts
     if cfg.backend != "torch" and not os.path.isfile(os.path.join(folder, BACKENDS[cfg.backend])):
         raise UserError(f"no {BACKENDS[cfg.backend]} in {folder}: run --task export --checkpoint {cfg.checkpoint}")
     if cfg.spelling:
         words_file(folder)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's own threads would compete too
-    threads = cfg.threads or os.cpu_count()
-    app = create_app(lambda: Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, threads=threads,
-                                           spelling=cfg.spelling),
-                     cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue)
-    log.info("listening on http://%s:%d (model threads %d, batches up to %d utterances or %g ms)", cfg.host,
-             cfg.port, threads, cfg.batch_size, cfg.max_wait_ms)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    threads = cfg.threads or max(1, os.cpu_count() // (cfg.replicas or 1))
+    settings = (os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, cfg.spelling, cfg.batch_size,
+                cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue)
+
+    def build():  # a plain function: Ray Serve calls it on each replica to build that replica's app
+        return replica_app(*settings)
+
+    log.info("listening on http://%s:%d (%s, model threads %d each, batches up to %d utterances or %g ms)", cfg.host,
+             cfg.port, f"{cfg.replicas} Ray Serve replicas" if cfg.replicas else "one process", threads,
+             cfg.batch_size, cfg.max_wait_ms)
+    if cfg.replicas:
+        return serve_replicas(cfg, build, threads)
+    import uvicorn
+
+    uvicorn.run(build(), host=cfg.host, port=cfg.port, log_level="warning")
+
+
+def stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve_replicas(cfg, build, threads):
+    """The same app as a Ray Serve deployment of --replicas replicas, on a local Ray instance or the cluster at
+    --address, until Ctrl-C or SIGTERM; each replica builds the app itself, so each batches on its own."""
+    import ray
+    from ray import serve as ray_serve
+
+    signal.signal(signal.SIGTERM, stop)
+    ray.init(address=cfg.address or "local", include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__)),
+                                       "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        deployment = ray_serve.deployment(ray_serve.ingress(build)(), name="parser", num_replicas=cfg.replicas,
+                                          ray_actor_options={"num_cpus": threads})
+        ray_serve.run(deployment.bind(), name="parser", route_prefix="/")
+        log.info("%d replicas ready", cfg.replicas)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        log.info("shutting down the replicas")
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
