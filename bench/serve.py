@@ -1,6 +1,7 @@
 """Load test of `main.py --task serve` on localhost: requests/s and latency at several concurrencies.
 
     python bench/serve.py --checkpoint checkpoints/<run name> --data ../shared/data/massive/en-US.jsonl
+    python bench/serve.py --checkpoint checkpoints/<joint run> --data ... --endpoint parse --backend onnx-int8
 
 Starts the server (a subprocess on 127.0.0.1), waits for /health, then for
 each concurrency sends a fixed number of one-utterance requests (test split
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -55,7 +57,28 @@ def start_server(args, batching):
     raise SystemExit("error: the server did not become healthy within 120 s")
 
 
-def load(url, texts, concurrency, n_requests):
+def cpu_model():
+    """The CPU's model name, which these numbers depend on (3x between the kinds of machine seen here)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def model_alone(args, texts, slots):
+    """Utterances per second of the model alone, in-process, on the server's threads and forward batches."""
+    from inference import Predictor
+    from serve import FORWARD_BATCH
+
+    predictor = Predictor(args.checkpoint, args.backend, threads=args.threads)
+    predictor.outputs(texts[:200], FORWARD_BATCH, slots=slots)  # warm-up
+    t = time.perf_counter()
+    predictor.outputs(texts, FORWARD_BATCH, slots=slots)
+    return len(texts) / (time.perf_counter() - t)
+
+
+def load(url, texts, concurrency, n_requests, endpoint="predict"):
     """n_requests one-utterance POSTs, `concurrency` of them in flight at any time; latencies in ms, error count.
 
     One asyncio client (aiohttp, kept-alive connections): a thread per connection would spend more CPU on this
@@ -72,7 +95,8 @@ def load(url, texts, concurrency, n_requests):
                 for i in next_request:
                     t = time.perf_counter()
                     try:
-                        async with session.post(f"{url}/predict", json={"inputs": texts[i % len(texts)]}) as r:
+                        body = {"inputs" if endpoint == "predict" else "text": texts[i % len(texts)]}
+                        async with session.post(f"{url}/{endpoint}", json=body) as r:
                             await r.read()
                             errors += r.status != 200
                     except aiohttp.ClientError:
@@ -97,27 +121,35 @@ def main():
     p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="the server's model threads")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's batching wait, with batching on")
+    p.add_argument("--endpoint", default="predict", choices=("predict", "parse"),
+                   help="what each request asks: /predict (labels) or /parse (labels and slots)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
+    alone = model_alone(args, texts, slots=args.endpoint == "parse")
+    print(f"the model alone: {alone:.1f} utterances/s ({args.threads} threads, {cpu_model()})")
     rows = []
     for batching in (True, False):
         proc, url = start_server(args, batching)
         try:
             load(url, texts, 4, 40)  # warm-up
             for c in (int(x) for x in args.concurrency.split(",")):
-                row = {"batching": batching, **load(url, texts, c, args.requests)}
+                row = {"batching": batching, **load(url, texts, c, args.requests, args.endpoint)}
+                row["of_model_alone"] = row["requests_per_second"] / alone
                 rows.append(row)
                 print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: {row['requests_per_second']:7.1f} "
-                      f"req/s, p50 {row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}")
+                      f"req/s ({100 * row['of_model_alone']:.0f}% of the model alone), p50 {row['p50_ms']:7.1f} ms, "
+                      f"p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}")
         finally:
             proc.terminate()
             proc.wait(30)
-    out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}.json")
+    suffix = "" if args.endpoint == "predict" else "-parse"
+    out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}{suffix}.json")
     with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
         run = json.load(f)["run_name"]
-    write_json(out, {"run": run, "backend": args.backend, "threads": args.threads, "max_wait_ms": args.max_wait_ms,
-                     "cpus": os.cpu_count(), "rows": rows})
+    write_json(out, {"run": run, "backend": args.backend, "endpoint": args.endpoint, "threads": args.threads,
+                     "max_wait_ms": args.max_wait_ms, "cpus": os.cpu_count(), "cpu": cpu_model(),
+                     "model_alone_utterances_per_second": alone, "rows": rows})
     print(f"wrote {out}")
     return 1 if any(r["errors"] for r in rows) else 0
 

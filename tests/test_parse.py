@@ -75,6 +75,13 @@ def test_parse_answers_as_rasa_does_with_offsets_into_the_text_as_sent(joint_ser
     assert got["intent"]["name"] == top[0]["label"]
     assert [(s["slot"], s["value"]) for s in got["slots"]] == [(s["slot"], s["value"]) for s in found]
     assert got["slots"] and all(text[s["start"]:s["end"]] == s["value"] for s in got["slots"])
+    long = "x " * 50_000 + "wake me up at five am"  # 100 kB: truncated from the left, its end still parsed
+    answer = c.post("/parse", json={"text": long, "top_k": 1})
+    assert answer.status_code == 200 and all(long[x["start"]:x["end"]] == x["value"] for x in answer.json()["slots"])
+    controls = c.post("/parse", json={"text": "wake\x00 me\x1b up\u202e at five"})
+    assert controls.status_code == 200 and controls.json()["text"] == "wake\x00 me\x1b up\u202e at five"
+    assert c.post("/parse", content=b'{"text": "\xff wake"}').status_code == 422
+    assert c.post("/parse", content=b'["wake me up"]').status_code == 422
     many = c.post("/parse", json={"texts": ["play some jazz", ""], "min_confidence": 1.0}).json()
     assert [m["intent"] for m in many] == [None, None] and many[1]["slots"] == []  # abstention, empty text
     assert "time" in c.get("/info").json()["slots"]
