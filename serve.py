@@ -174,14 +174,15 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         task.cancel()
 
     # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
-    app = FastAPI(title="MASSIVE intent classifier", lifespan=start, docs_url=None, redoc_url=None)
+    app = FastAPI(title="MASSIVE parser: intent and slots", lifespan=start, docs_url=None, redoc_url=None)
 
     def not_ready():
         if "error" in state:
             return JSONResponse({"detail": f"the model could not be loaded: {state['error']}"}, status_code=503)
         return JSONResponse({"detail": "the model is loading"}, status_code=503, headers={"Retry-After": "1"})
 
-    page = open(PAGE, encoding="utf-8").read()
+    with open(PAGE, encoding="utf-8") as f:
+        page = f.read()
 
     @app.get("/", response_class=HTMLResponse)
     def try_it():
