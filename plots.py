@@ -355,8 +355,8 @@ def interval_panel(ax, rows, xlabel, lines=()):
         labels.append(label)
     for (x, name), color in zip(lines, ("tab:red", "tab:purple", "tab:brown", "tab:olive")):
         ax.axvline(x, color=color, ls="--", lw=0.9, label=f"{name}: {x:g}")
-    if lines:
-        ax.legend(fontsize=6, loc="lower left", framealpha=0.9)
+    if lines:  # below the axis: over it, the legend would hide the points
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
     ax.set_xlim(lo, hi)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_yticks(range(len(rows) - 1, -1, -1), labels, fontsize=7)
@@ -389,7 +389,7 @@ def plot_joint(groups, path):
     """MASSIVE's three numbers per joint experiment (mean, 95% t-interval over seeds), the paper's en-US results
     as reference lines."""
     gs = [g for g in groups if joint(g)]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 1.6 + 0.35 * len(gs)), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 2.6 + 0.35 * len(gs)), sharey=True)
     for i, (ax, (key, name)) in enumerate(zip(axes, JOINT_METRICS)):
         rows = [(f"{g['short']} [{g['label']}, {g['device']}]", [100 * r[key] for r in g["runs"]], None) for g in gs]
         interval_panel(ax, rows, f"test {name} (%)", [(v[i], n.split(" (")[0]) for n, v in ANCHORS.items()])
