@@ -59,9 +59,13 @@ def to_onnx(path, model_dir, base_model):
     return model.model
 
 
-def to_int8(fp32_path, path, encoder_config):
-    """ORT's BERT fusions, then dynamic int8 quantization with one scale per output channel, but for the first
-    encoder layer's dense layers."""
+# Nodes (MatMul or fused Attention) kept in fp32 by name, chosen with bench/quantization.py on validation.
+KEEP_FP32 = ("layer.0/", "slot_head")
+
+
+def to_int8(fp32_path, path, encoder_config, keep=KEEP_FP32):
+    """ORT's BERT fusions, then dynamic int8 quantization with one scale per output channel, but for the nodes
+    whose names contain one of `keep`."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
@@ -69,13 +73,7 @@ def to_int8(fp32_path, path, encoder_config):
     fused = path + ".fused.onnx"
     optimizer.optimize_model(fp32_path, model_type="bert", num_heads=encoder_config.num_attention_heads,
                              hidden_size=encoder_config.hidden_size).save_model_to_file(fused)
-    # The first encoder layer's dense MatMuls stay fp32: of the six layers they lose the most under dynamic int8
-    # (a 10-epoch joint checkpoint's top-1 agreement with fp32: 97.92% all int8, 98.76% with layer 0 in fp32, 97.81%
-    # to 98.35% with any other layer in fp32 instead; its attention or heads in fp32: 98.05%, 97.92%).
-    # The slot head stays fp32 too (56 x 384 weights: nothing to save; the same checkpoint's int8 slot F1 is 0.505
-    # points below fp32 with it, 0.53 without).
-    fp32 = [n.name for n in onnx.load(fused).graph.node if n.op_type == "MatMul" and ("layer.0/" in n.name
-                                                                                       or "slot_head" in n.name)]
+    fp32 = [n.name for n in onnx.load(fused).graph.node if any(k in n.name for k in keep)]
     # the fused graph has ORT's own operators, whose outputs shape inference cannot type: they are float
     quantize_dynamic(fused, path, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=fp32,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})

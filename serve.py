@@ -25,8 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dataloader import UserError
-from dataloader import word_spans
+from dataloader import UserError, word_spans
 from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, words_file
 from slots import spans
 
@@ -49,6 +48,9 @@ class PredictRequest(BaseModel):
             raise ValueError("inputs must hold at least one non-empty utterance")
         return v
 
+    def texts_list(self):
+        return [self.inputs] if isinstance(self.inputs, str) else self.inputs
+
 
 class ParseRequest(BaseModel):
     """One utterance ("text") or several ("texts"), as Rasa's /model/parse takes one."""
@@ -64,6 +66,9 @@ class ParseRequest(BaseModel):
         if self.texts == []:
             raise ValueError("texts must hold at least one utterance")
         return self
+
+    def texts_list(self):
+        return [self.text] if self.text is not None else self.texts
 
 
 class Overloaded(Exception):
@@ -204,43 +209,36 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
 
     @app.post("/predict")
     async def predict(request: Request):
-        req, invalid = await read_request(request, PredictRequest)
-        if invalid:
-            return invalid
-        if "predictor" not in state:
-            return not_ready()
-        texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
-        if len(texts) > max_inputs:
-            return JSONResponse({"detail": f"{len(texts)} inputs; at most {max_inputs} per request"}, status_code=413)
-        answer = await run_model(texts, slots=False)
-        if isinstance(answer, JSONResponse):
-            return answer
-        ranked = state["predictor"].rank(texts, answer[0], req.top_k, req.min_confidence)
+        got = await model_outputs(request, PredictRequest, "inputs", slots=False)
+        if isinstance(got, JSONResponse):
+            return got
+        req, texts, (probs, _) = got
+        ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
         # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
         return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
 
     @app.post("/parse")
     async def parse(request: Request):
-        req, invalid = await read_request(request, ParseRequest)
-        if invalid:
-            return invalid
-        if "predictor" not in state:
-            return not_ready()
-        texts = [req.text] if req.text is not None else req.texts
-        if len(texts) > max_inputs:
-            return JSONResponse({"detail": f"{len(texts)} texts; at most {max_inputs} per request"}, status_code=413)
-        answer = await run_model(texts, slots=True)
-        if isinstance(answer, JSONResponse):
-            return answer
-        probs, words = answer
+        got = await model_outputs(request, ParseRequest, "texts", slots=True)
+        if isinstance(got, JSONResponse):
+            return got
+        req, texts, (probs, words) = got
         ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
         parsed = [parse_answer(text, top, w) for text, top, w in zip(texts, ranked, words or [None] * len(texts))]
         return JSONResponse(parsed[0] if req.text is not None else parsed)
 
-    async def run_model(texts, slots):
-        """(probabilities, word slots) from a shared pass, or the 503 answer."""
+    async def model_outputs(request, schema, noun, slots):
+        """(request, its texts, (probabilities, word slots)) from a shared pass, or the answer that ends it."""
+        req, invalid = await read_request(request, schema)
+        if invalid:
+            return invalid
+        if "predictor" not in state:
+            return not_ready()
+        texts = req.texts_list()
+        if len(texts) > max_inputs:
+            return JSONResponse({"detail": f"{len(texts)} {noun}; at most {max_inputs} per request"}, status_code=413)
         try:
-            return await state["batcher"].outputs(texts, slots)
+            return req, texts, await state["batcher"].outputs(texts, slots)
         except Overloaded:
             return JSONResponse({"detail": "too many utterances waiting; retry shortly"}, status_code=503,
                                 headers={"Retry-After": "1"})
@@ -301,10 +299,14 @@ def serve_replicas(cfg, build, threads):
              runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__)),
                                        "TOKENIZERS_PARALLELISM": "false"}})
     try:
-        ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})
-        deployment = ray_serve.deployment(ray_serve.ingress(build)(), name="parser", num_replicas=cfg.replicas,
-                                          ray_actor_options={"num_cpus": threads})
-        ray_serve.run(deployment.bind(), name="parser", route_prefix="/")
+        try:
+            ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})
+            deployment = ray_serve.deployment(ray_serve.ingress(build)(), name="parser", num_replicas=cfg.replicas,
+                                              ray_actor_options={"num_cpus": threads})
+            ray_serve.run(deployment.bind(), name="parser", route_prefix="/")
+        except ray.exceptions.RayError as e:  # e.g. its HTTP proxy not up within Ray's 60 s on a starved machine
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(f"Ray Serve could not start the replicas: {type(e).__name__}: {reason}") from None
         log.info("%d replicas ready", cfg.replicas)
         while True:
             time.sleep(1)

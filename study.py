@@ -80,9 +80,9 @@ EXPERIMENTS.update({
     "joint-slots2": ["--task", "baseline", "--slots", "--slot-weight", "2"],
     "joint-slots4": ["--task", "baseline", "--slots", "--slot-weight", "4"],
 })
-# The joint recipe at JointBERT's learning rate and batch size, with and without a heavier slot loss.
+# JointBERT's learning rate and batch size, on the joint baseline and on the joint recipe.
+EXPERIMENTS["joint-lr1e-4"] = [*EXPERIMENTS["joint"], "--lr", "1e-4", "--batch-size", "32"]
 EXPERIMENTS["joint-recipe-lr1e-4"] = [*EXPERIMENTS["joint-recipe"], "--lr", "1e-4", "--batch-size", "32"]
-EXPERIMENTS["joint-recipe-lr1e-4-slots2"] = [*EXPERIMENTS["joint-recipe-lr1e-4"], "--slot-weight", "2"]
 
 
 class StudyError(Exception):

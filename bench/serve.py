@@ -6,7 +6,8 @@
 Starts the server (a subprocess on 127.0.0.1), waits for /health, then for
 each concurrency sends a fixed number of one-utterance requests (test split
 utterances) with that many in flight, with dynamic batching on and off
-(--batch-size 1: every request its own forward pass). Reports requests/s,
+(--batch-size 1: every request its own forward pass), or with --replicas N as
+that many Ray Serve replicas (batching on). Reports requests/s,
 p50/p99 latency and errors, stops the server, and writes
 results/bench/serve-<backend>.json. Only local addresses are used.
 """
@@ -14,7 +15,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from dataloader import read_jsonl  # noqa: E402
 from inference import checkpoint_folder  # noqa: E402
-from utils import write_json  # noqa: E402
+from utils import cpu_model, write_json  # noqa: E402
 
 
 def free_port():
@@ -41,6 +42,7 @@ def start_server(args, batching):
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint", args.checkpoint,
            "--backend", args.backend, "--port", str(port), "--threads", str(args.threads)]
     cmd += ["--max-wait-ms", str(args.max_wait_ms)] if batching else ["--batch-size", "1", "--max-wait-ms", "0"]
+    cmd += ["--replicas", str(args.replicas)] if args.replicas else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -57,13 +59,19 @@ def start_server(args, batching):
     raise SystemExit("error: the server did not become healthy within 120 s")
 
 
-def cpu_model():
-    """The CPU's model name, which these numbers depend on (3x between the kinds of machine seen here)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+def cpu_seconds(pid):
+    """User + system CPU seconds so far of a process and its children (a Ray Serve server's replicas included)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # gone since it was listed
+            continue
+        total += times.user + times.system
+    return total
 
 
 def model_alone(args, texts, slots):
@@ -123,32 +131,46 @@ def main():
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's batching wait, with batching on")
     p.add_argument("--endpoint", default="predict", choices=("predict", "parse"),
                    help="what each request asks: /predict (labels) or /parse (labels and slots)")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="serve as this many Ray Serve replicas (--threads each; batching on only)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
     alone = model_alone(args, texts, slots=args.endpoint == "parse")
-    print(f"the model alone: {alone:.1f} utterances/s ({args.threads} threads, {cpu_model()})")
+    print(f"the model alone: {alone:.1f} utterances/s ({args.threads} threads, {cpu_model()}): "
+          f"{1000 * args.threads / alone:.2f} ms of CPU per utterance")
     rows = []
-    for batching in (True, False):
+    for batching in (True,) if args.replicas else (True, False):
         proc, url = start_server(args, batching)
         try:
-            load(url, texts, 4, 40)  # warm-up
+            for _ in range(60):  # warm-up, until every replica has loaded its model (one still loading answers 503)
+                if load(url, texts, 4, 40, args.endpoint)["errors"] == 0:
+                    break
+                time.sleep(1)
             for c in (int(x) for x in args.concurrency.split(",")):
+                load(url, texts, c, args.requests // 5, args.endpoint)  # steady state: the passes' shapes seen before
+                server, client = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_SELF)
                 row = {"batching": batching, **load(url, texts, c, args.requests, args.endpoint)}
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                # where the cores went: both processes share them, so the client's CPU is not the server's
+                row["server_cpu_ms_per_request"] = 1000 * (cpu_seconds(proc.pid) - server) / args.requests
+                row["client_cpu_ms_per_request"] = 1000 * (after.ru_utime + after.ru_stime - client.ru_utime
+                                                           - client.ru_stime) / args.requests
                 row["of_model_alone"] = row["requests_per_second"] / alone
                 rows.append(row)
                 print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: {row['requests_per_second']:7.1f} "
                       f"req/s ({100 * row['of_model_alone']:.0f}% of the model alone), p50 {row['p50_ms']:7.1f} ms, "
-                      f"p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}")
+                      f"p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}; CPU per request: server "
+                      f"{row['server_cpu_ms_per_request']:.2f} ms, client {row['client_cpu_ms_per_request']:.2f} ms")
         finally:
             proc.terminate()
-            proc.wait(30)
-    suffix = "" if args.endpoint == "predict" else "-parse"
+            proc.wait(60)
+    suffix = ("" if args.endpoint == "predict" else "-parse") + (f"-replicas{args.replicas}" if args.replicas else "")
     out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}{suffix}.json")
     with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
         run = json.load(f)["run_name"]
     write_json(out, {"run": run, "backend": args.backend, "endpoint": args.endpoint, "threads": args.threads,
-                     "max_wait_ms": args.max_wait_ms, "cpus": os.cpu_count(), "cpu": cpu_model(),
+                     "max_wait_ms": args.max_wait_ms, "replicas": args.replicas, "cpus": os.cpu_count(), "cpu": cpu_model(),
                      "model_alone_utterances_per_second": alone, "rows": rows})
     print(f"wrote {out}")
     return 1 if any(r["errors"] for r in rows) else 0

@@ -69,3 +69,53 @@ def run_args(tiny_model, data_file, tmp_path):
     """Arguments for a seconds-long end-to-end run into tmp_path."""
     return ["--model", tiny_model, "--data", data_file, "--epochs", "2", "--cache-dir", str(tmp_path / "cache"),
             "--out-dir", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "checkpoints")]
+
+
+def interrupt_at_epoch(monkeypatch, n):
+    """Make the n-th training epoch die as it starts (a KeyboardInterrupt, as Ctrl-C would), the run's other epochs
+    unchanged."""
+    import train
+
+    real, calls = train.train_epoch, []
+
+    def dies(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "train_epoch", dies)
+    return real
+
+
+def wait_until_healthy(client):
+    """Poll an app's /health through a TestClient until its model is loaded (at most 10 s)."""
+    import time
+
+    for _ in range(200):
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the app did not become healthy within 10 s")
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def joint_checkpoint(tmp_path_factory, tiny_model):
+    """A joint (intent + slots) checkpoint of the tiny model fitted to the toy set: its run folder."""
+    import main as cli
+    from arguments import parse_args
+
+    tmp = tmp_path_factory.mktemp("joint")
+    args = ["--model", tiny_model, "--data", str(write_massive(tmp / "en-US.jsonl")), "--epochs", "15", "--lr", "3e-3",
+            "--batch-size", "4", "--label", "intent", "--slots", "--cache-dir", str(tmp / "c"), "--out-dir",
+            str(tmp / "r"), "--checkpoint-dir", str(tmp / "ck")]
+    cli.main(args)
+    return parse_args(args).run_dir

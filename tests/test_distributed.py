@@ -4,7 +4,6 @@ Every test here has "distributed" in its name: `pytest -k distributed` selects t
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 import main as cli
 import train as loop
 from arguments import parse_args
+from conftest import free_port, interrupt_at_epoch
 from dataloader import UserError
 from model import build_model
 
@@ -63,12 +63,6 @@ def test_distributed_batch_must_split_over_processes(run_args, tmp_path):
     assert not os.path.exists(tmp_path / "results")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gradients(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -91,7 +85,7 @@ def test_distributed_contrastive_gradient_equals_single_process(tiny_model, tmp_
     g = torch.Generator().manual_seed(1)
     batch = {"input_ids": torch.randint(1000, 2000, (8, 6), generator=g), "attention_mask": torch.ones(8, 6, dtype=int),
              "labels": torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])}
-    mp.spawn(_contrastive_worker, args=(tiny_model, batch, task, _free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_contrastive_worker, args=(tiny_model, batch, task, free_port(), str(tmp_path)), nprocs=2)
 
     torch.manual_seed(0)
     model = build_model(tiny_model, 3, 0.0, projection=True).eval()
@@ -108,15 +102,7 @@ def test_distributed_contrastive_gradient_equals_single_process(tiny_model, tmp_
 
 def test_distributed_resume_refuses_another_world_size(run_args, tmp_path, monkeypatch):
     args = [*run_args, "--epochs", "2"]
-    real_train_epoch, calls = loop.train_epoch, []
-
-    def crash_in_epoch_2(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*a, **kw)
-
-    monkeypatch.setattr(loop, "train_epoch", crash_in_epoch_2)
+    interrupt_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         cli.main(args)
     cfg = parse_args([*args, "--resume"])

@@ -2,37 +2,28 @@
 on a tiny joint checkpoint. .ci/run installs Chromium where it is missing; without it these tests are skipped."""
 import os
 import shutil
-import socket
 import threading
 import time
 
 import pytest
 
-import main as cli
-from arguments import parse_args
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs Debian's)")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model):
-    """The app on a free localhost port, serving a joint checkpoint of the tiny model fitted to the toy set."""
+def server(joint_checkpoint, tmp_path_factory):
+    """The app on a free localhost port, serving the tiny joint checkpoint."""
     import uvicorn
 
-    from conftest import write_massive
+    from conftest import free_port
     from inference import Predictor
     from serve import create_app
 
     tmp = tmp_path_factory.mktemp("page")
-    args = ["--model", tiny_model, "--data", str(write_massive(tmp / "en-US.jsonl")), "--epochs", "15", "--lr", "3e-3",
-            "--batch-size", "4", "--label", "intent", "--slots", "--cache-dir", str(tmp / "c"), "--out-dir",
-            str(tmp / "r"), "--checkpoint-dir", str(tmp / "ck")]
-    cli.main(args)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(lambda: Predictor(parse_args(args).run_dir), max_batch=8, max_inputs=4, max_queue=16)
+    port = free_port()
+    app = create_app(lambda: Predictor(joint_checkpoint), max_batch=8, max_inputs=4, max_queue=16)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

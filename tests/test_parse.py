@@ -1,65 +1,48 @@
 """Serving the parser: /parse, /predict from a joint checkpoint, export with slots, and Ray Serve replicas."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 import main as cli
-from arguments import parse_args
 from dataloader import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_serve_answers_predict_from_a_joint_checkpoint(run_args, tmp_path):
-    import threading
-
-    from fastapi.testclient import TestClient
-
-    from inference import Predictor
-    from serve import create_app
-
-    args = [*run_args, "--label", "intent", "--slots", "--checkpoint-dir", str(tmp_path / "ckpt")]
-    cli.main(args)
-    run_dir, model = parse_args(args).run_dir, parse_args(args).model
-    app = create_app(lambda: Predictor(run_dir, base_model=model), max_batch=8, max_wait_ms=0, max_inputs=8,
-                     max_queue=16)
-    with TestClient(app) as c:
-        for _ in range(200):
-            if c.get("/health").status_code == 200:
-                break
-            threading.Event().wait(0.05)
-        got = c.post("/predict", json={"inputs": ["wake me up at five am"], "top_k": 2})
-    assert got.status_code == 200
-    assert got.json() == Predictor(run_dir).top_k(["wake me up at five am"], 2)
-
-
 @pytest.fixture(scope="module")
-def joint_server(tmp_path_factory, tiny_model):
-    """A client of the app serving a joint checkpoint of the tiny model, once loaded."""
-    import threading
-
+def joint_server(joint_checkpoint):
+    """A client of the app serving the tiny joint checkpoint, once loaded."""
     from fastapi.testclient import TestClient
 
-    from conftest import write_massive
+    from conftest import wait_until_healthy
     from inference import Predictor
     from serve import create_app
 
-    tmp = tmp_path_factory.mktemp("joint")
-    args = ["--model", tiny_model, "--data", str(write_massive(tmp / "en-US.jsonl")), "--epochs", "15", "--lr", "3e-3",
-            "--batch-size", "4", "--label", "intent", "--slots", "--cache-dir", str(tmp / "c"), "--out-dir",
-            str(tmp / "r"), "--checkpoint-dir", str(tmp / "ck")]
-    cli.main(args)
-    app = create_app(lambda: Predictor(parse_args(args).run_dir), max_batch=8, max_wait_ms=0, max_inputs=4,
-                     max_queue=16)
+    app = create_app(lambda: Predictor(joint_checkpoint), max_batch=8, max_wait_ms=0, max_inputs=4, max_queue=16)
     with TestClient(app) as c:
-        for _ in range(200):
-            if c.get("/health").status_code == 200:
-                break
-            threading.Event().wait(0.05)
-        yield c, Predictor(parse_args(args).run_dir)
+        wait_until_healthy(c)
+        yield c, Predictor(joint_checkpoint)
+
+
+def test_serve_answers_predict_from_a_joint_checkpoint(joint_server):
+    c, predictor = joint_server
+    got = c.post("/predict", json={"inputs": ["wake me up at five am"], "top_k": 2})
+    assert got.status_code == 200
+    assert got.json() == predictor.top_k(["wake me up at five am"], 2)
+
+
+def test_the_curl_commands_of_the_readme_and_docs_work_as_written(joint_server):
+    c, _ = joint_server
+    commands = [cmd for doc in ("README.md", "docs/serving.md") for cmd in
+                re.findall(r"curl -s localhost:8000(/\w+) -d '([^']*)'", open(os.path.join(ROOT, doc)).read())]
+    assert {path for path, _ in commands} == {"/parse", "/predict"} and len(commands) >= 6
+    for path, body in commands:  # curl -d declares application/x-www-form-urlencoded
+        answer = c.post(path, content=body.encode(), headers={"content-type": "application/x-www-form-urlencoded"})
+        assert answer.status_code == 200, (path, body, answer.text)
 
 
 def test_parse_answers_as_rasa_does_with_offsets_into_the_text_as_sent(joint_server):
@@ -97,7 +80,7 @@ def test_parse_refuses_bad_requests(joint_server, body, status):
     assert answer.status_code == status and answer.json()["detail"]
 
 
-def test_export_writes_both_outputs_and_gates_the_slots(joint_server, monkeypatch, tmp_path):
+def test_export_writes_both_outputs_and_gates_the_slots(joint_server, monkeypatch):
     import export
     from inference import Predictor
 
@@ -117,41 +100,51 @@ def test_export_writes_both_outputs_and_gates_the_slots(joint_server, monkeypatc
     assert json.load(open(os.path.join(predictor.path, "export.json")))["onnx"]["passed"] is False
 
 
-def test_ray_serve_replicas_answer_parse_and_shut_down_cleanly(run_args, tmp_path):
+def test_quantization_bench_scores_each_choice_on_validation(joint_checkpoint, tmp_path):
+    data = os.path.join(os.path.dirname(os.path.dirname(joint_checkpoint)), "en-US.jsonl")
+    out = tmp_path / "quantization.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quantization.py"), "--checkpoint", joint_checkpoint,
+                    "--data", data, "--out", str(out)], check=True, capture_output=True)
+    report = json.load(open(out))
+    rows = {r["choice"]: r for r in report["rows"]}
+    assert report["split"] == "validation" and set(report["fp32"]) == {"accuracy", "slot_f1", "exact_match"}
+    assert rows["all int8"]["fp32_weight_share"] == 0 and 0 < rows["slot head"]["fp32_weight_share"] < \
+        rows["export (layer 0 dense, slot head)"]["fp32_weight_share"] < 1
+    assert all(0 <= r["agreement"] <= 1 and abs(r["slot_f1_drop_points"]) <= 100 for r in rows.values())
+
+
+def test_ray_serve_replicas_answer_parse_and_shut_down_cleanly(joint_checkpoint, tmp_path):
     import signal
-    import socket
     import time
     import urllib.error
     import urllib.request
 
-    args = [*run_args, "--label", "intent", "--slots", "--epochs", "1", "--checkpoint-dir", str(tmp_path / "ckpt")]
-    cli.main(args)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint",
-                             parse_args(args).run_dir, "--replicas", "2", "--threads", "1", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from conftest import free_port
+
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "w") as out:  # a file, not a pipe: Ray's start-up logs would fill a pipe nobody reads yet
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint",
+                                 joint_checkpoint, "--replicas", "2", "--threads", "1", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    request = urllib.request.Request(url + "/parse", data=b'{"texts": ["wake me up at five am", "play jazz"]}')
     try:
-        for _ in range(240):
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        request = urllib.request.Request(url + "/parse", data=b'{"texts": ["wake me up at five am", "play jazz"]}')
-        for _ in range(120):  # a replica still loading its model answers 503, as a single process does
+        deadline, answers = time.time() + 300, None  # Ray's start takes a minute on a busy 2-core machine
+        while answers is None and time.time() < deadline and proc.poll() is None:
             try:
                 answers = json.loads(urllib.request.urlopen(request, timeout=60).read())
-                break
-            except urllib.error.HTTPError as e:
+            except urllib.error.HTTPError as e:  # a replica still loading its model answers 503, as one process does
                 assert e.code == 503, e.read()
                 time.sleep(0.5)
+            except urllib.error.URLError:  # not listening yet
+                time.sleep(0.5)
+        assert answers is not None, log.read_text()[-2000:]
         assert [a["text"] for a in answers] == ["wake me up at five am", "play jazz"]
         assert all(a["text"][s["start"]:s["end"]] == s["value"] for a in answers for s in a["slots"])
+        assert urllib.request.urlopen(url + "/health", timeout=10).status == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=120)[0]
+        proc.wait(timeout=120)
+    out = log.read_text()
     assert proc.returncode == 0, out[-2000:]
     assert "2 replicas ready" in out and "shutting down the replicas" in out

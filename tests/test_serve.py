@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 import main as cli
 from arguments import parse_args
+from conftest import wait_until_healthy
 from dataloader import UserError
 from inference import Predictor
 from serve import create_app
@@ -117,10 +118,7 @@ def client(trained):
     with TestClient(app) as c:
         assert c.get("/health").status_code == 503  # still loading
         release.set()
-        for _ in range(200):
-            if c.get("/health").status_code == 200:
-                break
-            threading.Event().wait(0.05)
+        wait_until_healthy(c)
         yield c, app
 
 
@@ -145,8 +143,7 @@ def test_serve_predict_info_and_errors(client):
 
 def test_serve_reads_json_whatever_the_content_type_and_rejects_bad_bodies(client):
     c, _ = client
-    # the README's command: curl -s localhost:8000/predict -d '{"inputs": "wake me up at seven", "top_k": 2}'
-    # (curl -d declares application/x-www-form-urlencoded)
+    # curl -d, as the README's commands send it, declares application/x-www-form-urlencoded
     form = {"content-type": "application/x-www-form-urlencoded"}
     curl = c.post("/predict", content=b'{"inputs": "wake me up at seven", "top_k": 2}', headers=form)
     assert curl.status_code == 200 and len(curl.json()) == 2
@@ -235,10 +232,7 @@ def test_serve_with_spelling_correction(trained):
     app = create_app(lambda: Predictor(run_dir, spelling=True), max_batch=8, max_wait_ms=0, max_inputs=8,
                      max_queue=16)
     with TestClient(app) as c:
-        for _ in range(200):
-            if c.get("/health").status_code == 200:
-                break
-            threading.Event().wait(0.05)
+        wait_until_healthy(c)
         assert c.get("/info").json()["spelling"] is True
         got = c.post("/predict", json={"inputs": ["wake me up at fivve am"], "top_k": 3}).json()
     assert got == Predictor(run_dir).top_k(["wake me up at five am"], 3)

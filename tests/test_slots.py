@@ -11,7 +11,7 @@ import torch
 import main as cli
 import train as loop
 from arguments import parse_args
-from conftest import ANNOTATED, plain
+from conftest import ANNOTATED, interrupt_at_epoch, plain
 from dataloader import UserError, first_subtokens, load_features, parse_annotation, read_jsonl, word_slots
 from loss import token_cross_entropy
 from model import load_tokenizer
@@ -179,15 +179,7 @@ def test_a_checkpoint_reproduces_its_slot_scores(run_args, tmp_path):
 
 def test_resume_with_slots_gives_the_same_run(run_args, tmp_path, monkeypatch):
     args = [*run_args, "--label", "intent", "--slots", "--epochs", "3", "--checkpoint-dir", str(tmp_path / "ckpt")]
-    real, calls = loop.train_epoch, []
-
-    def dies_in_epoch_2(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(loop, "train_epoch", dies_in_epoch_2)
+    real = interrupt_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         cli.main(args)
     monkeypatch.setattr(loop, "train_epoch", real)
