@@ -160,4 +160,4 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
     assert "| baseline + --slots --slot-weight 4 [intent] | baseline + --slots [intent] | 1 | +40.00 |" in table
     assert {"joint.png", "baseline-w4-s42-slots.png"} <= set(os.listdir(out))  # per-slot F1 of the best joint run
     names = {g["short"] for g in plots.group_runs(plots.load_results(files)[0])}
-    assert {"joint", "joint-slots4", "baseline"} <= names
+    assert {"joint", "joint --slot-weight 4", "baseline"} <= names
