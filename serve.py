@@ -63,8 +63,8 @@ class ParseRequest(BaseModel):
     def one_of(self):
         if (self.text is None) == (self.texts is None):
             raise ValueError("give either text (one utterance) or texts (a list of them)")
-        if self.texts == []:
-            raise ValueError("texts must hold at least one utterance")
+        if self.text == "" or self.texts == []:
+            raise ValueError("text must be a non-empty utterance, texts a list of at least one")
         return self
 
     def texts_list(self):

@@ -71,7 +71,7 @@ def test_parse_answers_as_rasa_does_with_offsets_into_the_text_as_sent(joint_ser
 
 
 @pytest.mark.parametrize("body, status", [
-    ({}, 422), ({"text": "a", "texts": ["b"]}, 422), ({"texts": []}, 422), ({"text": ["a"]}, 422),
+    ({}, 422), ({"text": "a", "texts": ["b"]}, 422), ({"texts": []}, 422), ({"text": ""}, 422), ({"text": ["a"]}, 422),
     ({"texts": [{"a": 1}]}, 422), ({"text": "a", "top_k": 0}, 422), ({"texts": ["a"] * 5}, 413),
 ])
 def test_parse_refuses_bad_requests(joint_server, body, status):
