@@ -76,6 +76,8 @@ def experiment(r):
         name = task
     if task in TASK_DEFAULTS and c["lr"] != TASK_DEFAULTS[task]["lr"]:
         name += f", lr {c['lr']:g}"
+    if task in TASK_DEFAULTS and c["batch_size"] != TASK_DEFAULTS[task]["batch_size"]:
+        name += f", batch {c['batch_size']}"
     on = techniques(r)
     if on:  # the accuracy recipe's techniques, as their flags
         name += " + " + " ".join(flag(k, v) for k, v in on.items())
