@@ -300,8 +300,6 @@ def parse_args(argv=None):
           "--distill-weight must be in [0, 1] and needs --teachers")
     check(cfg.slots or cfg.slot_weight is None, "--slot-weight applies only with --slots")
     check(cfg.slot_weight is None or cfg.slot_weight > 0, "--slot-weight must be positive")
-    check(not (cfg.slots and cfg.augment), "--augment does not keep slot labels aligned with the words it changes; "
-                                           "use --slots without --augment")
     if cfg.task == "lora":
         check(cfg.lora_rank >= 1 and cfg.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1")
     cfg.run_name = run_name(cfg)

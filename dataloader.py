@@ -238,14 +238,16 @@ def slot_labels(features):
 def token_slot_labels(split, slots):
     """Per utterance, one slot id per token id: the word's slot at its first sub-token, -100 (ignored) elsewhere."""
     index = {name: i for i, name in enumerate(slots)}
-    out = []
-    for ids, words, positions in zip(split["input_ids"], split["slot_words"], split["slot_positions"]):
-        labels = [-100] * len(ids)
-        for name, pos in zip(words, positions):
-            if pos >= 0:
-                labels[pos] = index[name]
-        out.append(labels)
-    return out
+    return [token_labels(len(ids), words, positions, index)
+            for ids, words, positions in zip(split["input_ids"], split["slot_words"], split["slot_positions"])]
+
+
+def token_labels(length, words, positions, index):
+    labels = [-100] * length
+    for name, pos in zip(words, positions):
+        if pos >= 0:
+            labels[pos] = index[name]
+    return labels
 
 
 def load_cache(path, key):
@@ -297,9 +299,9 @@ def load_features(cfg, tokenizer, slots=False):
 class Features(torch.utils.data.Dataset):
     """Tokenized utterances with their labels, and any extra per-example columns (extras: {name: list}).
 
-    augment(text) -> token ids, with probability p: the utterance is perturbed and tokenized anew. Its
-    random draws come from the `random` module, whose state a resumed run restores. With slots, the gold
-    word slots, their first sub-tokens and the model's slot names, which evaluation scores against.
+    augment(i) -> (token ids, token slot labels or None), with probability p: utterance i is perturbed and
+    tokenized anew. Its random draws come from the `random` module, whose state a resumed run restores. With
+    slots, the gold word slots, their first sub-tokens and the model's slot names, which evaluation scores against.
     """
 
     def __init__(self, split, extras=None, augment=None, p=0.0, slot_names=None):
@@ -312,8 +314,12 @@ class Features(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i):
-        ids = self.augment(self.texts[i]) if self.augment and random.random() < self.p else self.ids[i]
-        return {"input_ids": ids, "labels": self.labels[i], **{k: v[i] for k, v in self.extras.items()}}
+        row = {"input_ids": self.ids[i], "labels": self.labels[i], **{k: v[i] for k, v in self.extras.items()}}
+        if self.augment and random.random() < self.p:
+            row["input_ids"], slots = self.augment(i)
+            if slots is not None:
+                row["slot_labels"] = slots
+        return row
 
 
 class PadSlots:
@@ -339,13 +345,20 @@ def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_leng
     length (random mega-batches, re-drawn every epoch) and evaluation batches are
     sorted by length. Otherwise the study's way: every row padded to max_length
     and plain random batches. augment: the probability that a training
-    utterance gets one kind of typing noise (noise.py).
+    utterance gets one kind of typing noise (noise.py); with slot_names, its
+    token slot labels follow its words.
     """
-    def noisy_ids(text):
-        tokenizer.truncation_side = "left"  # as the cached features were made
-        return tokenizer(noise.perturb(text), truncation=True, max_length=max_length)["input_ids"]
+    index = {name: i for i, name in enumerate(slot_names or ())}
 
-    data = Features(split, extras, noisy_ids if augment else None, augment, slot_names)
+    def noisy(i):
+        tokenizer.truncation_side = "left"  # as the cached features were made
+        if not slot_names:
+            return tokenizer(noise.perturb(split["texts"][i]), truncation=True, max_length=max_length)["input_ids"], None
+        text, words = noise.perturb_slots(split["texts"][i], split["slot_words"][i])
+        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        return ids, token_labels(len(ids), words, first_subtokens(tokenizer, [text], max_length)[0], index)
+
+    data = Features(split, extras, noisy if augment else None, augment, slot_names)
     if fast:
         collate = DataCollatorWithPadding(tokenizer)
     else:

@@ -73,6 +73,14 @@ def perturb(text, kind=None, rng=random):
     return KINDS[kind](text, rng)
 
 
+def perturb_slots(text, names, kind=None, rng=random):
+    """(text changed as perturb changes it, the slot name of each of its words): every word keeps its slot,
+    a misspelled one too, and the words a filler adds are Other."""
+    noisy = perturb(text, kind, rng)
+    added = ["Other"] * (len(noisy.split()) - len(names))  # only a filler adds words, before or after
+    return noisy, (added + list(names) if added and noisy.endswith(text) else list(names) + added)
+
+
 def perturbed_copies(texts, seed=0):
     """{kind: the texts with that kind of noise}, the same for the same seed."""
     return {kind: [f(t, rng) for t in texts]

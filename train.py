@@ -329,7 +329,7 @@ def build(cfg, labels, aux_names, slots, device):
 def make_loaders(cfg, tokenizer, features, extras, slots, accel):
     """{split: loader} (training batches of cfg.batch_size, split over the processes) and the training generator."""
     loaders = {"train": make_loader(features["train"], tokenizer, cfg.batch_size, True, cfg.seed, cfg.fast,
-                                    cfg.max_length, extras, cfg.augment)}
+                                    cfg.max_length, extras, cfg.augment, slots)}
     for split in ("validation", "test"):
         loaders[split] = make_loader(features[split], tokenizer, EVAL_BATCH, False, cfg.seed, cfg.fast, cfg.max_length,
                                      slot_names=slots)

@@ -41,3 +41,23 @@ def test_perturbed_copies_are_reproducible():
 @pytest.mark.parametrize("kind", list(noise.KINDS))
 def test_empty_text_survives(kind):
     assert isinstance(noise.perturb("", kind, random.Random(0)), str)
+
+
+@pytest.mark.parametrize("kind", sorted(noise.KINDS))
+def test_slot_names_follow_the_words_of_every_kind(kind):
+    text, names = "wake me at five am", ["Other", "Other", "Other", "time", "time"]
+    rng = random.Random(2)
+    for _ in range(20):
+        noisy, noisy_names = noise.perturb_slots(text, names, kind, rng)
+        words = noisy.split()
+        assert len(noisy_names) == len(words)
+        values = [w.lower().strip(".?") for w, n in zip(words, noisy_names) if n == "time"]
+        assert len(values) == 2 and (kind == "typo" or values == ["five", "am"])
+        assert all(n == "Other" for w, n in zip(words, noisy_names) if w.lower() in ("hey", "please", "thanks", "now"))
+
+
+def test_perturb_slots_draws_as_perturb_does():
+    names = ["Other"] * 5
+    for seed in range(10):
+        assert noise.perturb_slots(TEXTS[0], names, rng=random.Random(seed))[0] == \
+            noise.perturb(TEXTS[0], rng=random.Random(seed))

@@ -12,7 +12,8 @@ import main as cli
 import train as loop
 from arguments import parse_args
 from conftest import ANNOTATED, interrupt_at_epoch, plain
-from dataloader import UserError, first_subtokens, load_features, parse_annotation, read_jsonl, word_slots
+from dataloader import (UserError, first_subtokens, load_features, make_loader, parse_annotation, read_jsonl,
+                        slot_labels, token_slot_labels, word_slots)
 from loss import token_cross_entropy
 from model import load_tokenizer
 from slots import slot_metrics, spans, to_bio, word_predictions
@@ -85,6 +86,26 @@ def test_first_subtokens_of_multi_piece_words_and_left_truncation(tok):
     assert [tok.convert_ids_to_tokens(short)[p] for p in cut[3:]] == ["o", "now"]
 
 
+def test_typing_noise_keeps_each_word_on_its_slot(tok, data_file, tmp_path):
+    _, feats = load_features(parse_args(["--data", data_file, "--cache-dir", str(tmp_path)]), tok, slots=True)
+    train, names = feats["train"], slot_labels(feats)
+    extras = {"slot_labels": token_slot_labels(train, names)}
+    noisy = make_loader(train, tok, 4, True, max_length=32, extras=extras, augment=1.0, slot_names=names).dataset
+    added = same = 0
+    for i, gold in enumerate(train["slot_words"]):
+        row = noisy[i]
+        labelled = [(tok.convert_ids_to_tokens(t), names[y]) for t, y in zip(row["input_ids"], row["slot_labels"])
+                    if y != -100]
+        assert len(row["slot_labels"]) == len(row["input_ids"]) and len(labelled) >= len(gold)
+        assert [n for _, n in labelled if n != "Other"] == [n for n in gold if n != "Other"]  # a filler is Other
+        added += len(labelled) - len(gold)
+        values = [w for w, n in zip(train["texts"][i].split(), gold) if n != "Other"]
+        if row["input_ids"] == tok(train["texts"][i].lower().strip())["input_ids"]:  # unchanged or upper-cased
+            assert [p for p, n in labelled if n != "Other"] == [tok.tokenize(w)[0] for w in values]
+            same += 1
+    assert added > 0 and same > 0
+
+
 def test_bio_merges_consecutive_names_as_massive_does():
     assert to_bio(["Other", "time", "time", "date", "date", "Other", "time"]) == \
         ["O", "B-time", "I-time", "B-date", "I-date", "O", "B-time"]
@@ -140,7 +161,7 @@ JOINT_KEYS = {"test_slot_f1", "test_exact_match", "test_slot_f1_per_type", "test
 
 
 @pytest.mark.parametrize("task, extra", [("baseline", []), ("supcon", ["--contrastive-epochs", "1"]),
-                                         ("lora", ["--lora-rank", "4"])])
+                                         ("lora", ["--lora-rank", "4"]), ("custom", ["--augment", "0.5"])])
 def test_end_to_end_with_slots(run_args, tmp_path, task, extra):
     args = ["--task", task, *run_args, *extra, "--label", "intent", "--slots", "--slot-weight", "2", "--lr", "1e-3"]
     results = cli.main(args)
@@ -224,7 +245,6 @@ def test_predict_prints_slots_and_refuses_them_where_there_are_none(run_args, tm
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--slots", "--augment", "0.3", "--task", "custom"], "--augment does not keep slot labels aligned"),
     (["--slots", "--slot-weight", "0"], "--slot-weight must be positive"),
     (["--slot-weight", "2"], "--slot-weight applies only with --slots"),
     (["--task", "serve", "--checkpoint", "x", "--slots"], "--slots applies only to training tasks"),

@@ -130,3 +130,13 @@ def test_recipe_ablation_drops_exactly_one_technique():
                   if getattr(ablated, k) != getattr(full, k)]
         assert len(differ) == 1 and ablated.llrd == full.llrd and ablated.warmup_ratio == full.warmup_ratio
     assert len({c.run_name for c in cfgs.values()}) == len(cfgs)
+
+
+def test_custom_without_llrd_and_warmup_trains_as_the_baseline(run_args):
+    """What joint-lr1e-4-slots4-augment relies on to add --augment (a custom flag) to the baseline."""
+    common = [*run_args, "--label", "intent", "--slots", "--lr", "1e-3", "--batch-size", "8"]
+    baseline = main.main(["--task", "baseline", *common])
+    custom = main.main(["--task", "custom", "--llrd", "1", "--warmup-ratio", "0", *common])
+    same = lambda r: {k: v for k, v in r.items() if k not in ("run_name", "task", "config", "seconds_per_epoch")}
+    assert [dict(h, seconds=0) for h in baseline["history"]] == [dict(h, seconds=0) for h in custom["history"]]
+    assert same({**baseline, "history": None}) == same({**custom, "history": None})
