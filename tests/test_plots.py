@@ -139,7 +139,7 @@ def joint_run(tmp_path, seed, em, correct, slots=True, acc=0.9, predictions=(0, 
                     label="intent", **weights, **config)
     run = json.loads(open(path).read())
     if slots:
-        run.update(test_exact_match=em, test_slot_f1=em + 0.1, test_exact_match_correct=list(correct),
+        run.update(test_exact_match=em, test_slot_f1=em + 0.1, test_exact_match_correct=list(correct), best_val_exact_match=em,
                    test_slot_f1_per_type={"time": {"f1": 0.9, "support": 3}, "date": {"f1": 0.5, "support": 7}})
     open(path, "w").write(json.dumps(run))
     return path
@@ -149,6 +149,10 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
     files = [joint_run(tmp_path, s, em, c) for s, em, c in ((42, 0.6, (1, 1, 1, 0, 0)), (43, 0.8, (1, 1, 1, 1, 0)))]
     files += [joint_run(tmp_path, s, 0, (), slots=False, predictions=(0, 1, 1, 2, 0)) for s in (42, 43)]
     files += [joint_run(tmp_path, 42, 1.0, (1, 1, 1, 1, 1), slot_weight=4.0, name="w4")]
+    # the setting the later screens start from, and one of them: each paired against it too
+    fast = {"lr": 1e-4, "batch_size": 32}
+    files += [joint_run(tmp_path, 42, 0.6, (1, 1, 0, 0, 0), name="fast", **fast),
+              joint_run(tmp_path, 42, 0.8, (1, 1, 1, 1, 0), slot_weight=4.0, name="fast-w4", **fast)]
     out = tmp_path / "plots"
     assert plots.main([*files, "--out-dir", str(out)]) == 0
     table = (out / "table.md").read_text()
@@ -159,6 +163,11 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
     assert "| baseline + --slots [intent] | baseline [intent] | 2 | +20.00 |" in table
     # exact match against the joint baseline: the weight-4 run is right on 1 and 2 more utterances of seed 42
     assert "| baseline + --slots --slot-weight 4 [intent] | baseline + --slots [intent] | 1 | +40.00 |" in table
+    slots4, lr1e4 = "baseline, lr 0.0001, batch 32 + --slots --slot-weight 4 [intent]", \
+        "baseline, lr 0.0001, batch 32 + --slots [intent]"
+    assert f"| {slots4} | {lr1e4} | 1 | +40.00 |" in table
+    assert f"| {slots4} | baseline + --slots [intent] | 1 | +20.00 |" in table
+    assert f"| {lr1e4} | {slots4} |" not in table and f"| {lr1e4} | {lr1e4} |" not in table
     assert {"joint.png", "baseline-w4-s42-slots.png"} <= set(os.listdir(out))  # per-slot F1 of the best joint run
     names = {g["short"] for g in plots.group_runs(plots.load_results(files)[0])}
-    assert {"joint", "joint --slot-weight 4", "baseline"} <= names
+    assert {"joint", "joint --slot-weight 4", "baseline", "joint-lr1e-4", "joint-lr1e-4-slots4"} <= names
