@@ -136,7 +136,7 @@ def test_ray_serve_replicas_answer_parse_and_shut_down_cleanly(joint_checkpoint,
             except urllib.error.HTTPError as e:  # 404: the proxy is up, the app not yet deployed; 503: a replica is
                 assert e.code in (404, 503), e.read()  # still loading its model, as one process answers while loading
                 time.sleep(0.5)
-            except urllib.error.URLError:  # not listening yet
+            except (urllib.error.URLError, TimeoutError):  # not listening yet, or a replica still busy starting
                 time.sleep(0.5)
         assert answers is not None, log.read_text()[-2000:]
         assert [a["text"] for a in answers] == ["wake me up at five am", "play jazz"]
