@@ -305,7 +305,7 @@ class Features(torch.utils.data.Dataset):
     """
 
     def __init__(self, split, extras=None, augment=None, p=0.0, slot_names=None):
-        self.ids, self.labels, self.texts = split["input_ids"], split["labels"], split.get("texts")
+        self.ids, self.labels = split["input_ids"], split["labels"]
         self.extras, self.augment, self.p = extras or {}, augment, p
         self.slot_words, self.slot_positions = split.get("slot_words"), split.get("slot_positions")
         self.slot_names = slot_names
