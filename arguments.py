@@ -27,7 +27,7 @@ TASK_DEFAULTS = {
 RECIPE_DEFAULTS = dict(pooling="cls", label_smoothing=0.0, rdrop=0.0, ema=0.0, aux_weight=0.0, teachers=None,
                        distill_weight=0.0, distill_temperature=1.0, augment=0.0)
 # Slot filling, off (no slot head, so no slot-loss weight). Results written before it existed lack these keys.
-SLOT_DEFAULTS = dict(slots=False, slot_weight=None)
+SLOT_DEFAULTS = dict(slots=False, slot_weight=None, crf=False)
 COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
                        lora_rank=None, lora_targets="query-value", **RECIPE_DEFAULTS, **SLOT_DEFAULTS)
 # Flags that only mean something for some tasks; elsewhere they are an error, not silently ignored.
@@ -74,6 +74,7 @@ class Config:
     augment: float
     slots: bool
     slot_weight: float | None
+    crf: bool
     fast: bool
     bf16: bool
     cache_dir: str
@@ -178,6 +179,9 @@ def build_parser():
                    help="also train a slot-filling head (MASSIVE's joint task: intent + slots); for predict, require "
                         "the checkpoint's slots")
     p.add_argument("--slot-weight", type=float, help="weight of the slot loss beside the label's (default 1, with --slots)")
+    p.add_argument("--crf", action="store_true", default=None,
+                   help="with --slots: a linear-chain CRF over the words' slot scores, trained on the sequence's "
+                        "likelihood and decoded by Viterbi")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; "
                         "--no-fast is the study's way (pad to max length, fp32)")
@@ -232,7 +236,7 @@ def run_name(cfg):
     if cfg.task == "lora":
         parts.append(f"r{cfg.lora_rank}-{cfg.lora_targets}")
     if cfg.slots:
-        parts.append(f"slots{cfg.slot_weight:g}")
+        parts.append(f"slots{cfg.slot_weight:g}" + ("-crf" if cfg.crf else ""))
     if not cfg.fast:
         parts.append("slow")
     parts.append(f"s{cfg.seed}")
@@ -265,7 +269,7 @@ def parse_args(argv=None):
     if cfg.task in USE_TASKS:
         check(cfg.checkpoint, f"--task {cfg.task} needs --checkpoint DIR")
         check(cfg.task == "predict" or not cfg.slots, "--slots applies only to training tasks and --task predict")
-        check(cfg.slot_weight is None, "--slot-weight applies only to training tasks")
+        check(cfg.slot_weight is None and not cfg.crf, "--slot-weight and --crf apply only to training tasks")
         check(cfg.address is None or cfg.replicas, "--address applies only with --replicas")
         check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
         defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=0.0,
@@ -298,7 +302,7 @@ def parse_args(argv=None):
           "--rdrop and --aux-weight must be >= 0, --distill-temperature positive")
     check(0 <= cfg.distill_weight <= 1 and (cfg.teachers or not cfg.distill_weight),
           "--distill-weight must be in [0, 1] and needs --teachers")
-    check(cfg.slots or cfg.slot_weight is None, "--slot-weight applies only with --slots")
+    check(cfg.slots or (cfg.slot_weight is None and not cfg.crf), "--slot-weight and --crf apply only with --slots")
     check(cfg.slot_weight is None or cfg.slot_weight > 0, "--slot-weight must be positive")
     if cfg.task == "lora":
         check(cfg.lora_rank >= 1 and cfg.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1")

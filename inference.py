@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dataloader import UserError, first_subtokens, word_spans
-from slots import OUTSIDE, spans
+from slots import spans, word_predictions
 
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
@@ -102,7 +102,15 @@ class Predictor:
         self.temperature = self.meta.get("temperature", 1.0)
         self.name = self.meta["run_name"]
         self.slots = self.meta.get("slots")  # the slot head's names; None without one
+        self.crf = self.load_crf()
         self.speller = self.load_speller() if spelling else None
+
+    def load_crf(self):
+        """The CRF's (S + 2, S) scores (model.SlotCRF) as numpy, read from the checkpoint for every backend; None
+        without a CRF."""
+        if not self.meta["config"].get("crf"):
+            return None
+        return torch.load(os.path.join(self.path, "slot_crf.pt"), weights_only=True)["scores"].numpy()
 
     def load_speller(self):
         from spelling import Speller, whole_words
@@ -128,7 +136,7 @@ class Predictor:
         texts = [t.strip() for t in texts]
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
-        out, token_probs = np.zeros((len(ids), len(self.labels)), dtype=np.float32), [None] * len(ids)
+        out, token_logits = np.zeros((len(ids), len(self.labels)), dtype=np.float32), [None] * len(ids)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
@@ -136,16 +144,12 @@ class Predictor:
                                                    batch["attention_mask"].astype(np.int64))
             if slots and slot_logits is not None:
                 for r, i in enumerate(rows):
-                    token_probs[i] = calibrated(slot_logits[r, :len(ids[i])], 1.0)  # (T, S)
+                    token_logits[i] = slot_logits[r, :len(ids[i])]  # (T, S)
         if not (slots and self.slots):
             return out, None
-        words = []
-        for probs, positions in zip(token_probs, first_subtokens(self.tokenizer, texts, self.max_length)):
-            # a word without a first sub-token (cut by truncation) is Other, as in training
-            best = [probs[p].argmax() if p >= 0 else None for p in positions]
-            words.append(([self.slots[b] if b is not None else OUTSIDE for b in best],
-                          [float(probs[p, b]) if b is not None else 1.0 for p, b in zip(positions, best)]))
-        return out, words
+        # a word without a first sub-token (cut by truncation) is Other, as in training
+        return out, [word_predictions(t, positions, self.slots, self.crf) for t, positions
+                     in zip(token_logits, first_subtokens(self.tokenizer, texts, self.max_length))]
 
     def logits(self, texts, batch_size=128):
         """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""

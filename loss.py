@@ -1,5 +1,5 @@
 """Losses beyond plain cross-entropy: contrastive (supcon, simclr), R-Drop and distillation (custom), and the
-token-level cross-entropy of slot filling. Pure functions."""
+token-level cross-entropy and CRF likelihood of slot filling. Pure functions."""
 import torch
 import torch.nn.functional as F
 
@@ -86,3 +86,52 @@ def token_cross_entropy(logits, labels, label_smoothing=0.0, ignore_index=-100):
     total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=ignore_index,
                             label_smoothing=label_smoothing, reduction="sum")
     return total / (labels != ignore_index).sum().clamp(min=1)
+
+
+def crf_nll(emissions, tags, mask, scores):
+    """Negative log-likelihood of a linear-chain CRF (Lafferty et al. 2001), per sequence.
+
+    emissions: (B, W, S) slot scores of each word; tags: (B, W) gold slot ids;
+    mask: (B, W) bool, True on each row's words, which come first (left-aligned).
+    scores: (S + 2, S), the CRF's own: row 0 the start score of each slot,
+    rows 1..S transitions[i, j] from slot i to slot j, row S + 1 the end score.
+    Returns (B,): log Z(x) - s(x, y), where s(x, y) = start[y_1] + sum_w e_w[y_w]
+    + sum_w transitions[y_{w-1}, y_w] + end[y_W] and Z sums exp(s) over every
+    slot sequence (the forward algorithm); 0 for a row without words.
+    """
+    b, w, s = emissions.shape
+    if tags.shape != (b, w) or mask.shape != (b, w) or scores.shape != (s + 2, s):
+        raise ValueError(f"emissions (B, W, S), tags and mask (B, W) and scores (S + 2, S) expected, got "
+                         f"{tuple(emissions.shape)}, {tuple(tags.shape)}, {tuple(mask.shape)}, {tuple(scores.shape)}")
+    if w == 0:
+        return (emissions.sum((1, 2)) + scores.sum()) * 0.0  # keeps the graph, contributes no gradient
+    start, transitions, end = scores[0], scores[1:-1], scores[-1]
+    tags = tags.masked_fill(~mask, 0)
+    gold = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)  # (B, W)
+    steps = transitions[tags[:, :-1], tags[:, 1:]]  # (B, W - 1)
+    lengths = mask.sum(1)
+    last = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    path = start[tags[:, 0]] + (gold * mask).sum(1) + (steps * mask[:, 1:]).sum(1) + end[last]
+    alpha = start + emissions[:, 0]  # (B, S): log-sum of the scores of every prefix ending in each slot
+    for t in range(1, w):
+        step = torch.logsumexp(alpha.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1), dim=1)
+        alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
+    log_z = torch.logsumexp(alpha + end, dim=1)
+    return (log_z - path) * (lengths > 0)
+
+
+def crf_token_loss(logits, labels, scores, ignore_index=-100):
+    """The CRF's negative log-likelihood of each utterance's word slots, per labelled token (the scale of
+    token_cross_entropy, so that --slot-weight means the same with and without a CRF).
+
+    logits: (B, T, S); labels: (B, T) slot ids at each word's first sub-token,
+    ignore_index elsewhere; scores: (S + 2, S) as crf_nll takes them. The
+    labelled tokens of each row, in order, are its sequence of words.
+    Returns a scalar: sum_b crf_nll_b / |L|; 0 when no token is labelled.
+    """
+    mask = labels != ignore_index
+    width = int(mask.sum(1).max()) if mask.numel() else 0
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]  # labelled tokens first
+    emissions = logits.gather(1, order.unsqueeze(2).expand(-1, -1, logits.shape[2]))
+    nll = crf_nll(emissions, labels.gather(1, order), mask.gather(1, order), scores)
+    return nll.sum() / mask.sum().clamp(min=1)

@@ -5,7 +5,8 @@ and simclr; the classification phase drops it, as SupContrast and SimCSE do.
 `aux_head` exists only while a custom run trains a second label alongside
 (--aux-weight); checkpoints keep the main head only. `slot_head` (--slots)
 labels every token with a slot from the encoder's last hidden states, beside
-the utterance head; checkpoints keep it.
+the utterance head; checkpoints keep it, and `slot_crf` (--crf), the CRF's
+start, transition and end scores over those slots.
 """
 import hashlib
 import inspect
@@ -55,9 +56,21 @@ def mlp_head(hidden, n_classes):
     return nn.Sequential(nn.Linear(hidden, 256), nn.ReLU(), nn.Linear(256, n_classes))
 
 
+class SlotCRF(nn.Module):
+    """The scores of a linear-chain CRF over slots, as one (S + 2, S) table: row 0 start, rows 1..S transitions
+    from slot i to slot j, row S + 1 end (loss.crf_nll, slots.viterbi). Zero at first: plain per-word scores."""
+
+    def __init__(self, slot_classes):
+        super().__init__()
+        self.scores = nn.Parameter(torch.zeros(slot_classes + 2, slot_classes))
+
+    def forward(self):
+        return self.scores
+
+
 class Classifier(nn.Module):
     def __init__(self, encoder, n_classes, dropout=0.1, projection=False, pooling="cls", aux_classes=None,
-                 slot_classes=None):
+                 slot_classes=None, crf=False):
         super().__init__()
         self.encoder = encoder
         # our own pooling; an unused pooler would only add untrained parameters
@@ -70,6 +83,7 @@ class Classifier(nn.Module):
         self.projection = nn.Linear(hidden, hidden) if projection else None
         self.aux_head = mlp_head(hidden, aux_classes) if aux_classes else None
         self.slot_head = nn.Linear(hidden, slot_classes) if slot_classes else None  # one linear layer, as JointBERT
+        self.slot_crf = SlotCRF(slot_classes) if crf else None
 
     def pool(self, h, attention_mask):
         """The sentence vector (B, H) of the last hidden states h (B, T, H), after dropout: [CLS], or the mean over
@@ -81,7 +95,7 @@ class Classifier(nn.Module):
 
     def forward(self, input_ids, attention_mask, project=False):
         """Named outputs: "logits" (B, C); "aux_logits" (B, C2) where there is a second head; "slot_logits"
-        (B, T, S) where there is a slot head. With project, only "projection": the L2-normalised projections of
+        (B, T, S) where there is a slot head; "slot_crf" (S + 2, S) where there is a CRF. With project, only "projection": the L2-normalised projections of
         the sentence vector (B, H) for the contrastive loss.
 
         All go through forward so that a data-parallel wrapper sees every pass.
@@ -95,6 +109,8 @@ class Classifier(nn.Module):
             out["aux_logits"] = self.aux_head(x)
         if self.slot_head is not None:
             out["slot_logits"] = self.slot_head(self.dropout(h))
+        if self.slot_crf is not None:
+            out["slot_crf"] = self.slot_crf()
         return out
 
 
@@ -116,9 +132,9 @@ def load_encoder(path, attention=None, pooler=True):
 
 
 def build_model(model_name, n_classes, dropout, projection=False, attention=None, pooling="cls", aux_classes=None,
-                slot_classes=None):
+                slot_classes=None, crf=False):
     return Classifier(load_encoder(resolve_model(model_name), attention), n_classes, dropout, projection, pooling,
-                      aux_classes, slot_classes)
+                      aux_classes, slot_classes, crf)
 
 
 def count_parameters(model):
@@ -135,6 +151,8 @@ def apply_lora(model, rank, alpha, targets, dropout=0.1):
     heads, exclude = ["head"], ["head.0", "head.2"]
     if model.slot_head is not None:
         heads, exclude = heads + ["slot_head"], exclude + ["slot_head"]
+    if model.slot_crf is not None:
+        heads.append("slot_crf")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         modules_to_save=heads, exclude_modules=exclude)
     return get_peft_model(model, config)
@@ -156,6 +174,8 @@ def save_checkpoint(model, tokenizer, meta, path, words=None):
         torch.save(model.head.state_dict(), os.path.join(tmp, "head.pt"))
         if model.slot_head is not None:
             torch.save(model.slot_head.state_dict(), os.path.join(tmp, "slot_head.pt"))
+    if meta["config"].get("crf"):  # beside the adapter too: inference reads the CRF from here on every backend
+        torch.save({"scores": model.slot_crf().detach().float().cpu()}, os.path.join(tmp, "slot_crf.pt"))
     tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -180,10 +200,13 @@ def load_checkpoint(path, attention=None, base_model=None):
         meta = json.load(f)
     cfg, n_classes = meta["config"], len(meta["labels"])
     n_slots = len(meta["slots"]) if meta.get("slots") else None
+    crf = bool(cfg.get("crf"))
     lora = cfg["task"] == "lora"
     needed = ["tokenizer", "adapter"] if lora else ["tokenizer", "encoder", "head.pt"]
     if n_slots and not lora:  # a LoRA adapter holds its slot head itself
         needed.append("slot_head.pt")
+    if crf:
+        needed.append("slot_crf.pt")
     missing = [n for n in needed if not os.path.exists(os.path.join(path, n))]
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
@@ -193,14 +216,16 @@ def load_checkpoint(path, attention=None, base_model=None):
 
         base = base_model or cfg["model"]
         try:
-            net = build_model(base, n_classes, cfg["dropout"], attention=attention, slot_classes=n_slots)
+            net = build_model(base, n_classes, cfg["dropout"], attention=attention, slot_classes=n_slots, crf=crf)
         except OSError:
             raise ValueError(f"cannot load the LoRA base encoder '{base}'; pass its folder with --model") from None
         model = PeftModel.from_pretrained(net, os.path.join(path, "adapter"))
     else:
         model = Classifier(load_encoder(os.path.join(path, "encoder"), attention, pooler=False), n_classes, cfg["dropout"],
-                           pooling=cfg.get("pooling", "cls"), slot_classes=n_slots)
+                           pooling=cfg.get("pooling", "cls"), slot_classes=n_slots, crf=crf)
         model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
         if n_slots:
             model.slot_head.load_state_dict(torch.load(os.path.join(path, "slot_head.pt"), weights_only=True))
+        if crf:
+            model.slot_crf.load_state_dict(torch.load(os.path.join(path, "slot_crf.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

@@ -295,9 +295,13 @@ def serve_replicas(cfg, build, threads):
     from ray import serve as ray_serve
 
     signal.signal(signal.SIGTERM, stop)
+    # Serve gives its HTTP proxy 5 s to answer each readiness check and restarts it after 3 misses, which on a busy
+    # small machine (a training run beside it) it keeps doing until start-up fails: 30 s per check instead.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")  # a local instance's processes inherit it
+    env = {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__)), "TOKENIZERS_PARALLELISM": "false",
+           "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]}
     ray.init(address=cfg.address or "local", include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__)),
-                                       "TOKENIZERS_PARALLELISM": "false"}})
+             runtime_env={"env_vars": env})
     try:
         try:
             ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})

@@ -21,12 +21,42 @@ def to_bio(names):
     return out
 
 
-def word_predictions(token_preds, positions, names):
-    """The predicted slot name of each word: the prediction at its first sub-token, "Other" where it has none.
+def viterbi(emissions, scores):
+    """The best slot sequence (W,) of a linear-chain CRF: argmax_y s(x, y), s as in loss.crf_nll.
 
-    token_preds: (T,) slot ids of one utterance; positions: first_subtokens' positions (-1: none).
+    emissions: (W, S) slot scores of each word; scores: (S + 2, S), rows start,
+    transitions (S rows), end.
     """
-    return [names[token_preds[p]] if p >= 0 else OUTSIDE for p in positions]
+    start, transitions, end = scores[0], scores[1:-1], scores[-1]
+    if len(emissions) == 0:
+        return np.zeros(0, dtype=np.int64)
+    best, back = start + emissions[0], []
+    for e in emissions[1:]:
+        total = best[:, None] + transitions  # (S, S): the best path into slot j through slot i
+        back.append(total.argmax(0))
+        best = total.max(0) + e
+    path = [int((best + end).argmax())]
+    for pointers in reversed(back):
+        path.append(int(pointers[path[-1]]))
+    return np.array(path[::-1])
+
+
+def word_predictions(token_logits, positions, names, crf=None):
+    """Each word's predicted slot name and its probability: read at the word's first sub-token, by argmax or, with
+    a CRF, by Viterbi over the words; "Other" (probability 1) for a word without one (cut by truncation).
+
+    token_logits: (T, S) slot scores of one utterance; positions: first_subtokens' positions (-1: none);
+    crf: the CRF's (S + 2, S) scores or None. The probability is the softmax of the word's own scores at the
+    chosen slot.
+    """
+    at = [p for p in positions if p >= 0]
+    emissions = np.asarray(token_logits, dtype=np.float64)[at]  # (W, S), the words that kept a sub-token
+    probs = np.exp(emissions - emissions.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ids = viterbi(emissions, crf) if crf is not None else probs.argmax(-1)
+    chosen = iter(zip(ids, probs[np.arange(len(ids)), ids]))
+    words = [next(chosen) if p >= 0 else None for p in positions]
+    return ([names[w[0]] if w else OUTSIDE for w in words], [float(w[1]) if w else 1.0 for w in words])
 
 
 def slot_metrics(gold, predicted, intent_correct):

@@ -74,7 +74,8 @@ EXPERIMENTS.update({f"recipe-no-{name}": ["--task", "custom", *(f for other, fla
 # MASSIVE's joint task (intent + slots; run them with --label intent): the baseline with a slot head, and the recipe
 # with one (without --augment, which did not keep the word labels aligned when it ran); then both at JointBERT's
 # learning rate and batch size. joint-lr1e-4 leads on validation (docs/joint.md), so the slot-loss weight is
-# screened on it, and then more epochs and word-aligned typing noise on the weight's pick (docs/joint.md).
+# screened on it, and then more epochs, word-aligned typing noise, a CRF and a higher lr on the weight's pick
+# (docs/joint.md).
 EXPERIMENTS.update({
     "joint": ["--task", "baseline", "--slots"],
     "joint-recipe": ["--task", "custom", *(f for name, flags in RECIPE.items() if name != "augment" for f in flags),
@@ -87,6 +88,8 @@ EXPERIMENTS["joint-lr1e-4-slots4-e15"] = [*EXPERIMENTS["joint-lr1e-4-slots4"], "
 # --augment is a flag of custom: with LLRD and warmup off, custom trains exactly as the baseline does
 EXPERIMENTS["joint-lr1e-4-slots4-augment"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
                                               *EXPERIMENTS["joint-lr1e-4-slots4"][2:], "--augment", "0.3"]
+EXPERIMENTS["joint-lr1e-4-slots4-crf"] = [*EXPERIMENTS["joint-lr1e-4-slots4"], "--crf"]
+EXPERIMENTS["joint-lr2e-4-slots4"] = [*EXPERIMENTS["joint"], "--lr", "2e-4", "--batch-size", "32", "--slot-weight", "4"]
 
 class StudyError(Exception):
     """A bad study command: printed as one line before any run starts."""

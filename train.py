@@ -35,7 +35,7 @@ from tqdm import tqdm
 from arguments import IO_KEYS, complete_config, recorded_config
 from dataloader import (UserError, atomic_write, describe_data, load_features, make_loader, slot_labels,
                         token_slot_labels)
-from loss import distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
+from loss import crf_token_loss, distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
 from model import apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model, save_checkpoint
 from model import weights_sha256
 from recipe import other_labels, scenario_from_intent, teacher_probabilities
@@ -69,9 +69,12 @@ def aux_term(out, batch, cfg):
 
 
 def slot_term(out, batch, cfg):
-    """Slot filling: token cross-entropy at each word's first sub-token, weighted by --slot-weight."""
+    """Slot filling: token cross-entropy at each word's first sub-token (or with --crf the likelihood of the
+    words' slot sequence), weighted by --slot-weight."""
     if not cfg.slots:
         return None
+    if cfg.crf:
+        return cfg.slot_weight * crf_token_loss(out["slot_logits"], batch["slot_labels"], out["slot_crf"])
     return cfg.slot_weight * token_cross_entropy(out["slot_logits"], batch["slot_labels"], cfg.label_smoothing)
 
 
@@ -126,7 +129,8 @@ def phases(cfg):
     """(name, step, epochs, lr, the modules the phase does not train)."""
     classify = ("classify", classify_step, cfg.epochs, cfg.lr, ("projection",))
     if cfg.task in ("supcon", "simclr") and cfg.contrastive_epochs:
-        return [("contrastive", contrastive_step, cfg.contrastive_epochs, cfg.contrastive_lr, ("head", "slot_head")),
+        return [("contrastive", contrastive_step, cfg.contrastive_epochs, cfg.contrastive_lr,
+                 ("head", "slot_head", "slot_crf")),
                 classify]
     return [classify]
 
@@ -152,21 +156,23 @@ def evaluate(model, loader, device, amp, accel=None):
 
     Returns loss, accuracy and macro-F1 (numbers) and per utterance its
     prediction (a list) and logits (an array); with a slot head also slot F1,
-    exact match and per-slot F1, and per utterance its word slots and
-    exact-match correctness (slots.slot_metrics). With several processes
+    exact match and per-slot F1, and per utterance its word slots (read as
+    slots.word_predictions does, by Viterbi with a CRF) and exact-match
+    correctness (slots.slot_metrics). With several processes
     (accel: the Accelerator of a data-parallel run), each evaluates its share
     of every batch and all of them get every prediction exactly once
     (gather_for_metrics drops the samples repeated to even out the last batch).
     """
     was_training = model.training
     model.eval()
-    loss, all_logits, all_slots = torch.zeros((), device=device), [], []
+    loss, all_logits, all_slots, crf = torch.zeros((), device=device), [], [], None
     with autocast(device, amp):
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(batch["input_ids"], batch["attention_mask"])
             logits, labels = out["logits"].float(), batch["labels"]
-            slots = out["slot_logits"].argmax(-1) if "slot_logits" in out else None  # (B, T)
+            slots = out["slot_logits"].float() if "slot_logits" in out else None  # (B, T, S)
+            crf = out.get("slot_crf")
             if accel is not None and accel.num_processes > 1:
                 if slots is not None:
                     slots = accel.pad_across_processes(slots, dim=1)
@@ -183,8 +189,10 @@ def evaluate(model, loader, device, amp, accel=None):
                                                                        data.labels)}
     if all_slots and all_slots[0] is not None:
         width = max(s.shape[1] for s in all_slots)
-        token_preds = in_order(torch.cat([F.pad(s, (0, width - s.shape[1])) for s in all_slots]), order).tolist()
-        predicted = [word_predictions(p, pos, data.slot_names) for p, pos in zip(token_preds, data.slot_positions)]
+        token_logits = in_order(torch.cat([F.pad(s, (0, 0, 0, width - s.shape[1])) for s in all_slots]), order)
+        crf = crf.float().cpu().numpy() if crf is not None else None
+        predicted = [word_predictions(t, pos, data.slot_names, crf)[0]
+                     for t, pos in zip(token_logits.numpy(), data.slot_positions)]
         correct = [p == y for p, y in zip(metrics["predictions"], data.labels)]
         metrics.update(slot_metrics(data.slot_words, predicted, correct))
     return metrics
@@ -317,7 +325,8 @@ def build(cfg, labels, aux_names, slots, device):
     """(the Classifier, what trains it, its moving average or None, the encoder's identity, (total, trainable))."""
     net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"),
                       attention=cpu_attention(device, cfg.fast), pooling=cfg.pooling,
-                      aux_classes=len(aux_names) if aux_names else None, slot_classes=len(slots) if slots else None)
+                      aux_classes=len(aux_names) if aux_names else None, slot_classes=len(slots) if slots else None,
+                      crf=cfg.crf)
     encoder = {"name": model_name(cfg.model), "weights_sha256": weights_sha256(net.encoder)}
     model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
     model.to(device)

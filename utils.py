@@ -94,8 +94,14 @@ def layer_depth(name, n_layers):
     return int(m.group(1)) + 1 if m else n_layers + 1
 
 
+# AdamW moves each parameter by about lr per step, so the CRF's scores, which start at 0 and must reach several
+# units to rule out a transition, train at this multiple of the lr (as BERT-CRF taggers commonly do), without decay.
+CRF_LR_SCALE = 100
+
+
 def build_param_groups(named_params, lr, weight_decay, llrd, n_layers):
-    """AdamW groups with layer-wise LR decay: the top encoder layer and the head at lr, x llrd per layer below.
+    """AdamW groups with layer-wise LR decay: the top encoder layer and the head at lr, x llrd per layer below;
+    a CRF's scores at CRF_LR_SCALE x lr.
 
     Biases and LayerNorm weights get no weight decay. Only parameters that require
     grad are included, each in exactly one group.
@@ -106,9 +112,11 @@ def build_param_groups(named_params, lr, weight_decay, llrd, n_layers):
             continue
         depth = min(layer_depth(name, n_layers), n_layers)  # the head shares the top layer's lr
         decay = 0.0 if p.ndim < 2 else weight_decay
-        key = (depth, decay)
+        key, group_lr = (depth, decay), lr * llrd ** (n_layers - depth)
+        if "slot_crf" in name:
+            key, group_lr, decay = (n_layers + 1, 0.0), lr * CRF_LR_SCALE, 0.0
         if key not in groups:
-            groups[key] = {"params": [], "names": [], "lr": lr * llrd ** (n_layers - depth), "weight_decay": decay}
+            groups[key] = {"params": [], "names": [], "lr": group_lr, "weight_decay": decay}
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     out = [groups[k] for k in sorted(groups, reverse=True)]

@@ -1,10 +1,14 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from loss import distill_loss, supcon_loss, symmetric_kl
+import itertools
+
+from loss import crf_nll, crf_token_loss, distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
+from slots import viterbi
 
 
 def reference(features, labels, t):
@@ -111,3 +115,49 @@ def test_distill_loss():
     ce = -(other * (student / T).log_softmax(-1)).sum(1).mean()
     entropy = -(other * other.log()).sum(1).mean()
     assert distill_loss(student, other, T).item() == pytest.approx((T ** 2 * (ce - entropy)).item(), rel=1e-5)
+
+
+def path_score(emissions, tags, scores):
+    """s(x, y) of one sequence, written out from its definition."""
+    start, transitions, end = scores[0], scores[1:-1], scores[-1]
+    s = start[tags[0]] + end[tags[-1]] + sum(emissions[i, t] for i, t in enumerate(tags))
+    return s + sum(transitions[a, b] for a, b in zip(tags, tags[1:]))
+
+
+def test_crf_nll_and_viterbi_match_enumerating_every_path():
+    torch.manual_seed(0)
+    n_slots, lengths = 3, [4, 2, 1]
+    emissions, scores = torch.randn(3, 4, n_slots, dtype=torch.float64), torch.randn(n_slots + 2, n_slots, dtype=torch.float64)
+    tags = torch.randint(0, n_slots, (3, 4))
+    mask = torch.arange(4)[None] < torch.tensor(lengths)[:, None]
+    nll = crf_nll(emissions, tags, mask, scores)
+    for b, n in enumerate(lengths):
+        paths = list(itertools.product(range(n_slots), repeat=n))
+        every = torch.stack([path_score(emissions[b], p, scores) for p in paths])
+        gold = path_score(emissions[b], tags[b, :n].tolist(), scores)
+        assert nll[b].item() == pytest.approx((torch.logsumexp(every, 0) - gold).item())
+        best = paths[int(every.argmax())]
+        assert viterbi(emissions[b, :n].numpy(), scores.numpy()).tolist() == list(best)
+    assert (nll > 0).all()
+
+
+def test_crf_without_transitions_is_the_token_cross_entropy():
+    # zero start, transition and end scores: the sequence likelihood factorises into the words' softmaxes
+    logits = torch.randn(2, 5, 4)
+    labels = torch.tensor([[-100, 1, 2, -100, 3], [0, -100, -100, -100, -100]])
+    zero = torch.zeros(6, 4)
+    assert crf_token_loss(logits, labels, zero).item() == pytest.approx(token_cross_entropy(logits, labels).item(), rel=1e-5)
+
+
+def test_crf_edge_cases():
+    scores = torch.zeros(5, 3, requires_grad=True)
+    none = crf_token_loss(torch.randn(2, 4, 3), torch.full((2, 4), -100), scores)
+    assert none.item() == 0.0
+    none.backward()  # a batch without labelled words still trains the rest of the step
+    empty_row = crf_nll(torch.randn(2, 2, 3), torch.zeros(2, 2, dtype=torch.long), torch.tensor([[True, True], [False, False]]),
+                        scores)
+    assert empty_row[1].item() == 0.0 and empty_row[0].item() > 0
+    assert viterbi(np.zeros((0, 3)), np.zeros((5, 3))).tolist() == []
+    with pytest.raises(ValueError, match=r"\(S \+ 2, S\)"):
+        crf_nll(torch.randn(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool),
+                torch.zeros(3, 3))

@@ -130,8 +130,15 @@ def test_slot_metrics_on_hand_built_sequences():
 
 def test_words_without_a_first_subtoken_are_predicted_other():
     names = ["Other", "time", "date"]
+    logits = torch.tensor([[5.0, 0, 0], [0, 0, 5], [0, 5, 0], [0, 3, 1]])  # best: Other, date, time, time
     # a first word cut by truncation (position -1) is Other, whatever the tokens say; later pieces never count
-    assert word_predictions([0, 2, 1, 1], [-1, 1, 3], names) == ["Other", "date", "time"]
+    words, scores = word_predictions(logits, [-1, 1, 3], names)
+    assert words == ["Other", "date", "time"]
+    assert scores[0] == 1.0 and scores[1] == pytest.approx(torch.softmax(logits[1], 0)[2].item())
+    # a CRF whose transitions forbid time after date moves the last word elsewhere, the Viterbi way
+    crf = torch.zeros(5, 3)
+    crf[1 + 2, 1] = -100.0  # row 1 + i: transitions from slot i; date -> time
+    assert word_predictions(logits, [-1, 1, 3], names, crf.numpy())[0] == ["Other", "date", "date"]
 
 
 def test_spans_slice_the_text_as_typed():
@@ -198,6 +205,33 @@ def test_a_checkpoint_reproduces_its_slot_scores(run_args, tmp_path):
     assert slot_metrics(gold, [w for w, _ in words], intents)["exact_match"] == results["best_test_exact_match"]
 
 
+@pytest.mark.parametrize("task, extra", [("baseline", []), ("lora", ["--lora-rank", "4"])])
+def test_a_crf_trains_saves_and_decodes_alike_in_every_backend(run_args, task, extra):
+    from inference import Predictor
+
+    args = ["--task", task, *run_args, *extra, "--label", "intent", "--slots", "--crf", "--lr", "1e-2"]
+    results = cli.main(args)
+    cfg = parse_args(args)
+    assert cfg.run_name.endswith("-slots1-crf-s42") and results["config"]["crf"]
+    with open(os.path.join(cfg.run_dir, "best", "meta.json")) as f:
+        n_slots = len(json.load(f)["slots"])
+    scores = torch.load(os.path.join(cfg.run_dir, "best", "slot_crf.pt"), weights_only=True)["scores"]
+    assert scores.shape == (n_slots + 2, n_slots) and scores.abs().sum() > 0  # it trained away from its zero start
+    predictor = Predictor(cfg.run_dir, base_model=cfg.model)
+    assert torch.equal(torch.from_numpy(predictor.crf), scores)
+    rows = [json.loads(line) for line in open(run_args[3]) if json.loads(line)["partition"] == "test"]
+    texts = [r["utt"] for r in rows]
+    intents = [top[0]["label"] == r["intent"] for (top, _), r in zip(predictor.parse(texts), rows)]
+    words = [w for w, _ in predictor.outputs(texts)[1]]
+    gold = [word_slots(r["utt"], r["annot_utt"]) for r in rows]
+    # prediction decodes as evaluation did: the checkpoint gives back its recorded exact match
+    again = slot_metrics(gold, words, intents)
+    assert (again["slot_f1"], again["exact_match"]) == (results["best_test_slot_f1"], results["best_test_exact_match"])
+    if task == "baseline":  # the ONNX graph gives the emissions, and the checkpoint's CRF decodes them
+        cli.main(["--task", "export", "--checkpoint", cfg.run_dir, "--data", run_args[3]])
+        assert [w for w, _ in Predictor(cfg.run_dir, "onnx").outputs(texts)[1]] == words
+
+
 def test_resume_with_slots_gives_the_same_run(run_args, tmp_path, monkeypatch):
     args = [*run_args, "--label", "intent", "--slots", "--epochs", "3", "--checkpoint-dir", str(tmp_path / "ckpt")]
     real = interrupt_at_epoch(monkeypatch, 2)
@@ -246,8 +280,10 @@ def test_predict_prints_slots_and_refuses_them_where_there_are_none(run_args, tm
 
 @pytest.mark.parametrize("argv, message", [
     (["--slots", "--slot-weight", "0"], "--slot-weight must be positive"),
-    (["--slot-weight", "2"], "--slot-weight applies only with --slots"),
+    (["--slot-weight", "2"], "--slot-weight and --crf apply only with --slots"),
     (["--task", "serve", "--checkpoint", "x", "--slots"], "--slots applies only to training tasks"),
+    (["--crf"], "--slot-weight and --crf apply only with --slots"),
+    (["--task", "predict", "--checkpoint", "x", "--crf"], "--slot-weight and --crf apply only to training tasks"),
 ])
 def test_bad_slot_flags_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
