@@ -82,7 +82,8 @@ def experiment(r):
     if on:  # the accuracy recipe's techniques, as their flags
         name += " + " + " ".join(flag(k, v) for k, v in on.items())
     if c.get("slots"):
-        name += " + --slots" + (f" --slot-weight {c['slot_weight']:g}" if c["slot_weight"] != 1 else "")
+        name += (" + --slots" + (f" --slot-weight {c['slot_weight']:g}" if c["slot_weight"] != 1 else "")
+                 + (" --crf" if c.get("crf") else ""))
     if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
         name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
     if not c.get("fast", True):
@@ -236,8 +237,9 @@ def joint(g):
     return bool(g["runs"][0]["config"].get("slots"))
 
 
-# The joint baseline (baseline + --slots), and the setting the later joint screens started from.
-JOINT_REFERENCES = ("joint", "joint-lr1e-4")
+# The joint baseline (baseline + --slots), the setting the later joint screens started from, and the slot weight's
+# pick, which the CRF, EMA and typing-noise screens change one thing of.
+JOINT_REFERENCES = ("joint", "joint-lr1e-4", "joint-lr1e-4-slots4")
 
 
 def joint_comparisons(groups, n_boot=10_000):
@@ -520,9 +522,8 @@ def main(argv=None):
         plot_joint(groups, os.path.join(args.out_dir, "joint.png"))
         rows = joint_comparisons(groups)
         if rows:
-            md += ("\n\nExact match, paired against the joint baseline and against `joint-lr1e-4` on the same seeds "
-                   "and test utterances:\n\n"
-                   + comparison_table(rows))
+            md += ("\n\nExact match, paired against each of " + ", ".join(f"`{n}`" for n in JOINT_REFERENCES)
+                   + " on the same seeds and test utterances:\n\n" + comparison_table(rows))
         best = max((r for r in runs if r["config"].get("slots")), key=lambda r: r["best_val_exact_match"])
         plot_slot_f1(best, os.path.join(args.out_dir, f"{best['run_name']}-slots.png"))
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:

@@ -12,6 +12,7 @@ peak. Exits non-zero if any path fails.
     python bench/speed.py --data ../shared/data/massive/en-US.jsonl
     python bench/speed.py --data ... --model bert-base-uncased --random-init   # bert-base shapes, no weights needed
     python bench/speed.py --data ... --slots   # also what the joint task's slot head costs per step
+    python bench/speed.py --data ... --slots --crf   # ... with a CRF over the slot scores
 """
 import argparse
 import logging
@@ -75,10 +76,11 @@ def quiet_logging():
 
 def make_model(cfg, n_classes, attention, random_init, device, slot_classes=None):
     if not random_init:
-        return build_model(cfg.model, n_classes, cfg.dropout, attention=attention, slot_classes=slot_classes).to(device)
+        return build_model(cfg.model, n_classes, cfg.dropout, attention=attention, slot_classes=slot_classes,
+                           crf=cfg.crf).to(device)
     config = AutoConfig.from_pretrained(resolve_model(cfg.model))  # the architecture alone: no weights to download
     encoder = AutoModel.from_config(config, attn_implementation=attention, dtype=torch.float32)
-    return Classifier(encoder, n_classes, cfg.dropout, slot_classes=slot_classes).to(device)
+    return Classifier(encoder, n_classes, cfg.dropout, slot_classes=slot_classes, crf=cfg.crf).to(device)
 
 
 def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, random_init, slot_classes=None):
@@ -111,7 +113,8 @@ def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, rand
 def joint_rounds(args, cfg, tok, n_classes, ours, timed, fresh, sample):
     """Rounds of our default step against the same step with a slot head and its loss, on the same batches
     (with their slot labels): what the joint task costs."""
-    joint_cfg = parse_args(["--task", "baseline", "--slots", *(["--data", args.data] if args.data else []),
+    joint_cfg = parse_args(["--task", "baseline", "--slots", *(["--crf"] if args.crf else []),
+                            *(["--data", args.data] if args.data else []),
                             *(["--model", args.model] if args.model else [])])
     _, feats = load_features(joint_cfg, tok, slots=True)
     slots = slot_labels(feats)
@@ -127,7 +130,7 @@ def joint_rounds(args, cfg, tok, n_classes, ours, timed, fresh, sample):
         rounds.append({"ours_seconds_per_step": base, "joint_seconds_per_step": slot, "ratio": slot / base})
     print("joint task, s/step ours vs ours with the slot head: " + ", ".join(
         f"{r['ours_seconds_per_step']:.3f} vs {r['joint_seconds_per_step']:.3f} ({r['ratio']:.2f}x)" for r in rounds))
-    return {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds)}
+    return {"crf": joint_cfg.crf, "rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds)}
 
 
 def main():
@@ -144,7 +147,10 @@ def main():
     p.add_argument("--out", default=None, help="results JSON (default: results/bench/speed-<cpu|cuda>.json)")
     p.add_argument("--slots", action="store_true",
                    help="also time the joint task (a slot head and its loss) against our default, in rounds")
+    p.add_argument("--crf", action="store_true", help="with --slots: the slot head with a CRF (--crf of main.py)")
     args = p.parse_args()
+    if args.crf and not args.slots:
+        p.error("--crf times the slot head's CRF: it needs --slots")
     quiet_logging()
 
     argv = ["--task", "baseline"] + (["--data", args.data] if args.data else []) + (

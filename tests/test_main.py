@@ -9,7 +9,7 @@ import torch
 import main as cli
 from arguments import parse_args
 from dataloader import UserError
-from utils import use_bf16
+from utils import cpu_model, use_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP_KEYS = {"run_name", "task", "config", "environment", "labels", "before_test_loss", "before_test_accuracy",
@@ -130,3 +130,12 @@ def test_cli_bad_data_is_one_line_and_leaves_results_alone(tmp_path, run_args):
     assert proc.stderr.strip().splitlines()[-1] == f"error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes)"
     assert "Traceback" not in proc.stderr
     assert os.listdir(results) == ["keep.json"]
+
+
+def test_cpu_model_names_the_instruction_sets_speeds_depend_on(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                    "flags\t\t: fpu avx512f avx512_vnni avx512_bf16 amx_int8\n")
+    assert cpu_model(str(info)) == "Intel(R) Xeon(R) Processor (avx512_vnni, avx512_bf16, amx_int8)"
+    info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2\n")
+    assert cpu_model(str(info)) == "AMD EPYC (no VNNI, bf16 or AMX)"

@@ -152,7 +152,8 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
     # the setting the later screens start from, and one of them: each paired against it too
     fast = {"lr": 1e-4, "batch_size": 32}
     files += [joint_run(tmp_path, 42, 0.6, (1, 1, 0, 0, 0), name="fast", **fast),
-              joint_run(tmp_path, 42, 0.8, (1, 1, 1, 1, 0), slot_weight=4.0, name="fast-w4", **fast)]
+              joint_run(tmp_path, 42, 0.8, (1, 1, 1, 1, 0), slot_weight=4.0, name="fast-w4", **fast),
+              joint_run(tmp_path, 42, 0.9, (1, 1, 1, 1, 1), slot_weight=4.0, name="fast-w4-crf", crf=True, **fast)]
     out = tmp_path / "plots"
     assert plots.main([*files, "--out-dir", str(out)]) == 0
     table = (out / "table.md").read_text()
@@ -168,6 +169,9 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
     assert f"| {slots4} | {lr1e4} | 1 | +40.00 |" in table
     assert f"| {slots4} | baseline + --slots [intent] | 1 | +20.00 |" in table
     assert f"| {lr1e4} | {slots4} |" not in table and f"| {lr1e4} | {lr1e4} |" not in table
+    # the CRF screen changes one thing of the slot weight's pick, so it is paired against it as well
+    assert f"| {slots4.replace(' [', ' --crf [')} | {slots4} | 1 | +20.00 |" in table
     assert {"joint.png", "baseline-w4-s42-slots.png"} <= set(os.listdir(out))  # per-slot F1 of the best joint run
     names = {g["short"] for g in plots.group_runs(plots.load_results(files)[0])}
-    assert {"joint", "joint --slot-weight 4", "baseline", "joint-lr1e-4", "joint-lr1e-4-slots4"} <= names
+    assert {"joint", "joint --slot-weight 4", "baseline", "joint-lr1e-4", "joint-lr1e-4-slots4",
+            "joint-lr1e-4-slots4-crf"} <= names
