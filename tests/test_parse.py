@@ -65,7 +65,12 @@ def test_parse_answers_as_rasa_does_with_offsets_into_the_text_as_sent(joint_ser
     assert controls.status_code == 200 and controls.json()["text"] == "wake\x00 me\x1b up\u202e at five"
     assert c.post("/parse", content=b'{"text": "\xff wake"}').status_code == 422
     assert c.post("/parse", content=b'["wake me up"]').status_code == 422
-    many = c.post("/parse", json={"texts": ["play some jazz", ""], "min_confidence": 1.0}).json()
+    # abstention needs a top probability below the threshold: where bf16 weights saturate one utterance's to 1.0,
+    # take the least sure of a few
+    candidates = ["play some jazz", "is it", "the thing", "hmm okay"]
+    top = predictor.probabilities(candidates).max(1)
+    assert top.min() < 1.0
+    many = c.post("/parse", json={"texts": [candidates[int(top.argmin())], ""], "min_confidence": 1.0}).json()
     assert [m["intent"] for m in many] == [None, None] and many[1]["slots"] == []  # abstention, empty text
     assert "time" in c.get("/info").json()["slots"]
 
@@ -91,8 +96,11 @@ def test_export_writes_both_outputs_and_gates_the_slots(joint_server, monkeypatc
     assert {"accuracy", "slot_f1", "exact_match"} == set(report["torch"])
     assert report["onnx"]["slot_f1"] == pytest.approx(report["torch"]["slot_f1"], abs=1e-9) and report["onnx-int8"]
     texts = ["wake me up at five am", "play some jazz", "will it snow tomorrow"]
-    onnx = Predictor(run_dir, "onnx").parse(texts)
-    assert [slots for _, slots in onnx] == [slots for _, slots in predictor.parse(texts)]
+    onnx, fp32 = Predictor(run_dir, "onnx").parse(texts), Predictor(run_dir, fp32=True).parse(texts)
+    spans = [[{k: v for k, v in s.items() if k != "score"} for s in slots] for _, slots in fp32]
+    assert [[{k: v for k, v in s.items() if k != "score"} for s in slots] for _, slots in onnx] == spans
+    assert [s["score"] for _, slots in onnx for s in slots] == pytest.approx(
+        [s["score"] for _, slots in fp32 for s in slots], abs=2e-4)
     # a gate the slots fail leaves the graphs of the last export, and says so
     monkeypatch.setattr(export, "GATE_SLOT_DROP", -1.0)
     with pytest.raises(UserError, match="failed the accuracy gate"):
