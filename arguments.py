@@ -37,7 +37,7 @@ TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon
              "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
              "min_confidence": ("predict", "serve"), "spelling": ("predict", "serve"), "host": ("serve",),
              "port": ("serve",), "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",),
-             "threads": ("serve",), "streams": ("serve",), "replicas": ("serve",), "address": ("serve",),
+             "threads": ("serve",), "replicas": ("serve",), "address": ("serve",),
              **{k: ("custom",) for k in RECIPE_DEFAULTS}}
 
 
@@ -96,7 +96,6 @@ class Config:
     max_inputs: int | None
     max_queue: int | None
     threads: int | None
-    streams: int | None
     replicas: int | None
     address: str | None
     run_name: str = ""
@@ -114,7 +113,7 @@ class Config:
 # not record these as settings (a run's environment records whether bf16 autocast was used).
 IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
            "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue",
-           "threads", "streams", "replicas", "address", "bf16", "run_name")
+           "threads", "replicas", "address", "bf16", "run_name")
 
 
 def recorded_config(cfg):
@@ -210,10 +209,8 @@ def build_parser():
                         "(default 0: a pass takes what queued while the last one ran)")
     g.add_argument("--max-inputs", type=int, help="serve: most utterances in one request (default 256)")
     g.add_argument("--max-queue", type=int, help="serve: most utterances waiting before requests get 503 (default 4096)")
-    g.add_argument("--threads", type=int, help="serve: each pass's intra-op threads (default: one per core, shared "
-                                               "out over the replicas and streams)")
-    g.add_argument("--streams", type=int, help="serve: forward passes that run at once, each in its own thread "
-                                               "(default 1; on few cores one per core serves more: docs/serving.md)")
+    g.add_argument("--threads", type=int, help="serve: the model's intra-op threads (default: one per core, shared "
+                                               "out over the replicas)")
     g.add_argument("--replicas", type=int, help="serve: run the app as a Ray Serve deployment of this many replicas, "
                                                 "each with its own batching (default: one plain uvicorn process)")
     g.add_argument("--address", help="serve --replicas: join the Ray cluster at HOST:PORT (default: a local instance)")
@@ -276,7 +273,7 @@ def parse_args(argv=None):
         check(cfg.address is None or cfg.replicas, "--address applies only with --replicas")
         check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
         defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=0.0,
-                        max_inputs=256, max_queue=4096, streams=1)
+                        max_inputs=256, max_queue=4096)
         for k, v in defaults.items():
             if getattr(cfg, k) is None:  # not `or`: 0 is a value (--max-wait-ms 0: no waiting)
                 setattr(cfg, k, v)
@@ -284,9 +281,8 @@ def parse_args(argv=None):
         check(cfg.min_confidence is None or 0 <= cfg.min_confidence <= 1, "--min-confidence must be in [0, 1]")
         check(0 < cfg.port < 65536 and cfg.max_wait_ms >= 0 and cfg.max_inputs >= 1 and cfg.max_queue >= 1
               and (cfg.threads is None or cfg.threads >= 1) and (cfg.replicas is None or cfg.replicas >= 1)
-              and cfg.batch_size >= 1 and cfg.streams >= 1,
-              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --streams, --replicas and --batch-size "
-              "must be positive")
+              and cfg.batch_size >= 1,
+              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --replicas and --batch-size must be positive")
         return cfg
 
     check(cfg.epochs >= 1, "--epochs must be at least 1")

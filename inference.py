@@ -12,7 +12,6 @@ saved before calibration existed).
 import json
 import os
 import sys
-import threading
 
 import numpy as np
 import torch
@@ -98,7 +97,6 @@ class Predictor:
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.tokenizer.truncation_side = "left"  # as in training
-        self.tokenizing = threading.Lock()
         self.labels = self.meta["labels"]
         self.max_length = self.meta["max_length"]
         self.temperature = self.meta.get("temperature", 1.0)
@@ -136,9 +134,7 @@ class Predictor:
         if self.speller:
             texts = [self.speller(t) for t in texts]  # word for word, so words keep their places
         texts = [t.strip() for t in texts]
-        with self.tokenizing:  # the tokenizer sets its truncation on each call: concurrent passes take turns
-            ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-            positions = first_subtokens(self.tokenizer, texts, self.max_length) if slots and self.slots else None
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
         out, token_logits = np.zeros((len(ids), len(self.labels)), dtype=np.float32), [None] * len(ids)
         for start in range(0, len(order), batch_size):
@@ -152,7 +148,8 @@ class Predictor:
         if not (slots and self.slots):
             return out, None
         # a word without a first sub-token (cut by truncation) is Other, as in training
-        return out, [word_predictions(t, at, self.slots, self.crf) for t, at in zip(token_logits, positions)]
+        return out, [word_predictions(t, positions, self.slots, self.crf) for t, positions
+                     in zip(token_logits, first_subtokens(self.tokenizer, texts, self.max_length))]
 
     def logits(self, texts, batch_size=128):
         """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""

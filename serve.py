@@ -8,9 +8,9 @@ GET / (FastAPI + uvicorn).
 Requests that arrive together share one forward pass: a pass takes what
 queued while the last one ran, up to --batch-size utterances, and waits up
 to --max-wait-ms for more (default 0: under load the queue fills while the
-model runs, and a lone request should not wait). --streams passes run at once, each in its own thread with
---threads intra-op threads; the event loop only parses, queues and answers. On few cores, one single-threaded pass
-per core beats one pass over all of them: small batches parallelise poorly inside one pass (docs/serving.md). Errors are answers, never a crash: 422 for a malformed or
+model runs, and a lone request should not wait). One thread runs the model (with --threads intra-op threads), the
+event loop only parses, queues and answers, so the two never compete for
+the same cores. Errors are answers, never a crash: 422 for a malformed or
 empty request, 413 above --max-inputs utterances, 503 while the model loads or
 when more than --max-queue utterances wait.
 """
@@ -91,12 +91,10 @@ async def read_request(request, schema):
 class Batcher:
     """Collects the utterances of concurrent requests into forward passes of at most max_batch utterances."""
 
-    def __init__(self, predictor, max_batch, max_wait_ms, max_queue, streams=1):
+    def __init__(self, predictor, max_batch, max_wait_ms, max_queue):
         self.predictor, self.max_batch, self.max_wait, self.max_queue = predictor, max_batch, max_wait_ms / 1000, max_queue
         self.queue, self.waiting, self.passes = asyncio.Queue(), 0, 0
-        self.free = asyncio.Semaphore(streams)  # passes that may run at once
-        self.running = set()  # the passes in flight (the event loop keeps only weak references to tasks)
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="model")
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def outputs(self, texts, slots=False):
         """Calibrated probabilities (len(texts), C) and, with slots, each utterance's word slots and probabilities
@@ -115,7 +113,6 @@ class Batcher:
     async def run(self):
         loop = asyncio.get_running_loop()
         while True:
-            await self.free.acquire()  # a pass collects only once a stream is free, so the queue fills meanwhile
             items = [await self.queue.get()]
             n, deadline = len(items[0][0]), loop.time() + self.max_wait
             while n < self.max_batch:
@@ -130,29 +127,22 @@ class Batcher:
                 else:
                     break
                 n += len(items[-1][0])
-            task = asyncio.create_task(self.run_pass(loop, items, n))
-            self.running.add(task)
-            task.add_done_callback(self.running.discard)
-
-    async def run_pass(self, loop, items, n):
-        texts = [t for batch, _, _ in items for t in batch]
-        slots = any(wants for _, wants, _ in items)  # slots only for passes that carry a /parse request
-        try:
-            probs, words = await loop.run_in_executor(self.executor, self.forward, texts, slots)
-        except Exception as e:  # answered as 503 to each waiting request, never a crash
-            log.exception("forward pass failed")
-            for _, _, future in items:
-                future.set_exception(e)
-        else:
-            start = 0
-            for batch, _, future in items:
-                end = start + len(batch)
-                future.set_result((probs[start:end], words and words[start:end]))
-                start = end
-        finally:
+            texts = [t for batch, _, _ in items for t in batch]
+            slots = any(wants for _, wants, _ in items)  # slots only for passes that carry a /parse request
+            try:
+                probs, words = await loop.run_in_executor(self.executor, self.forward, texts, slots)
+            except Exception as e:  # answered as 503 to each waiting request, never a crash
+                log.exception("forward pass failed")
+                for _, _, future in items:
+                    future.set_exception(e)
+            else:
+                start = 0
+                for batch, _, future in items:
+                    end = start + len(batch)
+                    future.set_result((probs[start:end], words and words[start:end]))
+                    start = end
             self.waiting -= n
             self.passes += 1
-            self.free.release()
 
 
 def parse_answer(text, top, words):
@@ -165,7 +155,7 @@ def parse_answer(text, top, words):
                        "confidence": s["score"]} for s in found]}
 
 
-def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, streams=1):
+def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096):
     """The app; load() returns the Predictor and runs in a thread at startup, while /health answers 503."""
     state = {}
 
@@ -179,7 +169,7 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
                 state["error"] = str(e).splitlines()[0]
                 log.error("could not load the model: %s", state["error"])
                 return
-            state["batcher"] = Batcher(predictor, max_batch, max_wait_ms, max_queue, streams)
+            state["batcher"] = Batcher(predictor, max_batch, max_wait_ms, max_queue)
             state["predictor"] = predictor
             log.info("serving %s (%s backend)", predictor.name, predictor.backend)
             await state["batcher"].run()
@@ -215,7 +205,7 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
                 "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
                 "spelling": p.speller is not None, "slots": p.slots or [], "max_inputs": max_inputs,
-                "max_batch": max_batch, "max_wait_ms": max_wait_ms, "streams": streams}
+                "max_batch": max_batch, "max_wait_ms": max_wait_ms}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -264,11 +254,10 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
     return app
 
 
-def replica_app(checkpoint, backend, base_model, threads, spelling, max_batch, max_wait_ms, max_inputs, max_queue,
-                streams):
+def replica_app(checkpoint, backend, base_model, threads, spelling, max_batch, max_wait_ms, max_inputs, max_queue):
     """The app of one server process or Ray Serve replica, which loads its own model and batches on its own."""
     return create_app(lambda: Predictor(checkpoint, backend, base_model=base_model, threads=threads, spelling=spelling),
-                      max_batch, max_wait_ms, max_inputs, max_queue, streams)
+                      max_batch, max_wait_ms, max_inputs, max_queue)
 
 
 def serve(cfg):
@@ -278,16 +267,16 @@ def serve(cfg):
     if cfg.spelling:
         words_file(folder)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's own threads would compete too
-    threads = cfg.threads or max(1, os.cpu_count() // ((cfg.replicas or 1) * cfg.streams))
+    threads = cfg.threads or max(1, os.cpu_count() // (cfg.replicas or 1))
     settings = (os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, cfg.spelling, cfg.batch_size,
-                cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, cfg.streams)
+                cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue)
 
     def build():  # a plain function: Ray Serve calls it on each replica to build that replica's app
         return replica_app(*settings)
 
-    log.info("listening on http://%s:%d (%s, %d passes at once with %d model threads each, batches up to %d "
-             "utterances or %g ms)", cfg.host, cfg.port, f"{cfg.replicas} Ray Serve replicas" if cfg.replicas
-             else "one process", cfg.streams, threads, cfg.batch_size, cfg.max_wait_ms)
+    log.info("listening on http://%s:%d (%s, model threads %d each, batches up to %d utterances or %g ms)", cfg.host,
+             cfg.port, f"{cfg.replicas} Ray Serve replicas" if cfg.replicas else "one process", threads,
+             cfg.batch_size, cfg.max_wait_ms)
     if cfg.replicas:
         return serve_replicas(cfg, build, threads)
     import uvicorn
@@ -317,7 +306,7 @@ def serve_replicas(cfg, build, threads):
         try:
             ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})
             deployment = ray_serve.deployment(ray_serve.ingress(build)(), name="parser", num_replicas=cfg.replicas,
-                                              ray_actor_options={"num_cpus": threads * cfg.streams})
+                                              ray_actor_options={"num_cpus": threads})
             ray_serve.run(deployment.bind(), name="parser", route_prefix="/")
         except ray.exceptions.RayError as e:  # e.g. its HTTP proxy not up within Ray's 60 s on a starved machine
             reason = (str(e).strip().splitlines() or [""])[0]

@@ -2,7 +2,6 @@
 
     python bench/serve.py --checkpoint checkpoints/<run name> --data ../shared/data/massive/en-US.jsonl
     python bench/serve.py --checkpoint checkpoints/<joint run> --data ... --endpoint parse --backend onnx-int8
-    python bench/serve.py --checkpoint ... --data ... --endpoint parse --backend onnx-int8 --streams 2  # 2 passes at once
 
 Starts the server (a subprocess on 127.0.0.1), waits for /health, then for
 each concurrency sends a fixed number of one-utterance requests (test split
@@ -41,7 +40,7 @@ def free_port():
 def start_server(args, batching):
     port = free_port()
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint", args.checkpoint,
-           "--backend", args.backend, "--port", str(port), "--threads", str(args.threads), "--streams", str(args.streams)]
+           "--backend", args.backend, "--port", str(port), "--threads", str(args.threads)]
     cmd += ["--max-wait-ms", str(args.max_wait_ms)] if batching else ["--batch-size", "1", "--max-wait-ms", "0"]
     cmd += ["--replicas", str(args.replicas)] if args.replicas else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -76,12 +75,11 @@ def cpu_seconds(pid):
 
 
 def model_alone(args, texts, slots):
-    """Utterances per second of the model alone, in-process, in one pass at a time over all the threads of the
-    server's passes together, in the server's forward batches, the test split sorted by length: the reference."""
+    """Utterances per second of the model alone, in-process, on the server's threads and forward batches."""
     from inference import Predictor
     from serve import FORWARD_BATCH
 
-    predictor = Predictor(args.checkpoint, args.backend, threads=args.threads * args.streams)
+    predictor = Predictor(args.checkpoint, args.backend, threads=args.threads)
     predictor.outputs(texts[:200], FORWARD_BATCH, slots=slots)  # warm-up
     t = time.perf_counter()
     predictor.outputs(texts, FORWARD_BATCH, slots=slots)
@@ -129,9 +127,7 @@ def main():
     p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
-    p.add_argument("--streams", type=int, default=1, help="the server's passes at once (--streams)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="each pass's intra-op threads (default: the cores shared out over the streams)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="the server's model threads")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's batching wait, with batching on")
     p.add_argument("--endpoint", default="predict", choices=("predict", "parse"),
                    help="what each request asks: /predict (labels) or /parse (labels and slots)")
@@ -139,11 +135,10 @@ def main():
                    help="serve as this many Ray Serve replicas (--threads each; batching on only)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    args.threads = args.threads or max(1, os.cpu_count() // args.streams)
     texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
     alone = model_alone(args, texts, slots=args.endpoint == "parse")
-    print(f"the model alone: {alone:.1f} utterances/s ({args.threads * args.streams} threads, {cpu_model()}): "
-          f"{1000 * args.threads * args.streams / alone:.2f} ms of CPU per utterance")
+    print(f"the model alone: {alone:.1f} utterances/s ({args.threads} threads, {cpu_model()}): "
+          f"{1000 * args.threads / alone:.2f} ms of CPU per utterance")
     rows = []
     for batching in (True,) if args.replicas else (True, False):
         proc, url = start_server(args, batching)
@@ -170,13 +165,11 @@ def main():
         finally:
             proc.terminate()
             proc.wait(60)
-    suffix = ("" if args.endpoint == "predict" else "-parse") + (f"-replicas{args.replicas}" if args.replicas else "") \
-        + (f"-streams{args.streams}" if args.streams > 1 else "")
+    suffix = ("" if args.endpoint == "predict" else "-parse") + (f"-replicas{args.replicas}" if args.replicas else "")
     out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}{suffix}.json")
     with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
         run = json.load(f)["run_name"]
     write_json(out, {"run": run, "backend": args.backend, "endpoint": args.endpoint, "threads": args.threads,
-                     "streams": args.streams,
                      "max_wait_ms": args.max_wait_ms, "replicas": args.replicas, "cpus": os.cpu_count(), "cpu": cpu_model(),
                      "model_alone_utterances_per_second": alone, "rows": rows})
     print(f"wrote {out}")

@@ -80,8 +80,7 @@ def test_run_names_and_task_defaults():
     cfg = parse_args(["--task", "lora", "--lora-rank", "16"])
     assert (cfg.lora_alpha, cfg.lr) == (32, 3e-4) and "r16" in cfg.run_name
     cfg = parse_args(["--task", "serve", "--checkpoint", "x", "--max-wait-ms", "0"])
-    # --max-wait-ms 0 means no wait, not the default
-    assert (cfg.max_wait_ms, cfg.port, cfg.backend, cfg.max_inputs, cfg.streams) == (0, 8000, "torch", 256, 1)
+    assert (cfg.max_wait_ms, cfg.port, cfg.backend, cfg.max_inputs) == (0, 8000, "torch", 256)  # 0 means no wait
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -94,8 +93,6 @@ def test_run_names_and_task_defaults():
     (["--lr", "abc"], "invalid float value"),
     (["--task", "serve", "--checkpoint", "x", "--port", "0"], "--port, --max-wait-ms"),
     (["--task", "serve", "--checkpoint", "x", "--max-inputs", "0"], "--port, --max-wait-ms"),
-    (["--task", "serve", "--checkpoint", "x", "--streams", "0"], "--streams, --replicas"),
-    (["--streams", "2"], "--streams applies only to --task serve"),
     (["--task", "predict", "--checkpoint", "x", "--min-confidence", "2"], "--min-confidence must be in [0, 1]"),
     (["--task", "export"], "--task export needs --checkpoint DIR"),
     (["--port", "8000"], "--port applies only to --task serve"),

@@ -236,34 +236,3 @@ def test_serve_with_spelling_correction(trained):
         assert c.get("/info").json()["spelling"] is True
         got = c.post("/predict", json={"inputs": ["wake me up at fivve am"], "top_k": 3}).json()
     assert got == Predictor(run_dir).top_k(["wake me up at five am"], 3)
-
-
-def test_serve_streams_run_passes_at_once(trained):
-    run_dir = trained[0]
-    predictor, real = Predictor(run_dir), Predictor(run_dir).outputs
-    inside, most, count = 0, 0, threading.Lock()
-    pair = threading.Barrier(2, timeout=10)  # a pass gets through only while another one is inside too
-
-    def outputs(*args, **kwargs):
-        nonlocal inside, most
-        with count:
-            inside += 1
-            most = max(most, inside)
-        try:
-            pair.wait()
-            return real(*args, **kwargs)
-        finally:
-            with count:
-                inside -= 1
-
-    predictor.outputs = outputs
-    texts = ["play some jazz", "wake me up at five am", "is it raining", "turn it up"]
-    # one utterance per pass, so the four requests need four passes, two at a time
-    app = create_app(lambda: predictor, max_batch=1, max_wait_ms=0, max_inputs=8, max_queue=16, streams=2)
-    with TestClient(app) as c:
-        wait_until_healthy(c)
-        assert c.get("/info").json()["streams"] == 2
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda t: c.post("/predict", json={"inputs": t, "top_k": 1}), texts))
-    assert [a.status_code for a in answers] == [200] * 4 and most == 2
-    assert [a.json()[0]["label"] for a in answers] == [row[0]["label"] for row in Predictor(run_dir).top_k(texts, 1)]
