@@ -155,12 +155,15 @@ def parse_answer(text, top, words):
                        "confidence": s["score"]} for s in found]}
 
 
-def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096):
-    """The app; load() returns the Predictor and runs in a thread at startup, while /health answers 503."""
+def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False):
+    """The app; load() returns the Predictor and runs in a thread at startup, while /health answers 503. With
+    load_before_start, start-up itself waits for the model: Ray Serve routes to a replica only once its start-up
+    ends, so no request reaches a replica still loading."""
     state = {}
 
     async def start(app):
         loop = asyncio.get_running_loop()
+        loaded = asyncio.Event()
 
         async def load_then_serve():
             try:
@@ -168,13 +171,17 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
             except Exception as e:  # /health says why, with 503
                 state["error"] = str(e).splitlines()[0]
                 log.error("could not load the model: %s", state["error"])
+                loaded.set()
                 return
             state["batcher"] = Batcher(predictor, max_batch, max_wait_ms, max_queue)
             state["predictor"] = predictor
+            loaded.set()
             log.info("serving %s (%s backend)", predictor.name, predictor.backend)
             await state["batcher"].run()
 
         task = asyncio.create_task(load_then_serve())
+        if load_before_start:
+            await loaded.wait()
         yield
         task.cancel()
 
@@ -254,10 +261,11 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
     return app
 
 
-def replica_app(checkpoint, backend, base_model, threads, spelling, max_batch, max_wait_ms, max_inputs, max_queue):
+def replica_app(checkpoint, backend, base_model, threads, spelling, max_batch, max_wait_ms, max_inputs, max_queue,
+                replica):
     """The app of one server process or Ray Serve replica, which loads its own model and batches on its own."""
     return create_app(lambda: Predictor(checkpoint, backend, base_model=base_model, threads=threads, spelling=spelling),
-                      max_batch, max_wait_ms, max_inputs, max_queue)
+                      max_batch, max_wait_ms, max_inputs, max_queue, load_before_start=replica)
 
 
 def serve(cfg):
@@ -269,7 +277,7 @@ def serve(cfg):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's own threads would compete too
     threads = cfg.threads or max(1, os.cpu_count() // (cfg.replicas or 1))
     settings = (os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, cfg.spelling, cfg.batch_size,
-                cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue)
+                cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas))
 
     def build():  # a plain function: Ray Serve calls it on each replica to build that replica's app
         return replica_app(*settings)

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -120,6 +121,23 @@ def client(trained):
         release.set()
         wait_until_healthy(c)
         yield c, app
+
+
+def test_a_replica_app_starts_only_once_its_model_is_loaded(trained):
+    # a Ray Serve replica is routed to once its start-up ends: that start-up must include the load
+    run_dir, _, _ = trained
+    loads = []
+
+    def load():
+        time.sleep(0.5)
+        loads.append(1)
+        return Predictor(run_dir)
+
+    with TestClient(create_app(load, max_batch=8, load_before_start=True)) as c:
+        assert loads == [1] and c.get("/health").status_code == 200
+    with TestClient(create_app(lambda: 1 / 0, load_before_start=True)) as c:  # a failed load still starts, to say why
+        health = c.get("/health")
+        assert health.status_code == 503 and "division by zero" in health.json()["detail"]
 
 
 def test_serve_predict_info_and_errors(client):
