@@ -2,11 +2,13 @@
 metrics, results files. Training and inference both use them; this module imports neither."""
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import platform
 import random
 import re
+import time
 
 import numpy as np
 import torch
@@ -32,13 +34,37 @@ def setup_logging():
 
 
 def use_bf16(device):
-    """bf16 only on CPUs that do bf16 natively (emulated bf16 is slower than fp32).
+    """bf16 only on CPUs that do bf16 natively and faster than fp32.
 
+    Emulated bf16 is slower than fp32, and native is not always faster: an AMD
+    EPYC with AVX512-BF16 ran 2048x2048 matmuls at 416 GFLOP/s in bf16 against
+    179 in fp32, an Intel Xeon with AVX512-BF16 but no AMX at 159 against 269
+    (autocast made its steps 1.34x slower), so the CPU is asked by a timing.
     Not on a GPU: a step of 16 short utterances there is bound by kernel
     launches, not by matmuls, and autocast's extra cast kernels made steps 3-4x
     slower (bench/speed.py on an H200); the GPU fast path uses TF32 instead.
     """
-    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
+    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported() and bf16_matmul_speedup() >= BF16_PAYS
+
+
+BF16_PAYS = 1.2  # the two CPUs above sit at 2.3x and 0.6x; a margin keeps a timing under load from flipping it
+
+
+@functools.cache
+def bf16_matmul_speedup(n=768, reps=2, tries=3):
+    """fp32 time over bf16 time of n x n matmuls, best of `tries` each: 0.1-0.3 s, once per process."""
+    def best(dtype):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b
+        times = []
+        for _ in range(tries):
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    return best(torch.float32) / best(torch.bfloat16)
 
 
 def autocast(device, enabled):

@@ -136,9 +136,11 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
     texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
-    alone = model_alone(args, texts, slots=args.endpoint == "parse")
-    print(f"the model alone: {alone:.1f} utterances/s ({args.threads} threads, {cpu_model()}): "
-          f"{1000 * args.threads / alone:.2f} ms of CPU per utterance")
+    # the model alone, before and after the server's rows: a shared machine's speed drifts by 20% within a run, so
+    # each ratio is to the mean of the two
+    before = model_alone(args, texts, slots=args.endpoint == "parse")
+    print(f"the model alone: {before:.1f} utterances/s ({args.threads} threads, {cpu_model()}): "
+          f"{1000 * args.threads / before:.2f} ms of CPU per utterance")
     rows = []
     for batching in (True,) if args.replicas else (True, False):
         proc, url = start_server(args, batching)
@@ -156,22 +158,29 @@ def main():
                 row["server_cpu_ms_per_request"] = 1000 * (cpu_seconds(proc.pid) - server) / args.requests
                 row["client_cpu_ms_per_request"] = 1000 * (after.ru_utime + after.ru_stime - client.ru_utime
                                                            - client.ru_stime) / args.requests
-                row["of_model_alone"] = row["requests_per_second"] / alone
                 rows.append(row)
                 print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: {row['requests_per_second']:7.1f} "
-                      f"req/s ({100 * row['of_model_alone']:.0f}% of the model alone), p50 {row['p50_ms']:7.1f} ms, "
-                      f"p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}; CPU per request: server "
-                      f"{row['server_cpu_ms_per_request']:.2f} ms, client {row['client_cpu_ms_per_request']:.2f} ms")
+                      f"req/s, p50 {row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}; CPU "
+                      f"per request: server {row['server_cpu_ms_per_request']:.2f} ms, client "
+                      f"{row['client_cpu_ms_per_request']:.2f} ms")
         finally:
             proc.terminate()
             proc.wait(60)
+    after = model_alone(args, texts, slots=args.endpoint == "parse")
+    alone = (before + after) / 2
+    print(f"the model alone again: {after:.1f} utterances/s; each row against their mean, {alone:.1f}:")
+    for row in rows:
+        row["of_model_alone"] = row["requests_per_second"] / alone
+        print(f"batching {'on ' if row['batching'] else 'off'} concurrency {row['concurrency']:3d}: "
+              f"{100 * row['of_model_alone']:.0f}% of the model alone")
     suffix = ("" if args.endpoint == "predict" else "-parse") + (f"-replicas{args.replicas}" if args.replicas else "")
     out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}{suffix}.json")
     with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
         run = json.load(f)["run_name"]
     write_json(out, {"run": run, "backend": args.backend, "endpoint": args.endpoint, "threads": args.threads,
                      "max_wait_ms": args.max_wait_ms, "replicas": args.replicas, "cpus": os.cpu_count(), "cpu": cpu_model(),
-                     "model_alone_utterances_per_second": alone, "rows": rows})
+                     "model_alone_utterances_per_second": alone, "model_alone_before_and_after": [before, after],
+                     "rows": rows})
     print(f"wrote {out}")
     return 1 if any(r["errors"] for r in rows) else 0
 

@@ -139,3 +139,18 @@ def test_cpu_model_names_the_instruction_sets_speeds_depend_on(tmp_path):
     assert cpu_model(str(info)) == "Intel(R) Xeon(R) Processor (avx512_vnni, avx512_bf16, amx_int8)"
     info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu avx2\n")
     assert cpu_model(str(info)) == "AMD EPYC (no VNNI, bf16 or AMX)"
+
+
+def test_bf16_autocast_only_where_the_cpu_does_bf16_faster(monkeypatch):
+    import utils
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(utils, "bf16_matmul_speedup", lambda: 2.3)  # AMD EPYC with AVX512-BF16
+    assert use_bf16(cpu) is True
+    monkeypatch.setattr(utils, "bf16_matmul_speedup", lambda: 0.6)  # Intel Xeon with AVX512-BF16, no AMX
+    assert use_bf16(cpu) is False
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(utils, "bf16_matmul_speedup", lambda: pytest.fail("emulated bf16 needs no timing"))
+    assert use_bf16(cpu) is False
+    assert use_bf16(torch.device("meta")) is False  # not a CPU: the GPU path uses TF32 instead

@@ -121,6 +121,21 @@ def test_quantization_bench_scores_each_choice_on_validation(joint_checkpoint, t
     assert all(0 <= r["agreement"] <= 1 and abs(r["slot_f1_drop_points"]) <= 100 for r in rows.values())
 
 
+def test_serve_load_bench_measures_the_server_against_the_model_alone(joint_checkpoint, tmp_path):
+    data = os.path.join(os.path.dirname(os.path.dirname(joint_checkpoint)), "en-US.jsonl")
+    out = tmp_path / "serve.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "serve.py"), "--checkpoint", joint_checkpoint,
+                    "--data", data, "--endpoint", "parse", "--concurrency", "1,4", "--requests", "20", "--threads", "1",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+    report = json.load(open(out))
+    before, after = report["model_alone_before_and_after"]
+    assert report["model_alone_utterances_per_second"] == pytest.approx((before + after) / 2)
+    rows = report["rows"]
+    assert [(r["batching"], r["concurrency"]) for r in rows] == [(True, 1), (True, 4), (False, 1), (False, 4)]
+    assert all(r["errors"] == 0 and r["requests"] == 20 and r["p50_ms"] <= r["p99_ms"] for r in rows)
+    assert all(r["of_model_alone"] == pytest.approx(r["requests_per_second"] / (before + after) * 2) for r in rows)
+
+
 def test_ray_serve_replicas_answer_parse_and_shut_down_cleanly(joint_checkpoint, tmp_path):
     import signal
     import time
