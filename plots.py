@@ -220,7 +220,7 @@ def comparisons(groups, n_boot=10_000):
     An experiment trained for more or fewer epochs than any baseline is compared with the baseline of the
     study's epoch count: its epochs are then part of what is compared, and its name says how many.
     """
-    baselines = {context(g["runs"][0]): g for g in groups if g["runs"][0]["task"] == "baseline" and not joint(g)}
+    baselines = {context(g["runs"][0]): g for g in groups if is_study_baseline(g)}
     study_epochs = build_parser().get_default("epochs")
 
     def baseline_of(g):
@@ -235,6 +235,30 @@ def comparisons(groups, n_boot=10_000):
 def joint(g):
     """Whether a group trained MASSIVE's joint task (a slot head)."""
     return bool(g["runs"][0]["config"].get("slots"))
+
+
+def is_study_baseline(g):
+    """The study's baseline: the baseline task at its own lr and batch size, intent or scenario only."""
+    c = g["runs"][0]["config"]
+    defaults = TASK_DEFAULTS["baseline"]
+    return (g["runs"][0]["task"] == "baseline" and not joint(g) and c["lr"] == defaults["lr"]
+            and c["batch_size"] == defaults["batch_size"])
+
+
+SLOT_SETTINGS = ("slots", "slot_weight", "crf")
+
+
+def slot_objective_comparisons(groups, n_boot=10_000):
+    """Intent accuracy of each joint experiment against the intent-only runs of the same settings but the slot
+    head (same context, every other setting equal): what the slot objective itself does to intent."""
+    def settings(g):
+        c = complete_config(g["runs"][0]["config"])
+        return context(g["runs"][0]), {k: v for k, v in c.items() if k not in (*SLOT_SETTINGS, "seed")}
+
+    alone = [g for g in groups if not joint(g)]
+    rows = [paired(base, g, g["title"], n_boot) for g in groups if joint(g)
+            for base in alone if settings(base) == settings(g)]
+    return holm_per_reference([r for r in rows if r])
 
 
 # The joint baseline (baseline + --slots), the setting the later joint screens started from, and the slot weight's
@@ -524,6 +548,10 @@ def main(argv=None):
         if rows:
             md += ("\n\nExact match, paired against each of " + ", ".join(f"`{n}`" for n in JOINT_REFERENCES)
                    + " on the same seeds and test utterances:\n\n" + comparison_table(rows))
+        rows = slot_objective_comparisons(groups)
+        if rows:
+            md += ("\n\nIntent accuracy, each joint experiment paired against intent-only runs of the same settings "
+                   "without the slot head (what the slot objective does to intent):\n\n" + comparison_table(rows))
         best = max((r for r in runs if r["config"].get("slots")), key=lambda r: r["best_val_exact_match"])
         plot_slot_f1(best, os.path.join(args.out_dir, f"{best['run_name']}-slots.png"))
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:

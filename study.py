@@ -97,6 +97,9 @@ EXPERIMENTS["joint-lr1e-4-slots4-crf-e15"] = [*EXPERIMENTS["joint-lr1e-4-slots4-
 EXPERIMENTS["joint-lr1e-4-slots8-crf"] = [*EXPERIMENTS["joint-lr1e-4"], "--slot-weight", "8", "--crf"]
 EXPERIMENTS["joint-lr1e-4-slots4-crf-ema"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
                                               *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--ema", "0.999"]
+# the intent-only counterpart of joint-lr1e-4 (same lr and batch, no slot head): whether the slot objective helps
+# intent at the joint setting's own learning rate
+EXPERIMENTS["baseline-lr1e-4"] = ["--task", "baseline", "--lr", "1e-4", "--batch-size", "32"]
 # two more of the recipe's parts, one at a time on the CRF: mean pooling for the intent (the encoder was pre-trained
 # with it; the slot head reads the tokens either way) and warmup without LLRD (LLRD starves the lower layers)
 EXPERIMENTS["joint-lr1e-4-slots4-crf-mean"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",

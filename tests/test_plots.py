@@ -175,3 +175,24 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
     names = {g["short"] for g in plots.group_runs(plots.load_results(files)[0])}
     assert {"joint", "joint --slot-weight 4", "baseline", "joint-lr1e-4", "joint-lr1e-4-slots4",
             "joint-lr1e-4-slots4-crf"} <= names
+
+
+def test_the_slot_objective_is_paired_against_intent_only_runs_of_the_same_settings(tmp_path):
+    fast = {"lr": 1e-4, "batch_size": 32}
+    files = [joint_run(tmp_path, 42, 0, (), slots=False, predictions=(0, 1, 1, 2, 0)),  # the study's baseline
+             joint_run(tmp_path, 42, 0, (), slots=False, predictions=(0, 1, 1, 2, 2), name="plain-fast", **fast),
+             joint_run(tmp_path, 42, 0.6, (1, 1, 1, 0, 0), predictions=(0, 0, 1, 2, 2), name="fast", **fast),
+             joint_run(tmp_path, 42, 0.8, (1, 1, 1, 1, 0), slot_weight=4.0, name="fast-w4-crf", crf=True, **fast)]
+    out = tmp_path / "plots"
+    assert plots.main([*files, "--out-dir", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    plain_fast = "baseline, lr 0.0001, batch 32 [intent]"
+    # an intent-only run at another lr is an experiment against the study's baseline, never the baseline itself
+    assert f"| {plain_fast} | baseline [intent] | 1 | +20.00 |" in table
+    assert "| baseline, lr 0.0001, batch 32 + --slots [intent] | baseline [intent] | 1 | +40.00 |" in table
+    mine = table.split("what the slot objective does to intent")[1]
+    # at the same lr and batch: the joint run also gets utterance 1 right (+20 points); the CRF run ties
+    assert f"| baseline, lr 0.0001, batch 32 + --slots [intent] | {plain_fast} | 1 | +20.00 |" in mine
+    assert f"| baseline, lr 0.0001, batch 32 + --slots --slot-weight 4 --crf [intent] | {plain_fast} | 1 | +0.00 |" \
+        in mine
+    assert "| baseline [intent] |" not in mine  # the study's baseline has no joint run of its settings here
