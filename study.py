@@ -100,12 +100,15 @@ EXPERIMENTS["joint-lr1e-4-slots4-crf-ema"] = ["--task", "custom", "--llrd", "1",
 # the intent-only counterpart of joint-lr1e-4 (same lr and batch, no slot head): whether the slot objective helps
 # intent at the joint setting's own learning rate
 EXPERIMENTS["baseline-lr1e-4"] = ["--task", "baseline", "--lr", "1e-4", "--batch-size", "32"]
-# two more of the recipe's parts, one at a time on the CRF: mean pooling for the intent (the encoder was pre-trained
-# with it; the slot head reads the tokens either way) and warmup without LLRD (LLRD starves the lower layers)
+# three more of the recipe's parts, one at a time on the CRF: mean pooling for the intent (the encoder was pre-trained
+# with it; the slot head reads the tokens either way), warmup without LLRD (LLRD starves the lower layers) and the
+# scenario head (it acts on the intent alone: two in five of the CRF's validation errors have the intent wrong)
 EXPERIMENTS["joint-lr1e-4-slots4-crf-mean"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
                                                *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--pooling", "mean"]
 EXPERIMENTS["joint-lr1e-4-slots4-crf-warmup"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0.1",
                                                  *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:]]
+EXPERIMENTS["joint-lr1e-4-slots4-crf-aux"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
+                                              *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--aux-weight", "0.5"]
 
 class StudyError(Exception):
     """A bad study command: printed as one line before any run starts."""
