@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, gather_object
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
 from scipy.special import softmax
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -356,6 +356,8 @@ def set_up(cfg):
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must split evenly over "
                         f"{accel.num_processes} processes")
     amp = cfg.fast and cfg.bf16 and use_bf16(accel.device)
+    if accel.num_processes > 1:  # a timing decides it, which could differ by process: the main process's holds
+        amp = broadcast_object_list([amp])[0]
     if cfg.fast:
         fast_process_settings(accel.device)
     resume = load_resume_state(cfg, accel.num_processes) if cfg.resume else None

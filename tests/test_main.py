@@ -154,3 +154,13 @@ def test_bf16_autocast_only_where_the_cpu_does_bf16_faster(monkeypatch):
     monkeypatch.setattr(utils, "bf16_matmul_speedup", lambda: pytest.fail("emulated bf16 needs no timing"))
     assert use_bf16(cpu) is False
     assert use_bf16(torch.device("meta")) is False  # not a CPU: the GPU path uses TF32 instead
+
+
+def test_the_bf16_timing_leaves_the_seeded_random_stream_alone():
+    import utils
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert utils.bf16_matmul_speedup.__wrapped__(n=32, reps=1, tries=1) > 0
+    assert torch.equal(torch.rand(3), expected)  # so a run's initial weights do not depend on the CPU kind
