@@ -357,7 +357,7 @@ def plot_run(r, path):
     if con:
         for ax in (ax_acc, ax_loss):
             ax.axvline(len(con) + 0.5, color="grey", ls="--", lw=1)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{experiment(r)[0]}: accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{short_name(r)}: accuracy")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
