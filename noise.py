@@ -81,7 +81,16 @@ def perturb_slots(text, names, kind=None, rng=random):
     return noisy, (added + list(names) if added and noisy.endswith(text) else list(names) + added)
 
 
-def perturbed_copies(texts, seed=0):
-    """{kind: the texts with that kind of noise}, the same for the same seed."""
-    return {kind: [f(t, rng) for t in texts]
-            for kind, f, rng in ((k, f, random.Random(f"{seed}-{k}")) for k, f in KINDS.items())}
+def perturbed_copies(texts, seed=0, slots=None):
+    """{kind: the texts with that kind of noise}, the same for the same seed. With slots (each text's word slot
+    names): {kind: (the texts, their word slot names)}, the names following the words as perturb_slots keeps them,
+    and the texts the same as without."""
+    copies = {}
+    for kind in KINDS:
+        rng = random.Random(f"{seed}-{kind}")
+        if slots is None:
+            copies[kind] = [perturb(t, kind, rng) for t in texts]
+        else:
+            pairs = [perturb_slots(t, names, kind, rng) for t, names in zip(texts, slots)]
+            copies[kind] = ([t for t, _ in pairs], [names for _, names in pairs])
+    return copies

@@ -38,6 +38,17 @@ def test_perturbed_copies_are_reproducible():
     assert a != noise.perturbed_copies(TEXTS, seed=4)
 
 
+def test_perturbed_copies_with_slots_are_the_same_texts_with_their_names_aligned():
+    names = [["Other"] * len(t.split()) for t in TEXTS]
+    names[0][-1] = "time"
+    with_slots = noise.perturbed_copies(TEXTS, seed=3, slots=names)
+    for kind, texts in noise.perturbed_copies(TEXTS, seed=3).items():
+        noisy, noisy_names = with_slots[kind]
+        assert noisy == texts
+        assert [len(t.split()) for t in noisy] == [len(n) for n in noisy_names]
+        assert sum(n.count("time") for n in noisy_names) == 1  # the slot word stays, misspelled or not
+
+
 @pytest.mark.parametrize("kind", list(noise.KINDS))
 def test_empty_text_survives(kind):
     assert isinstance(noise.perturb("", kind, random.Random(0)), str)

@@ -7,6 +7,7 @@ import torch
 
 import main as cli
 import recipe
+from conftest import write_massive
 from arguments import complete_config, parse_args, recorded_config
 from dataloader import UserError, load_features, make_loader
 from model import Classifier, load_encoder, load_tokenizer
@@ -113,6 +114,21 @@ def test_robustness_bench(run_args, tmp_path):
     spelled = json.loads((out / f"robustness-{parse_args(args).run_name}-spelling.json").read_text())
     assert spelled["spelling"] and not report["spelling"]
     assert f"| {experiment} + --spelling | 1 |" in (out / "robustness.md").read_text()
+
+
+def test_robustness_bench_scores_the_slots_of_a_joint_checkpoint(joint_checkpoint, tmp_path):
+    bench = load_bench("robustness")
+    out = tmp_path / "bench"
+    bench.main([joint_checkpoint, "--data", str(write_massive(tmp_path / "en-US.jsonl")), "--out-dir", str(out)])
+    report = json.loads((out / f"robustness-{os.path.basename(joint_checkpoint)}.json").read_text())
+    exact, f1 = report["test_exact_match"], report["test_slot_f1"]
+    assert set(exact) == set(f1) == {"clean", "upper", "sentence", "spaces", "filler", "typo"}
+    # the fitted toy set is parsed right when clean, and an uncased tokenizer does not see upper case
+    assert exact["clean"] > 0.5 and f1["upper"] == f1["clean"] and report["exact_match_drop_points"]["upper"] == 0
+    assert all(0 <= v <= 1 for v in [*exact.values(), *f1.values()])
+    table = (out / "robustness.md").read_text()
+    assert "Joint checkpoints" in table and f"| {os.path.basename(joint_checkpoint).removesuffix('-s42')} | 1 | " \
+        f"{100 * exact['clean']:.2f} / {100 * f1['clean']:.2f} | 0.00 / 0.00 |" in table
 
 
 def test_ensemble_bench(run_args, tmp_path):
