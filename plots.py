@@ -371,7 +371,7 @@ def plot_run(r, path):
 def interval_panel(ax, rows, xlabel, lines=()):
     """One row per (label, values, study number or None), the first at the top: the mean with its 95% t-interval
     as an error bar, the study's number as a red diamond (named in the label instead where it lies far off the
-    data), the axis zoomed to the data. lines: (x, name) reference lines."""
+    data), the axis zoomed to the data. lines: (x, name) reference lines, left to the caller to name in a legend."""
     spread = [v for _, values, _ in rows for v in t_interval(values)]
     lo, hi = min(spread + [x for x, _ in lines]), max(spread + [x for x, _ in lines])
     pad = max(0.25, 0.08 * (hi - lo))
@@ -389,10 +389,8 @@ def interval_panel(ax, rows, xlabel, lines=()):
         elif study is not None:
             label += f" (study: {study:.1f})"
         labels.append(label)
-    for (x, name), color in zip(lines, ("tab:red", "tab:purple", "tab:brown", "tab:olive")):
-        ax.axvline(x, color=color, ls="--", lw=0.9, label=f"{name}: {x:g}")
-    if lines:  # below the axis: over it, the legend would hide the points
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
+    for (x, name), color, style in zip(lines, ("tab:red", "tab:purple", "tab:green"), ("--", "-.", ":")):
+        ax.axvline(x, color=color, ls=style, lw=1.1, label=name)
     ax.set_xlim(lo, hi)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_yticks(range(len(rows) - 1, -1, -1), labels, fontsize=7)
@@ -423,16 +421,20 @@ def plot_comparison(groups, path):
 
 def plot_joint(groups, path):
     """MASSIVE's three numbers per joint experiment (mean, 95% t-interval over seeds), the paper's en-US results
-    as reference lines."""
-    gs = [g for g in groups if joint(g)]
+    as reference lines; the experiments run on several seeds first, then the single-seed screens, each by exact
+    match."""
+    gs = sorted((g for g in groups if joint(g)),
+                key=lambda g: (len(g["runs"]) == 1, -np.mean([r["test_exact_match"] for r in g["runs"]])))
     fig, axes = plt.subplots(1, 3, figsize=(14, 2.6 + 0.35 * len(gs)), sharey=True)
     for i, (ax, (key, name)) in enumerate(zip(axes, JOINT_METRICS)):
         rows = [(f"{g['short']} [{g['label']}, {g['device']}]", [100 * r[key] for r in g["runs"]], None) for g in gs]
         interval_panel(ax, rows, f"test {name} (%)", [(v[i], n.split(" (")[0]) for n, v in ANCHORS.items()])
         ax.set_title(name, fontsize=9)
-    fig.suptitle("MASSIVE's joint task (en-US test): mean and 95% t-interval over seeds; dashed: the MASSIVE paper",
+    fig.suptitle("MASSIVE's joint task (en-US test): mean and 95% t-interval over seeds; lines: the MASSIVE paper",
                  fontsize=9)
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()  # one legend: over a panel it would hide the points
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
