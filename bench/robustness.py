@@ -30,7 +30,7 @@ from inference import Predictor  # noqa: E402
 from noise import KINDS, perturbed_copies  # noqa: E402
 from slots import slot_metrics  # noqa: E402
 from spelling import Speller, whole_words  # noqa: E402
-from utils import write_json  # noqa: E402
+from utils import cpu_model, write_json  # noqa: E402
 
 SEED = 0  # of the perturbed copies
 
@@ -56,7 +56,10 @@ def measure(checkpoint, data, backend, out_dir, spelling=False):
             slot_f1[kind], exact_match[kind] = metrics["slot_f1"], metrics["exact_match"]
     suffix = "-spelling" if spelling else ""
     print(f"{predictor.name}{suffix}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items()))
-    result = {"run": predictor.name, "backend": backend, "spelling": spelling, "perturbation_seed": SEED,
+    # the torch backend runs bf16 weights where the CPU does bf16 natively, which moves the clean numbers a little
+    precision = "int8" if backend == "onnx-int8" else "bf16" if getattr(predictor, "bf16", False) else "fp32"
+    result = {"run": predictor.name, "backend": backend, "precision": precision, "cpu": cpu_model(),
+              "spelling": spelling, "perturbation_seed": SEED,
               "test_accuracy": accuracy,
               "drop_points": {k: 100 * (accuracy["clean"] - accuracy[k]) for k in KINDS},
               "predictions_changed": {k: changed[k] for k in KINDS}}

@@ -11,6 +11,7 @@ from conftest import write_massive
 from arguments import complete_config, parse_args, recorded_config
 from dataloader import UserError, load_features, make_loader
 from model import Classifier, load_encoder, load_tokenizer
+from utils import use_bf16
 
 RECIPE = ["--pooling", "mean", "--label-smoothing", "0.1", "--rdrop", "1", "--ema", "0.9", "--aux-weight", "0.5",
           "--augment", "0.5"]
@@ -107,6 +108,8 @@ def test_robustness_bench(run_args, tmp_path):
     assert set(report["drop_points"]) == {"upper", "sentence", "spaces", "filler", "typo"}
     # an uncased tokenizer lower-cases, and BERT's splits on any run of spaces: those copies cost nothing
     assert report["drop_points"]["upper"] == 0 and report["drop_points"]["spaces"] == 0
+    # which precision the torch backend ran in on this CPU, and the CPU, are part of the record
+    assert report["precision"] == ("bf16" if use_bf16(torch.device("cpu")) else "fp32") and report["cpu"]
     experiment = parse_args(args).run_name.removesuffix("-s42")
     row = f"| {experiment} | 1 | {100 * report['test_accuracy']['clean']:.2f}% | 0.00 |"
     assert row in (out / "robustness.md").read_text()
