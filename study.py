@@ -117,6 +117,15 @@ EXPERIMENTS["joint-lr1e-4-slots4-crf-e15-augment"] = [*EXPERIMENTS["joint-lr1e-4
 # twice as much of the noise: 0.3 led the CRF on validation (+0.20 over 3 seeds) and halved its typo drop
 EXPERIMENTS["joint-lr1e-4-slots4-crf-augment0.6"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
                                                      *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--augment", "0.6"]
+# the recipe's last two parts, each alone on the CRF (joint-recipe changed them together): label smoothing, which
+# with the CRF touches the intent's loss only, and LLRD without warmup; and R-Drop, the recipe's screened regulariser
+# (typing noise gained on test as one)
+EXPERIMENTS["joint-lr1e-4-slots4-crf-ls"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
+                                             *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--label-smoothing", "0.1"]
+EXPERIMENTS["joint-lr1e-4-slots4-crf-llrd"] = ["--task", "custom", "--llrd", "0.8", "--warmup-ratio", "0",
+                                               *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:]]
+EXPERIMENTS["joint-lr1e-4-slots4-crf-rdrop"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
+                                                *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--rdrop", "1"]
 
 class StudyError(Exception):
     """A bad study command: printed as one line before any run starts."""
