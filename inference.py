@@ -95,6 +95,10 @@ class Predictor:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            # the pool's threads stop spinning when a run returns, not some time later: between a server's passes
+            # the event loop needs the core (on 2 cores: +9% requests/s at concurrency 32, 0.5-1.2 ms less CPU
+            # per request, the model alone unchanged; docs/serving.md)
+            options.add_session_config_entry("session.force_spinning_stop", "1")
             self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.tokenizer.truncation_side = "left"  # as in training
         self.labels = self.meta["labels"]
