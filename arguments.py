@@ -37,7 +37,7 @@ TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon
              "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
              "min_confidence": ("predict", "serve"), "spelling": ("predict", "serve"), "host": ("serve",),
              "port": ("serve",), "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",),
-             "threads": ("serve",), "replicas": ("serve",), "address": ("serve",),
+             "threads": ("serve",), "streams": ("serve",), "replicas": ("serve",), "address": ("serve",),
              **{k: ("custom",) for k in RECIPE_DEFAULTS}}
 
 
@@ -96,6 +96,7 @@ class Config:
     max_inputs: int | None
     max_queue: int | None
     threads: int | None
+    streams: int | None
     replicas: int | None
     address: str | None
     run_name: str = ""
@@ -113,7 +114,7 @@ class Config:
 # not record these as settings (a run's environment records whether bf16 autocast was used).
 IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
            "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue",
-           "threads", "replicas", "address", "bf16", "run_name")
+           "threads", "streams", "replicas", "address", "bf16", "run_name")
 
 
 def recorded_config(cfg):
@@ -209,8 +210,10 @@ def build_parser():
                         "(default 0: a pass takes what queued while the last one ran)")
     g.add_argument("--max-inputs", type=int, help="serve: most utterances in one request (default 256)")
     g.add_argument("--max-queue", type=int, help="serve: most utterances waiting before requests get 503 (default 4096)")
-    g.add_argument("--threads", type=int, help="serve: the model's intra-op threads (default: one per core, shared "
-                                               "out over the replicas)")
+    g.add_argument("--threads", type=int, help="serve: each stream's intra-op threads (default: the cores shared out "
+                                               "over the streams and replicas)")
+    g.add_argument("--streams", type=int, help="serve: forward passes run at once, each on its own model thread "
+                                               "(default: one per core on a CPU, one on a GPU)")
     g.add_argument("--replicas", type=int, help="serve: run the app as a Ray Serve deployment of this many replicas, "
                                                 "each with its own batching (default: one plain uvicorn process)")
     g.add_argument("--address", help="serve --replicas: join the Ray cluster at HOST:PORT (default: a local instance)")
@@ -280,9 +283,11 @@ def parse_args(argv=None):
         check(cfg.top_k >= 1, "--top-k must be at least 1")
         check(cfg.min_confidence is None or 0 <= cfg.min_confidence <= 1, "--min-confidence must be in [0, 1]")
         check(0 < cfg.port < 65536 and cfg.max_wait_ms >= 0 and cfg.max_inputs >= 1 and cfg.max_queue >= 1
-              and (cfg.threads is None or cfg.threads >= 1) and (cfg.replicas is None or cfg.replicas >= 1)
+              and (cfg.threads is None or cfg.threads >= 1) and (cfg.streams is None or cfg.streams >= 1)
+              and (cfg.replicas is None or cfg.replicas >= 1)
               and cfg.batch_size >= 1,
-              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --replicas and --batch-size must be positive")
+              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --streams, --replicas and --batch-size must be "
+              "positive")
         return cfg
 
     check(cfg.epochs >= 1, "--epochs must be at least 1")

@@ -12,6 +12,7 @@ saved before calibration existed).
 import json
 import os
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -101,6 +102,10 @@ class Predictor:
             options.add_session_config_entry("session.force_spinning_stop", "1")
             self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.tokenizer.truncation_side = "left"  # as in training
+        # a fast tokenizer sets its truncation on every call, and in the transformers releases before their own lock
+        # (huggingface/transformers#47085), which requirements.txt admits, a call while another thread's runs fails
+        # ("Already borrowed"): the server's model streams take turns with it
+        self.tokenizing = threading.Lock()
         self.labels = self.meta["labels"]
         self.max_length = self.meta["max_length"]
         self.temperature = self.meta.get("temperature", 1.0)
@@ -138,22 +143,24 @@ class Predictor:
         if self.speller:
             texts = [self.speller(t) for t in texts]  # word for word, so words keep their places
         texts = [t.strip() for t in texts]
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        with self.tokenizing:
+            ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+            # a word without a first sub-token (cut by truncation) is Other, as in training
+            positions = first_subtokens(self.tokenizer, texts, self.max_length) if slots and self.slots else None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch with little padding
         out, token_logits = np.zeros((len(ids), len(self.labels)), dtype=np.float32), [None] * len(ids)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
+            with self.tokenizing:
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
             out[rows], slot_logits = self._forward(batch["input_ids"].astype(np.int64),
                                                    batch["attention_mask"].astype(np.int64))
             if slots and slot_logits is not None:
                 for r, i in enumerate(rows):
                     token_logits[i] = slot_logits[r, :len(ids[i])]  # (T, S)
-        if not (slots and self.slots):
+        if positions is None:
             return out, None
-        # a word without a first sub-token (cut by truncation) is Other, as in training
-        return out, [word_predictions(t, positions, self.slots, self.crf) for t, positions
-                     in zip(token_logits, first_subtokens(self.tokenizer, texts, self.max_length))]
+        return out, [word_predictions(t, p, self.slots, self.crf) for t, p in zip(token_logits, positions)]
 
     def logits(self, texts, batch_size=128):
         """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""

@@ -8,19 +8,22 @@ GET / (FastAPI + uvicorn).
 Requests that arrive together share one forward pass: a pass takes what
 queued while the last one ran, up to --batch-size utterances, and waits up
 to --max-wait-ms for more (default 0: under load the queue fills while the
-model runs, and a lone request should not wait). One thread runs the model (with --threads intra-op threads), the
-event loop only parses, queues and answers, so the two never compete for
-the same cores. Errors are answers, never a crash: 422 for a malformed or
+model runs, and a lone request should not wait). --streams model threads
+run passes side by side (each with --threads intra-op threads; on a CPU one
+single-threaded stream per core by default); the event loop only parses,
+queues and answers. Errors are answers, never a crash: 422 for a malformed or
 empty request, 413 above --max-inputs utterances, 503 while the model loads or
 when more than --max-queue utterances wait.
 """
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import os
 import signal
 import time
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -91,10 +94,10 @@ async def read_request(request, schema):
 class Batcher:
     """Collects the utterances of concurrent requests into forward passes of at most max_batch utterances."""
 
-    def __init__(self, predictor, max_batch, max_wait_ms, max_queue):
+    def __init__(self, predictor, max_batch, max_wait_ms, max_queue, streams=1):
         self.predictor, self.max_batch, self.max_wait, self.max_queue = predictor, max_batch, max_wait_ms / 1000, max_queue
-        self.queue, self.waiting, self.passes = asyncio.Queue(), 0, 0
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.queue, self.waiting, self.passes, self.streams = asyncio.Queue(), 0, 0, streams
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="model")
 
     async def outputs(self, texts, slots=False):
         """Calibrated probabilities (len(texts), C) and, with slots, each utterance's word slots and probabilities
@@ -112,7 +115,9 @@ class Batcher:
 
     async def run(self):
         loop = asyncio.get_running_loop()
+        free, running = asyncio.Semaphore(self.streams), set()
         while True:
+            await free.acquire()  # a pass starts when a model thread is free, with all that queued meanwhile
             items = [await self.queue.get()]
             n, deadline = len(items[0][0]), loop.time() + self.max_wait
             while n < self.max_batch:
@@ -127,22 +132,30 @@ class Batcher:
                 else:
                     break
                 n += len(items[-1][0])
-            texts = [t for batch, _, _ in items for t in batch]
-            slots = any(wants for _, wants, _ in items)  # slots only for passes that carry a /parse request
-            try:
-                probs, words = await loop.run_in_executor(self.executor, self.forward, texts, slots)
-            except Exception as e:  # answered as 503 to each waiting request, never a crash
-                log.exception("forward pass failed")
-                for _, _, future in items:
-                    future.set_exception(e)
-            else:
-                start = 0
-                for batch, _, future in items:
-                    end = start + len(batch)
-                    future.set_result((probs[start:end], words and words[start:end]))
-                    start = end
+            task = loop.create_task(self.answer(items, n, free))
+            running.add(task)  # the loop holds its tasks: a task only the event loop refers to may be collected
+            task.add_done_callback(running.discard)
+
+    async def answer(self, items, n, free):
+        """One pass over the utterances of items on a model thread, each request's future set with its rows."""
+        texts = [t for batch, _, _ in items for t in batch]
+        slots = any(wants for _, wants, _ in items)  # slots only for passes that carry a /parse request
+        try:
+            probs, words = await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, texts, slots)
+        except Exception as e:  # answered as 503 to each waiting request, never a crash
+            log.exception("forward pass failed")
+            for _, _, future in items:
+                future.set_exception(e)
+        else:
+            start = 0
+            for batch, _, future in items:
+                end = start + len(batch)
+                future.set_result((probs[start:end], words and words[start:end]))
+                start = end
+        finally:
             self.waiting -= n
             self.passes += 1
+            free.release()
 
 
 def parse_answer(text, top, words):
@@ -155,7 +168,8 @@ def parse_answer(text, top, words):
                        "confidence": s["score"]} for s in found]}
 
 
-def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False):
+def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False,
+               streams=1):
     """The app; load() returns the Predictor and runs in a thread at startup, while /health answers 503. With
     load_before_start, start-up itself waits for the model: Ray Serve routes to a replica only once its start-up
     ends, so no request reaches a replica still loading."""
@@ -173,8 +187,13 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
                 log.error("could not load the model: %s", state["error"])
                 loaded.set()
                 return
-            state["batcher"] = Batcher(predictor, max_batch, max_wait_ms, max_queue)
+            state["batcher"] = Batcher(predictor, max_batch, max_wait_ms, max_queue, streams)
             state["predictor"] = predictor
+            # the libraries and the model are loaded for good: the collector's full passes stop scanning them, each
+            # of which stalled every request in flight (p99 80 ms at concurrency 32 with a model that takes no time,
+            # 8 ms with them frozen; docs/serving.md)
+            gc.collect()
+            gc.freeze()
             loaded.set()
             log.info("serving %s (%s backend)", predictor.name, predictor.backend)
             await state["batcher"].run()
@@ -212,7 +231,7 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
         return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
                 "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
                 "spelling": p.speller is not None, "slots": p.slots or [], "max_inputs": max_inputs,
-                "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+                "max_batch": max_batch, "max_wait_ms": max_wait_ms, "streams": streams}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -261,11 +280,11 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
     return app
 
 
-def replica_app(checkpoint, backend, base_model, threads, spelling, max_batch, max_wait_ms, max_inputs, max_queue,
-                replica):
+def replica_app(checkpoint, backend, base_model, threads, streams, spelling, max_batch, max_wait_ms, max_inputs,
+                max_queue, replica):
     """The app of one server process or Ray Serve replica, which loads its own model and batches on its own."""
     return create_app(lambda: Predictor(checkpoint, backend, base_model=base_model, threads=threads, spelling=spelling),
-                      max_batch, max_wait_ms, max_inputs, max_queue, load_before_start=replica)
+                      max_batch, max_wait_ms, max_inputs, max_queue, load_before_start=replica, streams=streams)
 
 
 def serve(cfg):
@@ -275,18 +294,22 @@ def serve(cfg):
     if cfg.spelling:
         words_file(folder)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's own threads would compete too
-    threads = cfg.threads or max(1, os.cpu_count() // (cfg.replicas or 1))
-    settings = (os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, cfg.spelling, cfg.batch_size,
-                cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas))
+    # on a CPU, single-threaded passes side by side beat one pass on all the cores (a 2-core Xeon with AMX: +12%
+    # requests/s at concurrency 32, docs/serving.md): a small model's ops are too short to split across threads
+    gpu = cfg.backend == "torch" and torch.cuda.is_available()
+    streams = cfg.streams or (1 if gpu else max(1, os.cpu_count() // (cfg.replicas or 1)))
+    threads = cfg.threads or max(1, os.cpu_count() // ((cfg.replicas or 1) * streams))
+    settings = (os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, streams, cfg.spelling,
+                cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas))
 
     def build():  # a plain function: Ray Serve calls it on each replica to build that replica's app
         return replica_app(*settings)
 
-    log.info("listening on http://%s:%d (%s, model threads %d each, batches up to %d utterances or %g ms)", cfg.host,
-             cfg.port, f"{cfg.replicas} Ray Serve replicas" if cfg.replicas else "one process", threads,
-             cfg.batch_size, cfg.max_wait_ms)
+    log.info("listening on http://%s:%d (%s, %d model streams of %d threads each, batches up to %d utterances or "
+             "%g ms)", cfg.host, cfg.port, f"{cfg.replicas} Ray Serve replicas" if cfg.replicas else "one process",
+             streams, threads, cfg.batch_size, cfg.max_wait_ms)
     if cfg.replicas:
-        return serve_replicas(cfg, build, threads)
+        return serve_replicas(cfg, build, streams * threads)
     import uvicorn
 
     uvicorn.run(build(), host=cfg.host, port=cfg.port, log_level="warning")
@@ -296,7 +319,7 @@ def stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve_replicas(cfg, build, threads):
+def serve_replicas(cfg, build, cpus):
     """The same app as a Ray Serve deployment of --replicas replicas, on a local Ray instance or the cluster at
     --address, until Ctrl-C or SIGTERM; each replica builds the app itself, so each batches on its own."""
     import ray
@@ -314,7 +337,7 @@ def serve_replicas(cfg, build, threads):
         try:
             ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})
             deployment = ray_serve.deployment(ray_serve.ingress(build)(), name="parser", num_replicas=cfg.replicas,
-                                              ray_actor_options={"num_cpus": threads})
+                                              ray_actor_options={"num_cpus": cpus})
             ray_serve.run(deployment.bind(), name="parser", route_prefix="/")
         except ray.exceptions.RayError as e:  # e.g. its HTTP proxy not up within Ray's 60 s on a starved machine
             reason = (str(e).strip().splitlines() or [""])[0]

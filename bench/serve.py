@@ -13,6 +13,7 @@ results/bench/serve-<backend>.json. Only local addresses are used.
 """
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -40,7 +41,8 @@ def free_port():
 def start_server(args, batching):
     port = free_port()
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint", args.checkpoint,
-           "--backend", args.backend, "--port", str(port), "--threads", str(args.threads)]
+           "--backend", args.backend, "--port", str(port), "--threads", str(args.threads),
+           "--streams", str(args.streams)]
     cmd += ["--max-wait-ms", str(args.max_wait_ms)] if batching else ["--batch-size", "1", "--max-wait-ms", "0"]
     cmd += ["--replicas", str(args.replicas)] if args.replicas else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -75,15 +77,20 @@ def cpu_seconds(pid):
 
 
 def model_alone(args, texts, slots):
-    """Utterances per second of the model alone, in-process, on the server's threads and forward batches."""
+    """Utterances per second of the model alone, in-process, on the server's streams, threads and forward batches:
+    each stream's thread takes its share of the utterances, all at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from inference import Predictor
     from serve import FORWARD_BATCH
 
     predictor = Predictor(args.checkpoint, args.backend, threads=args.threads)
     predictor.outputs(texts[:200], FORWARD_BATCH, slots=slots)  # warm-up
-    t = time.perf_counter()
-    predictor.outputs(texts, FORWARD_BATCH, slots=slots)
-    return len(texts) / (time.perf_counter() - t)
+    with ThreadPoolExecutor(args.streams) as pool:
+        t = time.perf_counter()
+        list(pool.map(lambda part: predictor.outputs(part, FORWARD_BATCH, slots=slots),
+                      [texts[i::args.streams] for i in range(args.streams)]))
+        return len(texts) / (time.perf_counter() - t)
 
 
 def load(url, texts, concurrency, n_requests, endpoint="predict"):
@@ -127,7 +134,8 @@ def main():
     p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="the server's model threads")
+    p.add_argument("--streams", type=int, default=os.cpu_count(), help="the server's model streams (passes at once)")
+    p.add_argument("--threads", type=int, default=1, help="the server's intra-op threads per stream")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's batching wait, with batching on")
     p.add_argument("--endpoint", default="predict", choices=("predict", "parse"),
                    help="what each request asks: /predict (labels) or /parse (labels and slots)")
@@ -139,8 +147,12 @@ def main():
     # the model alone, before and after the server's rows: a shared machine's speed drifts by 20% within a run, so
     # each ratio is to the mean of the two
     before = model_alone(args, texts, slots=args.endpoint == "parse")
-    print(f"the model alone: {before:.1f} utterances/s ({args.threads} threads, {cpu_model()}): "
-          f"{1000 * args.threads / before:.2f} ms of CPU per utterance")
+    print(f"the model alone: {before:.1f} utterances/s ({args.streams} streams of {args.threads} threads, {cpu_model()}): "
+          f"{1000 * args.streams * args.threads / before:.2f} ms of CPU per utterance")
+    # the client's collector would otherwise scan the model it just measured on every full pass, and each pass
+    # would show as a stall of every request in flight: latencies that are the client's, not the server's
+    gc.collect()
+    gc.freeze()
     rows = []
     for batching in (True,) if args.replicas else (True, False):
         proc, url = start_server(args, batching)
@@ -177,7 +189,8 @@ def main():
     out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}{suffix}.json")
     with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
         run = json.load(f)["run_name"]
-    write_json(out, {"run": run, "backend": args.backend, "endpoint": args.endpoint, "threads": args.threads,
+    write_json(out, {"run": run, "backend": args.backend, "endpoint": args.endpoint, "streams": args.streams,
+                     "threads": args.threads,
                      "max_wait_ms": args.max_wait_ms, "replicas": args.replicas, "cpus": os.cpu_count(), "cpu": cpu_model(),
                      "model_alone_utterances_per_second": alone, "model_alone_before_and_after": [before, after],
                      "rows": rows})

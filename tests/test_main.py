@@ -93,6 +93,8 @@ def test_run_names_and_task_defaults():
     (["--lr", "abc"], "invalid float value"),
     (["--task", "serve", "--checkpoint", "x", "--port", "0"], "--port, --max-wait-ms"),
     (["--task", "serve", "--checkpoint", "x", "--max-inputs", "0"], "--port, --max-wait-ms"),
+    (["--task", "serve", "--checkpoint", "x", "--streams", "0"], "--threads, --streams, --replicas"),
+    (["--task", "predict", "--checkpoint", "x", "--streams", "2"], "--streams applies only to --task serve"),
     (["--task", "predict", "--checkpoint", "x", "--min-confidence", "2"], "--min-confidence must be in [0, 1]"),
     (["--task", "export"], "--task export needs --checkpoint DIR"),
     (["--port", "8000"], "--port applies only to --task serve"),

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import main as cli
@@ -125,8 +126,8 @@ def test_serve_load_bench_measures_the_server_against_the_model_alone(joint_chec
     data = os.path.join(os.path.dirname(os.path.dirname(joint_checkpoint)), "en-US.jsonl")
     out = tmp_path / "serve.json"
     subprocess.run([sys.executable, os.path.join(ROOT, "bench", "serve.py"), "--checkpoint", joint_checkpoint,
-                    "--data", data, "--endpoint", "parse", "--concurrency", "1,4", "--requests", "20", "--threads", "1",
-                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+                    "--data", data, "--endpoint", "parse", "--concurrency", "1,4", "--requests", "20", "--streams", "2",
+                    "--threads", "1", "--out", str(out)], check=True, capture_output=True, timeout=300)
     report = json.load(open(out))
     before, after = report["model_alone_before_and_after"]
     assert report["model_alone_utterances_per_second"] == pytest.approx((before + after) / 2)
@@ -134,6 +135,7 @@ def test_serve_load_bench_measures_the_server_against_the_model_alone(joint_chec
     assert [(r["batching"], r["concurrency"]) for r in rows] == [(True, 1), (True, 4), (False, 1), (False, 4)]
     assert all(r["errors"] == 0 and r["requests"] == 20 and r["p50_ms"] <= r["p99_ms"] for r in rows)
     assert all(r["of_model_alone"] == pytest.approx(r["requests_per_second"] / (before + after) * 2) for r in rows)
+    assert (report["streams"], report["threads"]) == (2, 1)
 
 
 def test_ray_serve_replicas_answer_parse_and_shut_down_cleanly(joint_checkpoint, tmp_path):
@@ -175,3 +177,20 @@ def test_ray_serve_replicas_answer_parse_and_shut_down_cleanly(joint_checkpoint,
     out = log.read_text()
     assert proc.returncode == 0, out[-2000:]
     assert "shutting down the replicas" in out
+
+
+def test_one_predictor_parses_on_threads_at_once(joint_checkpoint):
+    # the server's model streams share one Predictor: the same answers from threads at once, its fast tokenizer's
+    # truncation switching between calls (slots read untruncated offsets)
+    import concurrent.futures
+
+    from inference import Predictor
+
+    predictor = Predictor(joint_checkpoint)
+    texts = ["wake me up at five am", "play some jazz", "what is the weather like in paris tomorrow"] * 4
+    want = predictor.outputs(texts, 2)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: predictor.outputs(texts, 2), range(40)))
+    for logits, words in got:
+        np.testing.assert_allclose(logits, want[0], atol=1e-5)
+        assert words == want[1]

@@ -148,7 +148,7 @@ def test_serve_predict_info_and_errors(client):
     assert many.status_code == 200 and [len(x) for x in many.json()] == [3, 0, 3]
     info = c.get("/info").json()
     assert info["labels"] == ["alarm", "music", "weather"] and info["backend"] == "torch" and info["temperature"] > 0
-    assert info["spelling"] is False
+    assert info["spelling"] is False and info["streams"] == 1
     assert c.post("/predict", json={"inputs": []}).status_code == 422
     assert c.post("/predict", json={"inputs": ""}).status_code == 422
     assert c.post("/predict", json={"text": "hi"}).status_code == 422
@@ -185,6 +185,27 @@ def test_serve_batches_concurrent_requests(client):
         answers = list(pool.map(lambda i: c.post("/predict", json={"inputs": f"play song {i}"}), range(16)))
     assert all(a.status_code == 200 for a in answers)
     assert batcher.passes - before < 16  # requests shared forward passes
+
+
+def test_two_streams_run_passes_side_by_side_with_the_answers_of_one(trained):
+    run_dir = trained[0]
+    predictor = Predictor(run_dir)
+    both = threading.Barrier(2, timeout=10)
+    forward = predictor.outputs
+
+    def outputs(*args, **kwargs):  # each pass waits until the other has started too: only two streams get past
+        both.wait()
+        return forward(*args, **kwargs)
+
+    predictor.outputs = outputs
+    app = create_app(lambda: predictor, max_batch=1, max_wait_ms=0, max_inputs=8, max_queue=64, streams=2)
+    texts = [f"play song number {i} please" for i in range(8)]
+    with TestClient(app) as c, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        wait_until_healthy(c)
+        assert c.get("/info").json()["streams"] == 2
+        answers = list(pool.map(lambda t: c.post("/predict", json={"inputs": t, "top_k": 2}), texts))
+    assert all(a.status_code == 200 for a in answers) and not both.broken
+    assert [a.json() for a in answers] == Predictor(run_dir).top_k(texts, 2)
 
 
 def test_serve_overloaded_queue_answers_503(client):
