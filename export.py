@@ -71,12 +71,18 @@ def to_int8(fp32_path, path, encoder_config, keep=KEEP_FP32):
     from onnxruntime.transformers import optimizer
 
     fused = path + ".fused.onnx"
-    optimizer.optimize_model(fp32_path, model_type="bert", num_heads=encoder_config.num_attention_heads,
-                             hidden_size=encoder_config.hidden_size).save_model_to_file(fused)
-    fp32 = [n.name for n in onnx.load(fused).graph.node if any(k in n.name for k in keep)]
-    # the fused graph has ORT's own operators, whose outputs shape inference cannot type: they are float
-    quantize_dynamic(fused, path, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=fp32,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantizer logs two INFO lines per tensor on the root logger
+    try:
+        optimizer.optimize_model(fp32_path, model_type="bert", num_heads=encoder_config.num_attention_heads,
+                                 hidden_size=encoder_config.hidden_size).save_model_to_file(fused)
+        fp32 = [n.name for n in onnx.load(fused).graph.node if any(k in n.name for k in keep)]
+        # the fused graph has ORT's own operators, whose outputs shape inference cannot type: they are float
+        quantize_dynamic(fused, path, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=fp32,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
     os.remove(fused)
 
 

@@ -128,6 +128,10 @@ EXPERIMENTS["joint-lr1e-4-slots4-crf-rdrop"] = ["--task", "custom", "--llrd", "1
                                                 *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--rdrop", "1"]
 # label smoothing led the 10-epoch CRF on validation (+0.27 over 3 seeds); with the 15 epochs validation picked
 EXPERIMENTS["joint-lr1e-4-slots4-crf-e15-ls"] = [*EXPERIMENTS["joint-lr1e-4-slots4-crf-ls"], "--epochs", "15"]
+# the joint setting for a base-size encoder given with --model (all-mpnet-base-v2, 110M, in docs/joint.md): the lr
+# such encoders fine-tune at (JointBERT's 5e-5 for BERT-base), not the 22.7M encoder's 1e-4
+EXPERIMENTS["joint-base-lr5e-5-slots4-crf"] = [*EXPERIMENTS["joint-lr1e-4-slots4-crf"], "--lr", "5e-5"]
+
 
 class StudyError(Exception):
     """A bad study command: printed as one line before any run starts."""
