@@ -419,6 +419,12 @@ def plot_comparison(groups, path):
     plt.close(fig)
 
 
+def joint_tags(g):
+    """What sets a joint group apart beyond its experiment: the label, the encoder where it is not the bundled one
+    (the same experiment on another encoder is another row), and the kind of device."""
+    return [g["label"], *([g["encoder"]] if g["encoder"] != "all-MiniLM-L6-v2" else []), g["device"]]
+
+
 def plot_joint(groups, path):
     """MASSIVE's three numbers per joint experiment (mean, 95% t-interval over seeds), the paper's en-US results
     as reference lines; the experiments run on several seeds first, then the single-seed screens, each by exact
@@ -427,7 +433,7 @@ def plot_joint(groups, path):
                 key=lambda g: (len(g["runs"]) == 1, -np.mean([r["test_exact_match"] for r in g["runs"]])))
     fig, axes = plt.subplots(1, 3, figsize=(14, 2.6 + 0.35 * len(gs)), sharey=True)
     for i, (ax, (key, name)) in enumerate(zip(axes, JOINT_METRICS)):
-        rows = [(f"{g['short']} [{g['label']}, {g['device']}]", [100 * r[key] for r in g["runs"]], None) for g in gs]
+        rows = [(f"{g['short']} [{', '.join(joint_tags(g))}]", [100 * r[key] for r in g["runs"]], None) for g in gs]
         interval_panel(ax, rows, f"test {name} (%)", [(v[i], n.split(" (")[0]) for n, v in ANCHORS.items()])
         ax.set_title(name, fontsize=9)
     fig.suptitle("MASSIVE's joint task (en-US test): mean and 95% t-interval over seeds; lines: the MASSIVE paper",

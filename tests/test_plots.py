@@ -196,3 +196,11 @@ def test_the_slot_objective_is_paired_against_intent_only_runs_of_the_same_setti
     assert f"| baseline, lr 0.0001, batch 32 + --slots --slot-weight 4 --crf [intent] | {plain_fast} | 1 | +0.00 |" \
         in mine
     assert "| baseline [intent] |" not in mine  # the study's baseline has no joint run of its settings here
+
+
+def test_a_joint_row_names_its_encoder_unless_it_is_the_bundled_one():
+    import plots
+
+    group = {"label": "intent", "encoder": "all-mpnet-base-v2", "device": "cpu, bf16"}
+    assert plots.joint_tags(group) == ["intent", "all-mpnet-base-v2", "cpu, bf16"]
+    assert plots.joint_tags({**group, "encoder": "all-MiniLM-L6-v2"}) == ["intent", "cpu, bf16"]
