@@ -171,7 +171,8 @@ def build_parser():
     r.add_argument("--aux-weight", type=float, help="weight of a second head trained on the other label "
                                                     "(intent for scenario, scenario for intent)")
     r.add_argument("--teachers", type=lambda s: [x for x in s.split(",") if x],
-                   help="comma-separated checkpoint folders whose mean prediction the model is distilled from")
+                   help="comma-separated checkpoint folders whose mean prediction the model is distilled from "
+                        "(with --slots, joint checkpoints: their slots too)")
     r.add_argument("--distill-weight", type=float, help="weight of the distillation loss against cross-entropy "
                                                         "(default 0.5 with --teachers)")
     r.add_argument("--distill-temperature", type=float, help="softmax temperature of distillation")

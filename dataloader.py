@@ -14,6 +14,7 @@ column, slots or not), so a changed input never reuses a stale cache, and a
 cache that fails its checks is rebuilt.
 """
 import bisect
+import gzip
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import pickle
 import random
 import tempfile
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
@@ -250,14 +252,16 @@ def token_labels(length, words, positions, index):
     return labels
 
 
-def load_cache(path, key):
-    """The cached features, or None (with a warning) when the file is missing, corrupt or foreign."""
+def load_cache(path, key, fields=("labels", "features")):
+    """A cached blob (a dict with "key" and fields; gzip-compressed where path ends in .gz), or None (with a
+    warning) when the file is missing, corrupt or foreign."""
     if not os.path.exists(path):
         return None
     try:
-        with open(path, "rb") as f:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
             blob = pickle.load(f)
-        if not (isinstance(blob, dict) and blob.get("key") == key and set(blob["features"]) == set(SPLITS)):
+        if not (isinstance(blob, dict) and blob.get("key") == key and all(k in blob for k in fields)
+                and ("features" not in fields or set(blob["features"]) == set(SPLITS))):
             raise ValueError("key or layout mismatch")
         return blob
     except Exception as e:
@@ -319,20 +323,28 @@ class Features(torch.utils.data.Dataset):
             row["input_ids"], slots = self.augment(i)
             if slots is not None:
                 row["slot_labels"] = slots
+            if "teacher_slot_probs" in row:  # the teachers saw the clean words: none for the perturbed ones
+                row["teacher_slot_probs"] = np.zeros((len(row["input_ids"]), row["teacher_slot_probs"].shape[1]))
         return row
 
 
 class PadSlots:
-    """A collator that also pads the token-level "slot_labels" column to the batch's token length, with -100."""
+    """A collator that also pads the token-level columns to the batch's token length: "slot_labels" with -100,
+    and the teachers' (T, S) "teacher_slot_probs", where there are teachers, with zero rows."""
 
     def __init__(self, collate):
         self.collate = collate
 
     def __call__(self, rows):
         slots = [row.pop("slot_labels") for row in rows]
+        teacher = [row.pop("teacher_slot_probs") for row in rows] if "teacher_slot_probs" in rows[0] else None
         batch = self.collate(rows)
         width = batch["input_ids"].shape[1]
         batch["slot_labels"] = torch.tensor([s + [-100] * (width - len(s)) for s in slots])
+        if teacher is not None:
+            batch["teacher_slot_probs"] = torch.zeros(len(rows), width, teacher[0].shape[1])
+            for b, t in enumerate(teacher):
+                batch["teacher_slot_probs"][b, :len(t)] = torch.from_numpy(np.asarray(t, dtype=np.float32))
         return batch
 
 

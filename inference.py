@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dataloader import UserError, first_subtokens, word_spans
-from slots import spans, word_predictions
+from slots import OUTSIDE, spans, word_predictions
 
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
@@ -137,9 +137,10 @@ class Predictor:
         outs = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
         return outs[0], outs[1] if len(outs) > 1 else None
 
-    def outputs(self, texts, batch_size=128, slots=True):
+    def forward_texts(self, texts, batch_size=128, slots=True):
         """Uncalibrated logits (N, C) for raw utterances (tokenized, batched by length, truncated from the left);
-        with slots and a slot head also each utterance's slot name and probability per word (else None)."""
+        with slots and a slot head also each utterance's slot scores (T, S) and its words' first sub-token
+        positions (else None, None)."""
         if self.speller:
             texts = [self.speller(t) for t in texts]  # word for word, so words keep their places
         texts = [t.strip() for t in texts]
@@ -158,9 +159,36 @@ class Predictor:
             if slots and slot_logits is not None:
                 for r, i in enumerate(rows):
                     token_logits[i] = slot_logits[r, :len(ids[i])]  # (T, S)
+        return out, (token_logits, positions) if positions is not None else (None, None)
+
+    def outputs(self, texts, batch_size=128, slots=True):
+        """Uncalibrated logits (N, C) for raw utterances; with slots and a slot head also each utterance's slot
+        name and probability per word (else None)."""
+        out, (token_logits, positions) = self.forward_texts(texts, batch_size, slots)
         if positions is None:
             return out, None
         return out, [word_predictions(t, p, self.slots, self.crf) for t, p in zip(token_logits, positions)]
+
+    def word_distributions(self, token_logits, positions, temperature=1.0):
+        """For each utterance of forward_texts' slot scores (W, S): each word's probability of each slot at the
+        temperature, the CRF's marginals where there is one (loss.crf_log_marginals), else the softmax of the word's
+        scores; a word without a first sub-token is Other for certain, as predictions have it. Distillation's
+        teacher side."""
+        from loss import crf_log_marginals
+
+        crf = None if self.crf is None else torch.from_numpy(self.crf).float() / temperature
+        other = np.eye(len(self.slots), dtype=np.float32)[self.slots.index(OUTSIDE)]
+        out = []
+        for t, p in zip(token_logits, positions):
+            at = [q for q in p if q >= 0]
+            e = torch.from_numpy(np.asarray(t, dtype=np.float32)[at]) / temperature  # (words kept, S)
+            if crf is None:
+                probs = torch.softmax(e, -1)
+            else:
+                probs = crf_log_marginals(e[None], torch.ones(1, len(at), dtype=torch.bool), crf)[0].exp()
+            rows = iter(probs.numpy())
+            out.append(np.array([next(rows) if q >= 0 else other for q in p], dtype=np.float32).reshape(-1, len(other)))
+        return out
 
     def logits(self, texts, batch_size=128):
         """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""

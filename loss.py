@@ -1,5 +1,5 @@
 """Losses beyond plain cross-entropy: contrastive (supcon, simclr), R-Drop and distillation (custom), and the
-token-level cross-entropy and CRF likelihood of slot filling. Pure functions."""
+token-level cross-entropy, CRF likelihood, CRF marginals and distillation of slot filling. Pure functions."""
 import torch
 import torch.nn.functional as F
 
@@ -120,6 +120,49 @@ def crf_nll(emissions, tags, mask, scores):
     return (log_z - path) * (lengths > 0)
 
 
+def crf_log_marginals(emissions, mask, scores):
+    """Each word's log marginal probability of each slot under a linear-chain CRF: log p(y_w = j | x) by the
+    forward-backward algorithm, differentiable.
+
+    emissions: (B, W, S); mask: (B, W) bool, True on each row's words, which come
+    first; scores: (S + 2, S), all as crf_nll takes them. Returns (B, W, S):
+    alpha_w[j] + beta_w[j] - log Z(x), where alpha_w sums the scores of every
+    prefix ending in slot j at word w and beta_w those of every suffix after
+    it; each row of a word sums to 1 in probability. Zero where mask is False.
+    """
+    b, w, s = emissions.shape
+    if mask.shape != (b, w) or scores.shape != (s + 2, s):
+        raise ValueError(f"emissions (B, W, S), mask (B, W) and scores (S + 2, S) expected, got "
+                         f"{tuple(emissions.shape)}, {tuple(mask.shape)}, {tuple(scores.shape)}")
+    if w == 0:
+        return emissions * 0.0
+    start, transitions, end = scores[0], scores[1:-1], scores[-1]
+    alphas = [start + emissions[:, 0]]  # (B, S) each
+    for t in range(1, w):
+        alphas.append(torch.logsumexp(alphas[-1].unsqueeze(2) + transitions, dim=1) + emissions[:, t])
+    betas = [end.expand(b, s)]  # beta of the last word; a row that ends earlier takes `end` where its words end
+    for t in range(w - 2, -1, -1):
+        step = torch.logsumexp(transitions + (emissions[:, t + 1] + betas[-1]).unsqueeze(1), dim=2)
+        betas.append(torch.where(mask[:, t + 1].unsqueeze(1), step, end.expand(b, s)))
+    alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)  # (B, W, S)
+    log_z = torch.logsumexp(alpha[:, 0] + beta[:, 0], dim=1)  # (B,)
+    return (alpha + beta - log_z[:, None, None]).masked_fill(~mask.unsqueeze(2), 0.0)
+
+
+def word_sequences(logits, labels, ignore_index=-100):
+    """The labelled tokens of each row moved to its front, in order: the row's sequence of words.
+
+    logits: (B, T, S); labels: (B, T), ignore_index where a token starts no word.
+    Returns (emissions (B, W, S), tags (B, W), mask (B, W) bool, order (B, W): the
+    token index of each word), W the most words of any row.
+    """
+    mask = labels != ignore_index
+    width = int(mask.sum(1).max()) if mask.numel() else 0
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]  # labelled tokens first
+    emissions = logits.gather(1, order.unsqueeze(2).expand(-1, -1, logits.shape[2]))
+    return emissions, labels.gather(1, order), mask.gather(1, order), order
+
+
 def crf_token_loss(logits, labels, scores, ignore_index=-100):
     """The CRF's negative log-likelihood of each utterance's word slots, per labelled token (the scale of
     token_cross_entropy, so that --slot-weight means the same with and without a CRF).
@@ -129,9 +172,33 @@ def crf_token_loss(logits, labels, scores, ignore_index=-100):
     labelled tokens of each row, in order, are its sequence of words.
     Returns a scalar: sum_b crf_nll_b / |L|; 0 when no token is labelled.
     """
-    mask = labels != ignore_index
-    width = int(mask.sum(1).max()) if mask.numel() else 0
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]  # labelled tokens first
-    emissions = logits.gather(1, order.unsqueeze(2).expand(-1, -1, logits.shape[2]))
-    nll = crf_nll(emissions, labels.gather(1, order), mask.gather(1, order), scores)
+    emissions, tags, mask, _ = word_sequences(logits, labels, ignore_index)
+    nll = crf_nll(emissions, tags, mask, scores)
     return nll.sum() / mask.sum().clamp(min=1)
+
+
+def slot_distill_loss(logits, teacher_probs, labels, scores=None, temperature=1.0, ignore_index=-100):
+    """Knowledge distillation of the slots, word by word: T^2 * KL(teacher's word distribution || student's),
+    averaged over the words that have a teacher distribution.
+
+    logits: (B, T, S) the student's slot scores; teacher_probs: (B, T, S) at each
+    word's first sub-token the teacher's probability of each slot at temperature
+    T, all zero where there is none (other sub-tokens, padding, a word the
+    teacher did not see); labels: (B, T) the student's words as in
+    crf_token_loss. The student's distribution is softmax(logits / T) at the
+    word, or with the CRF's scores its marginals with every score divided by T
+    (posterior distillation, Wang et al. 2020). Returns a scalar >= 0; 0 when no
+    word has a teacher distribution.
+    """
+    if teacher_probs.shape != logits.shape or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits and teacher_probs (B, T, S) and labels (B, T) expected, got {tuple(logits.shape)},"
+                         f" {tuple(teacher_probs.shape)} and {tuple(labels.shape)}")
+    if scores is None:
+        log_student = F.log_softmax(logits / temperature, -1)
+    else:
+        emissions, _, mask, order = word_sequences(logits, labels, ignore_index)
+        log_student = crf_log_marginals(emissions / temperature, mask, scores / temperature)
+        teacher_probs = teacher_probs.gather(1, order.unsqueeze(2).expand(-1, -1, logits.shape[2])) * mask.unsqueeze(2)
+    words = (teacher_probs.sum(-1) > 0).sum()
+    kl = F.kl_div(log_student, teacher_probs, reduction="sum")  # a word whose teacher row is zero adds 0
+    return temperature ** 2 * kl / words.clamp(min=1)

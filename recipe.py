@@ -1,13 +1,18 @@
-"""The accuracy recipe's helpers beside the loop: the other label's targets, the teachers' probabilities, and
+"""The accuracy recipe's helpers beside the loop: the other label's targets, the teachers' probabilities (cached), and
 scenario accuracy from an intent model (one intent-to-scenario map, for training and bench/ensemble.py alike)."""
 import dataclasses
+import gzip
+import hashlib
+import json
 import logging
+import os
+import pickle
 
 import numpy as np
 from scipy.special import softmax
 
-from dataloader import UserError, load_features
-from inference import Predictor
+from dataloader import UserError, atomic_write, load_cache, load_features
+from inference import Predictor, checkpoint_folder
 
 log = logging.getLogger("recipe")
 
@@ -20,18 +25,70 @@ def other_labels(cfg, tokenizer, features):
     return names, other_features["train"]["labels"]
 
 
-def teacher_probabilities(cfg, labels, train):
-    """The teachers' mean probability (N, C) at the distillation temperature, for each training utterance."""
-    probs = []
-    for path in cfg.teachers:
-        teacher = Predictor(path)
-        if teacher.labels != labels:
+def teacher_probabilities(cfg, labels, train, slots=None):
+    """The teachers' mean probability (N, C) at the distillation temperature, for each training utterance; with
+    slots (the run's slot names) also, per utterance, (T, S) float16: at each word's first sub-token the teachers'
+    mean slot distribution of that word (Predictor.word_distributions), zero elsewhere (else None).
+
+    Cached under --cache-dir, keyed by the teachers' trained heads, the training texts, the temperature and the slot
+    names: each teacher reads the training texts once, not once per student.
+    """
+    folders = [checkpoint_folder(path) for path in cfg.teachers]
+    digest = hashlib.sha256(json.dumps([train["texts"], cfg.distill_temperature, slots]).encode())
+    for path, folder in zip(cfg.teachers, folders):
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+        if meta["labels"] != labels:
             raise UserError(f"teacher {path} was trained on other labels than this run's --label {cfg.label}")
-        probs.append(softmax(teacher.logits(train["texts"]) / cfg.distill_temperature, axis=1))
+        if slots and meta.get("slots") != slots:
+            raise UserError(f"teacher {path} has {'other slot names' if meta.get('slots') else 'no slot head'}: "
+                            f"a run with --slots distils from joint teachers trained on the same data")
+        for name in ("meta.json", "head.pt", "slot_head.pt", "slot_crf.pt"):  # the heads are new with every training
+            if os.path.exists(os.path.join(folder, name)):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(f.read())
+    key = digest.hexdigest()
+    # compressed: a confident teacher's slot distributions are mostly zeros (9 MB of float16 for en-US)
+    path = os.path.join(cfg.cache_dir, f"teachers-{key[:16]}.pkl.gz")
+    blob = load_cache(path, key, ("probs", "slot_words"))
+    if blob is None:
+        blob = {"key": key, **dict(zip(("probs", "slot_words"), teachers_on(cfg, folders, train, slots)))}
+        atomic_write(path, lambda f: f.write(gzip.compress(pickle.dumps(blob), compresslevel=6)))
+        log.info("cached the teachers' probabilities in %s", path)
+    else:
+        log.info("loaded the teachers' probabilities from %s", path)
+    if not slots:
+        return blob["probs"].tolist(), None
+    tables = []  # each word's distribution at its first sub-token
+    for words, ids, positions in zip(blob["slot_words"], train["input_ids"], train["slot_positions"]):
+        table = np.zeros((len(ids), len(slots)), dtype=np.float16)
+        kept = [w for w, pos in enumerate(positions) if pos >= 0]
+        table[[positions[w] for w in kept]] = words[kept]
+        tables.append(table)
+    return blob["probs"].tolist(), tables
+
+
+def teachers_on(cfg, folders, train, slots):
+    """The teachers' mean probability (N, C) and, with slots, per utterance their mean (W, S) float16 over its words
+    (else None), computed: each teacher reads the training texts once."""
+    probs, words = [], []
+    for folder in folders:
+        teacher = Predictor(folder)
+        logits, (token_logits, positions) = teacher.forward_texts(train["texts"], slots=bool(slots))
+        probs.append(softmax(logits / cfg.distill_temperature, axis=1))
         log.info("teacher %s: train accuracy %.4f", teacher.name, np.mean(probs[-1].argmax(1) == train["labels"]))
-    mean = np.mean(probs, axis=0)
+        if slots:
+            words.append(teacher.word_distributions(token_logits, positions, cfg.distill_temperature))
+    mean = np.mean(probs, axis=0).astype(np.float32)
     log.info("teachers' ensemble: train accuracy %.4f", np.mean(mean.argmax(1) == train["labels"]))
-    return mean.astype(np.float32).tolist()
+    if not slots:
+        return mean, None
+    index = {name: i for i, name in enumerate(slots)}
+    per_word = [np.mean([w[i] for w in words], axis=0).astype(np.float16) for i in range(len(train["texts"]))]
+    right = sum(int(d.argmax() == index[g]) for dist, gold in zip(per_word, train["slot_words"]) for d, g in zip(dist, gold))
+    log.info("teachers' ensemble: train word slot accuracy (each word's most probable slot) %.4f",
+             right / sum(map(len, train["slot_words"])))
+    return mean, per_word
 
 
 def scenario_of_intents(pairs, intents, scenarios):

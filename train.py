@@ -35,7 +35,7 @@ from tqdm import tqdm
 from arguments import IO_KEYS, complete_config, recorded_config
 from dataloader import (UserError, atomic_write, describe_data, load_features, make_loader, slot_labels,
                         token_slot_labels)
-from loss import crf_token_loss, distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
+from loss import crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
 from model import apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model, save_checkpoint
 from model import weights_sha256
 from recipe import other_labels, scenario_from_intent, teacher_probabilities
@@ -82,7 +82,8 @@ LOSS_TERMS = (label_term, rdrop_term, aux_term, slot_term)  # summed in this ord
 
 
 def classify_step(model, batch, cfg):
-    """The classification phase: the sum of LOSS_TERMS, mixed with distillation from teachers where given.
+    """The classification phase: the sum of LOSS_TERMS, mixed with distillation from teachers where given (of
+    the intent, and with --slots of the slots too).
 
     With R-Drop every per-example tensor of the batch goes through twice, in one pass.
     """
@@ -97,6 +98,10 @@ def classify_step(model, batch, cfg):
             loss = value if loss is None else loss + value
     if cfg.teachers:
         soft = distill_loss(out["logits"], batch["teacher_probs"], cfg.distill_temperature)
+        if cfg.slots:  # the slots' distillation weighed against the intent's as their cross-entropies are
+            soft = soft + cfg.slot_weight * slot_distill_loss(out["slot_logits"], batch["teacher_slot_probs"],
+                                                              batch["slot_labels"], out.get("slot_crf"),
+                                                              cfg.distill_temperature)
         loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
     return loss, (out["logits"][:n].argmax(-1) == batch["labels"][:n]).sum()
 
@@ -312,12 +317,14 @@ def load_data(cfg):
     extras, aux_names, slots = {}, None, None
     if cfg.aux_weight:
         aux_names, extras["aux_labels"] = other_labels(cfg, tokenizer, features)
-    if cfg.teachers:
-        extras["teacher_probs"] = teacher_probabilities(cfg, labels, features["train"])
     if cfg.slots:
         slots = slot_labels(features)
         extras["slot_labels"] = token_slot_labels(features["train"], slots)
         log.info("%d slot names: %s", len(slots), " ".join(slots))
+    if cfg.teachers:
+        extras["teacher_probs"], teacher_slots = teacher_probabilities(cfg, labels, features["train"], slots)
+        if teacher_slots is not None:
+            extras["teacher_slot_probs"] = teacher_slots
     return tokenizer, labels, features, extras, aux_names, slots
 
 

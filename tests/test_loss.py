@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import itertools
 
-from loss import crf_nll, crf_token_loss, distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
+from loss import (crf_log_marginals, crf_nll, crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl,
+                  token_cross_entropy, word_sequences)
 from slots import viterbi
 
 
@@ -161,3 +162,47 @@ def test_crf_edge_cases():
     with pytest.raises(ValueError, match=r"\(S \+ 2, S\)"):
         crf_nll(torch.randn(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool),
                 torch.zeros(3, 3))
+
+
+def test_crf_marginals_match_enumerating_every_path():
+    torch.manual_seed(1)
+    n_slots, lengths = 3, [4, 2, 0]
+    emissions, scores = torch.randn(3, 4, n_slots, dtype=torch.float64), torch.randn(n_slots + 2, n_slots, dtype=torch.float64)
+    mask = torch.arange(4)[None] < torch.tensor(lengths)[:, None]
+    marginals = crf_log_marginals(emissions, mask, scores).exp()
+    for b, n in enumerate(lengths):
+        paths = list(itertools.product(range(n_slots), repeat=n))
+        p = torch.softmax(torch.stack([path_score(emissions[b], q, scores) for q in paths]), 0) if n else []
+        for w in range(n):
+            for j in range(n_slots):
+                want = sum(float(pr) for q, pr in zip(paths, p) if q[w] == j)
+                assert marginals[b, w, j].item() == pytest.approx(want)
+    assert torch.allclose(marginals[0].sum(-1), torch.ones(4, dtype=torch.float64))
+    assert (marginals[1, 2:] == 1).all() and (marginals[2] == 1).all()  # log 0 = nothing where there is no word
+
+
+def test_slot_distillation_is_zero_on_the_students_own_distribution():
+    torch.manual_seed(0)
+    logits, scores = torch.randn(2, 5, 4), torch.randn(6, 4)
+    labels = torch.tensor([[-100, 1, 2, -100, 3], [-100, 0, -100, -100, -100]])
+    words = (labels != -100).unsqueeze(2)
+    own = torch.softmax(logits / 2, -1) * words  # plain: each word's softmax at temperature 2
+    assert slot_distill_loss(logits, own, labels, temperature=2).item() == pytest.approx(0, abs=1e-6)
+    assert slot_distill_loss(logits, torch.roll(own, 1, dims=2), labels, temperature=2).item() > 0.01
+    # with the CRF the student's distribution is its marginals at every word, the scores divided by T
+    emissions, _, mask, order = word_sequences(logits, labels)
+    marginals = crf_log_marginals(emissions / 2, mask, scores / 2).exp()
+    crf_own = torch.zeros_like(logits)
+    for b in range(2):
+        for w in range(int(mask[b].sum())):
+            crf_own[b, order[b, w]] = marginals[b, w]
+    assert slot_distill_loss(logits, crf_own, labels, scores, 2).item() == pytest.approx(0, abs=1e-5)
+    assert slot_distill_loss(logits, own, labels, scores, 2).item() > 0  # the softmax is not the CRF's posterior
+    # a word without a teacher row adds nothing, and the mean is over the words that have one
+    alone = slot_distill_loss(logits[1:], torch.roll(own, 1, dims=2)[1:], labels[1:])
+    mixed = torch.roll(own, 1, dims=2)
+    mixed[0] = 0
+    assert slot_distill_loss(logits, mixed, labels).item() == pytest.approx(alone.item())
+    assert slot_distill_loss(logits, torch.zeros_like(logits), labels, scores).item() == 0.0
+    with pytest.raises(ValueError, match=r"\(B, T, S\)"):
+        slot_distill_loss(logits, own[:, :3], labels)

@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ import main as cli
 import recipe
 from conftest import write_massive
 from arguments import complete_config, parse_args, recorded_config
-from dataloader import UserError, load_features, make_loader
+from dataloader import UserError, load_features, make_loader, slot_labels
 from model import Classifier, load_encoder, load_tokenizer
 from utils import use_bf16
 
@@ -58,6 +59,50 @@ def test_teacher_with_other_labels_is_a_user_error(run_args, tmp_path):
         cli.main(["--task", "custom", *run_args, "--teachers", teacher])
     with pytest.raises(UserError, match="checkpoint folder not found"):
         cli.main(["--task", "custom", *run_args, "--teachers", str(tmp_path / "none")])
+
+
+def test_joint_distillation_from_joint_teachers(run_args, tmp_path, joint_checkpoint, monkeypatch):
+    # a CRF teacher beside a plain one (the joint_checkpoint fixture, trained on the same toy file)
+    teacher_args = [*run_args, "--label", "intent", "--slots", "--crf", "--checkpoint-dir", str(tmp_path / "teachers")]
+    cli.main(teacher_args)
+    teachers = [parse_args(teacher_args).run_dir, joint_checkpoint]
+    cfg = parse_args(["--task", "custom", *run_args, "--label", "intent", "--slots", "--slot-weight", "4", "--crf",
+                      "--teachers", ",".join(teachers)])
+    labels, features = load_features(cfg, load_tokenizer(cfg.model), slots=True)
+    slots = slot_labels(features)
+    probs, tables = recipe.teacher_probabilities(cfg, labels, features["train"], slots)
+    train = features["train"]
+    assert len(probs) == len(tables) == len(train["texts"])
+    for table, ids, positions in zip(tables, train["input_ids"], train["slot_positions"]):
+        assert table.shape == (len(ids), len(slots))
+        at = [p for p in positions if p >= 0]
+        assert np.allclose(table[at].astype(np.float32).sum(1), 1, atol=1e-2)  # one distribution per word
+        assert not np.delete(table, at, axis=0).any()  # nothing on special tokens and later sub-tokens
+    # a second student reads the teachers from the cache; a teacher trained again is read anew
+    with monkeypatch.context() as m:
+        m.setattr(recipe, "teachers_on", lambda *a: pytest.fail("the teachers ran again"))
+        again = recipe.teacher_probabilities(cfg, labels, train, slots)
+    assert again[0] == probs and all((a == b).all() for a, b in zip(again[1], tables))
+    head = os.path.join(teachers[0], "best", "head.pt")
+    torch.save({k: v + 1 for k, v in torch.load(head).items()}, head)
+    calls, real = [], recipe.teachers_on
+    with monkeypatch.context() as m:
+        m.setattr(recipe, "teachers_on", lambda *a: calls.append(1) or real(*a))
+        recipe.teacher_probabilities(cfg, labels, train, slots)
+    assert calls == [1]
+    results = cli.main(["--task", "custom", *run_args, "--label", "intent", "--slots", "--slot-weight", "4", "--crf",
+                        "--teachers", ",".join(teachers)])
+    assert "kd2x0.5t1" in results["run_name"] and "slots4-crf" in results["run_name"]
+    assert all(np.isfinite(r["train_loss"]) and r["train_loss"] > 0 for r in results["history"])
+    assert "val_exact_match" in results["history"][-1]
+
+
+def test_a_joint_run_needs_joint_teachers(run_args, tmp_path):
+    teacher_args = [*run_args, "--label", "intent", "--checkpoint-dir", str(tmp_path / "teachers")]
+    cli.main(teacher_args)
+    with pytest.raises(UserError, match="no slot head: a run with --slots distils from joint teachers"):
+        cli.main(["--task", "custom", *run_args, "--label", "intent", "--slots", "--teachers",
+                  parse_args(teacher_args).run_dir])
 
 
 def test_mean_pooling_ignores_padding(tiny_model):

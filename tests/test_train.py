@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import train as loop
+from loss import distill_loss, slot_distill_loss, token_cross_entropy
 from recipe import coarse_accuracy, scenario_of_intents
 
 
@@ -39,6 +40,28 @@ def test_the_step_sums_its_terms_and_mixes_in_distillation():
     # each term is off at its off value: cross-entropy alone
     plain = SimpleNamespace(**{**vars(cfg), "aux_weight": 0.0, "teachers": None, "label_smoothing": 0.0})
     assert torch.allclose(loop.classify_step(model, batch, plain)[0], F.cross_entropy(model.logits, batch["labels"]))
+
+
+def test_the_slots_distillation_is_weighed_like_their_cross_entropy():
+    torch.manual_seed(0)
+    logits, slot_logits = torch.randn(2, 3), torch.randn(2, 4, 5)
+
+    class Joint(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            return {"logits": logits, "slot_logits": slot_logits}
+
+    words = torch.tensor([[-100, 1, 2, -100], [-100, 0, -100, -100]])
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+             "labels": torch.tensor([0, 2]), "slot_labels": words, "teacher_probs": torch.softmax(torch.randn(2, 3), -1),
+             "teacher_slot_probs": torch.softmax(torch.randn(2, 4, 5), -1) * (words != -100).unsqueeze(2)}
+    cfg = SimpleNamespace(label_smoothing=0.0, rdrop=0.0, aux_weight=0.0, teachers=["t"], distill_weight=0.25,
+                          distill_temperature=2.0, slots=True, crf=False, slot_weight=4.0)
+    loss, _ = loop.classify_step(Joint(), batch, cfg)
+    hard = F.cross_entropy(logits, batch["labels"]) + 4 * token_cross_entropy(slot_logits, words)
+    soft = (distill_loss(logits, batch["teacher_probs"], 2.0)
+            + 4 * slot_distill_loss(slot_logits, batch["teacher_slot_probs"], words, None, 2.0))
+    assert torch.allclose(loss, 0.75 * hard + 0.25 * soft)
+    assert soft > distill_loss(logits, batch["teacher_probs"], 2.0)  # the slots' term is in
 
 
 def test_summary_keeps_numbers_and_tables_not_per_utterance_values():
