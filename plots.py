@@ -101,7 +101,11 @@ def short_name(r):
     best = None
     for name, flags in study.EXPERIMENTS.items():
         try:
-            expected = recorded_config(parse_args([*flags, "--label", c["label"], "--seed", str(c["seed"])]))
+            # an experiment that distils takes its teachers from the command line: the run's own, if it had any
+            if "--distill-weight" in flags and not c["teachers"]:
+                continue
+            teachers = ["--teachers", ",".join(c["teachers"])] if "--distill-weight" in flags else []
+            expected = recorded_config(parse_args([*flags, *teachers, "--label", c["label"], "--seed", str(c["seed"])]))
         except (SystemExit, KeyError):
             continue
         differ = {k for k in expected if k in c and k not in ("data", "model") and expected[k] != c[k]}

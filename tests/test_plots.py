@@ -177,6 +177,19 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
             "joint-lr1e-4-slots4-crf"} <= names
 
 
+def test_distillation_is_named_and_paired_against_its_setting_without_teachers(tmp_path):
+    # custom with --llrd 1 --warmup-ratio 0 trains as the baseline does: without teachers it is the CRF setting
+    crf = {"lr": 1e-4, "batch_size": 32, "slot_weight": 4.0, "crf": True, "task": "custom"}
+    kd = {"teachers": ["big-s42", "big-s43"], "distill_weight": 0.5}
+    files = [joint_run(tmp_path, s, 0.6, (1, 1, 0, 0, 0), name="crf", bf16=True, **crf) for s in (42, 43)]
+    files += [joint_run(tmp_path, s, 0.8, (1, 1, 1, 1, 0), name="kd", bf16=True, **crf, **kd) for s in (42, 43)]
+    groups = plots.group_runs(plots.load_results(files)[0])
+    assert sorted(g["short"] for g in groups) == ["joint-lr1e-4-slots4-crf", "joint-lr1e-4-slots4-crf-kd"]
+    (row,) = plots.joint_comparisons(groups, n_boot=200)
+    assert "--distill-weight 0.5" in row["title"] and "--distill-weight" not in row["vs"]
+    assert row["seeds"] == 2 and row["delta"] == pytest.approx(40.0)  # 2 of 5 utterances more per seed
+
+
 def test_the_slot_objective_is_paired_against_intent_only_runs_of_the_same_settings(tmp_path):
     fast = {"lr": 1e-4, "batch_size": 32}
     files = [joint_run(tmp_path, 42, 0, (), slots=False, predictions=(0, 1, 1, 2, 0)),  # the study's baseline
