@@ -267,7 +267,8 @@ def slot_objective_comparisons(groups, n_boot=10_000):
 
 # The joint baseline (baseline + --slots), the setting the later joint screens started from, the slot weight's pick,
 # which the CRF and typing-noise screens change one thing of, and the CRF, which the screens after it change.
-JOINT_REFERENCES = ("joint", "joint-lr1e-4", "joint-lr1e-4-slots4", "joint-lr1e-4-slots4-crf")
+JOINT_REFERENCES = ("joint", "joint-lr1e-4", "joint-lr1e-4-slots4", "joint-lr1e-4-slots4-crf",
+                    "joint-lr1e-4-slots4-crf-custom")
 
 
 def joint_comparisons(groups, n_boot=10_000):

@@ -9,7 +9,7 @@ from arguments import TASK_DEFAULTS
 
 def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), seconds=(2.0, 2.0),
              name="x", device="cpu", bf16=False, **config):
-    cfg = {"label": "scenario", "model": None, "seed": seed, "lr": TASK_DEFAULTS[task]["lr"],
+    cfg = {"task": task, "label": "scenario", "model": None, "seed": seed, "lr": TASK_DEFAULTS[task]["lr"],
            "batch_size": TASK_DEFAULTS[task]["batch_size"], "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
@@ -178,15 +178,17 @@ def test_the_joint_task_has_its_table_figures_and_paired_tests(tmp_path):
 
 
 def test_distillation_is_named_and_paired_against_its_setting_without_teachers(tmp_path):
-    # custom with --llrd 1 --warmup-ratio 0 trains as the baseline does: without teachers it is the CRF setting
-    crf = {"lr": 1e-4, "batch_size": 32, "slot_weight": 4.0, "crf": True, "task": "custom"}
+    crf = {"lr": 1e-4, "batch_size": 32, "slot_weight": 4.0, "crf": True}
     kd = {"teachers": ["big-s42", "big-s43"], "distill_weight": 0.5}
     files = [joint_run(tmp_path, s, 0.6, (1, 1, 0, 0, 0), name="crf", bf16=True, **crf) for s in (42, 43)]
-    files += [joint_run(tmp_path, s, 0.8, (1, 1, 1, 1, 0), name="kd", bf16=True, **crf, **kd) for s in (42, 43)]
+    custom = {**crf, "task": "custom"}
+    files += [joint_run(tmp_path, s, 0.6, (1, 1, 0, 0, 0), name="custom", bf16=True, **custom) for s in (42, 43)]
+    files += [joint_run(tmp_path, s, 0.8, (1, 1, 1, 1, 0), name="kd", bf16=True, **custom, **kd) for s in (42, 43)]
     groups = plots.group_runs(plots.load_results(files)[0])
-    assert sorted(g["short"] for g in groups) == ["joint-lr1e-4-slots4-crf", "joint-lr1e-4-slots4-crf-kd"]
-    (row,) = plots.joint_comparisons(groups, n_boot=200)
-    assert "--distill-weight 0.5" in row["title"] and "--distill-weight" not in row["vs"]
+    assert sorted(g["short"] for g in groups) == ["joint-lr1e-4-slots4-crf", "joint-lr1e-4-slots4-crf-custom",
+                                                  "joint-lr1e-4-slots4-crf-kd"]
+    rows = plots.joint_comparisons(groups, n_boot=200)
+    (row,) = [r for r in rows if "--distill-weight 0.5" in r["title"] and r["vs"].startswith("custom")]
     assert row["seeds"] == 2 and row["delta"] == pytest.approx(40.0)  # 2 of 5 utterances more per seed
 
 

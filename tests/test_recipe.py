@@ -97,6 +97,19 @@ def test_joint_distillation_from_joint_teachers(run_args, tmp_path, joint_checkp
     assert "val_exact_match" in results["history"][-1]
 
 
+def test_a_perturbed_utterance_has_no_teacher_slots():
+    # the teachers saw the clean words: a perturbed row keeps its intent distribution, not its word distributions
+    from dataloader import Features
+
+    split = {"input_ids": [[101, 7, 8, 102]], "labels": [0]}
+    extras = {"teacher_probs": [[0.9, 0.1]], "teacher_slot_probs": [np.full((4, 3), 0.5, dtype=np.float16)]}
+    row = Features(split, extras, augment=lambda i: ([101, 7, 9, 8, 102], [-100, 1, 0, 2, -100]), p=1.0)[0]
+    assert row["teacher_probs"] == [0.9, 0.1] and row["slot_labels"] == [-100, 1, 0, 2, -100]
+    assert row["teacher_slot_probs"].shape == (5, 3) and not row["teacher_slot_probs"].any()
+    clean = Features(split, extras)[0]
+    assert (clean["teacher_slot_probs"] == 0.5).all()
+
+
 def test_a_joint_run_needs_joint_teachers(run_args, tmp_path):
     teacher_args = [*run_args, "--label", "intent", "--checkpoint-dir", str(tmp_path / "teachers")]
     cli.main(teacher_args)
