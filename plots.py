@@ -122,6 +122,12 @@ def short_name(r):
     return name + schedule + "".join(" " + o for o in others)
 
 
+def run_title(r):
+    """The run's experiment, with its encoder where it is not the bundled one (figure titles)."""
+    encoder = encoder_name(r)
+    return short_name(r) + (f" [{encoder}]" if encoder != "all-MiniLM-L6-v2" else "")
+
+
 def encoder_name(r):
     enc = r["environment"].get("encoder")
     name = enc["name"] if isinstance(enc, dict) else r["config"]["model"] or "all-MiniLM-L6-v2"
@@ -362,7 +368,7 @@ def plot_run(r, path):
     if con:
         for ax in (ax_acc, ax_loss):
             ax.axvline(len(con) + 0.5, color="grey", ls="--", lw=1)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{short_name(r)}: accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{run_title(r)}: accuracy")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
@@ -459,7 +465,7 @@ def plot_slot_f1(r, path):
     ax.set_yticks(y, [f"{name} ({v['support']})" for name, v in per], fontsize=7)
     ax.set_xlim(0, 100)
     ax.set_xlabel("test F1 (%)")
-    ax.set_title(f"{short_name(r)}, seed {r['config']['seed']}: per-slot F1 (test spans in brackets), most frequent "
+    ax.set_title(f"{run_title(r)}, seed {r['config']['seed']}: per-slot F1 (test spans in brackets), most frequent "
                  "first", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -219,3 +219,10 @@ def test_a_joint_row_names_its_encoder_unless_it_is_the_bundled_one():
     group = {"label": "intent", "encoder": "all-mpnet-base-v2", "device": "cpu, bf16"}
     assert plots.joint_tags(group) == ["intent", "all-mpnet-base-v2", "cpu, bf16"]
     assert plots.joint_tags({**group, "encoder": "all-MiniLM-L6-v2"}) == ["intent", "cpu, bf16"]
+
+
+def test_a_run_figure_names_its_encoder_unless_it_is_the_bundled_one(tmp_path):
+    bundled = json.loads(open(fake_run(tmp_path, lr=1e-4, batch_size=32)).read())
+    other = {**bundled, "environment": {**bundled["environment"], "encoder": {"name": "all-mpnet-base-v2"}}}
+    assert plots.run_title(bundled) == plots.short_name(bundled)
+    assert plots.run_title(other) == plots.short_name(other) + " [all-mpnet-base-v2]"
