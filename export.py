@@ -19,11 +19,14 @@ import shutil
 import numpy as np
 import torch
 
-from dataloader import UserError, read_hub, read_jsonl
+from data import read_hub, read_jsonl
+
+from fileio import UserError
 from inference import Predictor, checkpoint_folder
 from model import load_checkpoint
 from slots import slot_metrics
-from utils import use_bf16, write_json
+from fileio import write_json
+from utils import use_bf16
 
 log = logging.getLogger("export")
 GATE_DROP = 0.3  # accuracy points

@@ -17,7 +17,9 @@ import threading
 import numpy as np
 import torch
 
-from dataloader import UserError, first_subtokens, word_spans
+from data import first_subtokens, word_spans
+
+from fileio import UserError
 from slots import OUTSIDE, spans, word_predictions
 
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}

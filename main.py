@@ -10,7 +10,7 @@ modules, imported only when used (onnx and the web server are not needed to trai
 import sys
 
 from arguments import USE_TASKS, parse_args
-from dataloader import UserError
+from fileio import UserError
 from utils import setup_logging
 
 

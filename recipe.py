@@ -11,7 +11,9 @@ import pickle
 import numpy as np
 from scipy.special import softmax
 
-from dataloader import UserError, atomic_write, load_cache, load_features
+from data import load_cache, load_features
+
+from fileio import UserError, atomic_write
 from inference import Predictor, checkpoint_folder
 
 log = logging.getLogger("recipe")

@@ -28,7 +28,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dataloader import UserError, word_spans
+from data import word_spans
+
+from fileio import UserError
 from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, words_file
 from slots import spans
 

@@ -31,7 +31,7 @@ import sys
 import time
 
 from arguments import complete_config, parse_args, recorded_config
-from dataloader import file_sha256
+from fileio import file_sha256
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

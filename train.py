@@ -33,8 +33,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from arguments import IO_KEYS, complete_config, recorded_config
-from dataloader import (UserError, atomic_write, describe_data, load_features, make_loader, slot_labels,
-                        token_slot_labels)
+from data import describe_data, load_features, slot_labels
+from dataloader import make_loader, token_slot_labels
+from fileio import UserError, atomic_write, write_json
 from loss import crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
 from model import apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model, save_checkpoint
 from model import weights_sha256
@@ -43,7 +44,7 @@ from slots import slot_metrics, word_predictions
 from spelling import word_counts
 from stats import ece, fit_temperature, nll
 from utils import (autocast, build_optimizer, build_param_groups, cpu_attention, environment, fast_process_settings,
-                   macro_f1, set_seed, use_bf16, write_json)
+                   macro_f1, set_seed, use_bf16)
 
 log = logging.getLogger("train")
 EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of cache and run slower

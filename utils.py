@@ -1,9 +1,8 @@
 """Small pure helpers: seeding, logging, device and precision settings, parameter groups, optimizer and schedule,
-metrics, results files. Training and inference both use them; this module imports neither."""
+metrics. Training and inference both use them; this module imports neither."""
 import contextlib
 import ctypes
 import functools
-import json
 import logging
 import platform
 import random
@@ -14,8 +13,6 @@ import numpy as np
 import torch
 import transformers
 from transformers import get_linear_schedule_with_warmup
-
-from dataloader import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +198,3 @@ def cpu_model(cpuinfo="/proc/cpuinfo"):
     features = [f for f in CPU_FEATURES if f in flags]
     return f"{name} ({', '.join(features) or 'no VNNI, bf16 or AMX'})"
 
-
-def write_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))

@@ -17,9 +17,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataloader import read_jsonl  # noqa: E402
+from data import read_jsonl  # noqa: E402
 from inference import BACKENDS, Predictor  # noqa: E402
-from utils import write_json  # noqa: E402
+from fileio import write_json  # noqa: E402
 
 
 def main():

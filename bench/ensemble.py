@@ -23,10 +23,11 @@ from scipy.special import softmax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataloader import UserError, build_labels, read_jsonl  # noqa: E402
+from data import build_labels, read_jsonl  # noqa: E402
+from fileio import UserError  # noqa: E402
 from inference import Predictor  # noqa: E402
 from recipe import coarse_probabilities, scenario_of_intents  # noqa: E402
-from utils import write_json  # noqa: E402
+from fileio import write_json  # noqa: E402
 
 
 def training_pairs(data):

@@ -37,8 +37,13 @@ TINY_CASES = {
     "simclr": ["--task", "simclr", "--contrastive-epochs", "1"],
     "lora": ["--task", "lora", "--lora-rank", "4"],
     "intent": ["--task", "baseline", "--label", "intent"],
+    "joint": ["--task", "baseline", "--label", "intent", "--slots"],
+    "joint-crf": ["--task", "baseline", "--label", "intent", "--slots", "--slot-weight", "4", "--crf"],
+    "recipe-joint-crf": [*RECIPE, "--label", "intent", "--slots", "--crf"],
+    "supcon-joint-crf": ["--task", "supcon", "--contrastive-epochs", "1", "--label", "intent", "--slots", "--crf"],
+    "lora-joint-crf": ["--task", "lora", "--lora-rank", "4", "--label", "intent", "--slots", "--crf"],
 }
-RESUMED = ("recipe+distillation", "supcon")
+RESUMED = ("recipe+distillation", "supcon", "lora-joint-crf")
 TIMINGS = ("seconds_per_epoch", "contrastive_seconds_per_epoch")
 
 
@@ -98,8 +103,11 @@ def fingerprint(results, checkpoint, data, base_model):
     out = {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()
            for k, v in results.items() if k not in TIMINGS}
     texts = [r["utt"] for r in map(json.loads, open(data)) if r["partition"] == "test"]
-    logits = Predictor(checkpoint, base_model=base_model).logits(texts)
+    logits, words = Predictor(checkpoint, base_model=base_model).outputs(texts)
     out["checkpoint_logits"] = hashlib.sha256(np.ascontiguousarray(logits, np.float32).tobytes()).hexdigest()
+    if words is not None:  # each word's slot and its probability
+        out["checkpoint_slots"] = hashlib.sha256(json.dumps([[n, np.round(p, 6).tolist()] for n, p in words])
+                                                 .encode()).hexdigest()
     return out
 
 

@@ -18,10 +18,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataloader import read_jsonl  # noqa: E402
+from data import read_jsonl  # noqa: E402
 from export import KEEP_FP32, scores, to_int8, to_onnx  # noqa: E402
 from inference import Predictor, checkpoint_folder  # noqa: E402
-from utils import cpu_model, write_json  # noqa: E402
+from fileio import write_json  # noqa: E402
+from utils import cpu_model  # noqa: E402
 
 LAYERS = 6  # the bundled encoder's; other encoders get the same choices over their first six layers
 

@@ -25,12 +25,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataloader import read_jsonl  # noqa: E402
+from data import read_jsonl  # noqa: E402
 from inference import Predictor  # noqa: E402
 from noise import KINDS, perturbed_copies  # noqa: E402
 from slots import slot_metrics  # noqa: E402
 from spelling import Speller, whole_words  # noqa: E402
-from utils import cpu_model, write_json  # noqa: E402
+from fileio import write_json  # noqa: E402
+from utils import cpu_model  # noqa: E402
 
 SEED = 0  # of the perturbed copies
 

@@ -27,9 +27,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataloader import read_jsonl  # noqa: E402
+from data import read_jsonl  # noqa: E402
 from inference import checkpoint_folder  # noqa: E402
-from utils import cpu_model, write_json  # noqa: E402
+from fileio import write_json  # noqa: E402
+from utils import cpu_model  # noqa: E402
 
 
 def free_port():

@@ -32,12 +32,14 @@ from transformers import AutoConfig, AutoModel, DataCollatorWithPadding
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arguments import parse_args, recorded_config  # noqa: E402
-from dataloader import Features, load_features, make_loader, slot_labels, token_slot_labels  # noqa: E402
+from data import load_features, slot_labels  # noqa: E402
+from dataloader import Features, make_loader, token_slot_labels  # noqa: E402
 from inference import Predictor  # noqa: E402
 from train import EVAL_BATCH, classify_step, evaluate, train_epoch  # noqa: E402
 from model import Classifier, build_model, load_tokenizer, model_name, resolve_model, save_checkpoint  # noqa: E402
+from fileio import write_json  # noqa: E402
 from utils import (build_optimizer, build_param_groups, cpu_attention, fast_process_settings,  # noqa: E402
-                   keep_freed_memory, set_seed, setup_logging, use_bf16, use_tf32, write_json)
+                   keep_freed_memory, set_seed, setup_logging, use_bf16, use_tf32)
 
 
 def sync(device):

@@ -21,9 +21,9 @@ from scipy.stats import mannwhitneyu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataloader import read_jsonl  # noqa: E402
+from data import read_jsonl  # noqa: E402
 from inference import Predictor  # noqa: E402
-from utils import write_json  # noqa: E402
+from fileio import write_json  # noqa: E402
 
 THRESHOLDS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 

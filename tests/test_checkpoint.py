@@ -11,7 +11,9 @@ import torch
 import main as cli
 import train as loop
 from arguments import parse_args
-from dataloader import UserError, load_features, make_loader
+from data import load_features
+from dataloader import make_loader
+from fileio import UserError
 from inference import Predictor
 from model import load_checkpoint
 from utils import cpu_attention, use_bf16

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from conftest import write_massive
-from dataloader import UserError, build_labels, load_features, make_loader, read_jsonl
+from data import build_labels, load_features, read_jsonl
+from dataloader import make_loader
+from fileio import UserError
 from model import load_tokenizer
 
 
@@ -136,7 +138,7 @@ def test_eval_loader_is_sorted_and_complete(tmp_path, tok, data_file):
 
 
 def test_offline_without_file_says_how_to_point_at_one(monkeypatch):
-    from dataloader import read_hub
+    from data import read_hub
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -17,7 +17,7 @@ import main as cli
 import train as loop
 from arguments import parse_args
 from conftest import free_port, interrupt_at_epoch
-from dataloader import UserError
+from fileio import UserError
 from model import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import torch
 
 import main as cli
 from arguments import parse_args
-from dataloader import UserError
+from fileio import UserError
 from utils import cpu_model, use_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

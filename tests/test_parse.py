@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import main as cli
-from dataloader import UserError
+from fileio import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

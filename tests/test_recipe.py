@@ -10,7 +10,9 @@ import main as cli
 import recipe
 from conftest import write_massive
 from arguments import complete_config, parse_args, recorded_config
-from dataloader import UserError, load_features, make_loader, slot_labels
+from data import load_features, slot_labels
+from dataloader import make_loader
+from fileio import UserError
 from model import Classifier, load_encoder, load_tokenizer
 from utils import use_bf16
 
@@ -225,7 +227,7 @@ def test_ensemble_bench_bad_input(run_args, tmp_path, capsys):
 def test_ensemble_bench_scores_intent_models_on_scenario(run_args, tmp_path):
     from scipy.special import softmax
 
-    from dataloader import read_jsonl
+    from data import read_jsonl
     from inference import Predictor
 
     bench = load_bench("ensemble")

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 import main as cli
 from arguments import parse_args
 from conftest import wait_until_healthy
-from dataloader import UserError
+from fileio import UserError
 from inference import Predictor
 from serve import create_app
 

@@ -12,8 +12,9 @@ import main as cli
 import train as loop
 from arguments import parse_args
 from conftest import ANNOTATED, interrupt_at_epoch, plain
-from dataloader import (UserError, first_subtokens, load_features, make_loader, parse_annotation, read_jsonl,
-                        slot_labels, token_slot_labels, word_slots)
+from data import first_subtokens, load_features, parse_annotation, read_jsonl, slot_labels, word_slots
+from dataloader import make_loader, token_slot_labels
+from fileio import UserError
 from loss import token_cross_entropy
 from model import load_tokenizer
 from slots import slot_metrics, spans, to_bio, word_predictions
@@ -143,7 +144,7 @@ def test_words_without_a_first_subtoken_are_predicted_other():
 
 def test_spans_slice_the_text_as_typed():
     text = "  wake me up at  five am this week"
-    from dataloader import word_spans
+    from data import word_spans
 
     found = spans(text, ["Other"] * 4 + ["time", "time", "date", "date"], [1.0] * 4 + [0.9, 0.7, 0.8, 0.8],
                   word_spans(text))
@@ -304,6 +305,6 @@ def test_the_hub_path_reads_the_same_slots(monkeypatch, data_file):
 
     hub = {s: Split([{**r, "scenario": scenarios.index(r["scenario"])} for r in rs]) for s, rs in by_split.items()}
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: hub))
-    from dataloader import read_hub
+    from data import read_hub
 
     assert read_hub("scenario", slots=True) == read_jsonl(data_file, "scenario", slots=True)
