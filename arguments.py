@@ -1,105 +1,141 @@
-"""Command-line settings: one Config, each task's study settings as its defaults.
+"""Command-line settings: the task table, every setting declared once, and the config each run gets.
 
-A flag left unset takes its task's default from TASK_DEFAULTS (the study's
-settings, ../shared/SPEC.md); derived values (run name, output paths) are
+TASKS says what each task is: its phases, whether it trains adapters, its
+study settings (its defaults). Every "which kind of task is this" question
+reads it. Each setting is one dataclass field whose metadata holds its help,
+its flag and the tasks it applies to, after SimCSE's arguments; the parser is
+built from those declarations. A training task gets a Config, and predict,
+export and serve get a UseConfig, so a serving flag is no setting of any
+training run. Derived values (run name, output paths, implied defaults) are
 computed once here.
 """
 import argparse
 import dataclasses
 import os
+from typing import NamedTuple
 
-TASKS = ("baseline", "custom", "supcon", "simclr", "lora", "predict", "export", "serve")
-USE_TASKS = ("predict", "export", "serve")  # tasks that use a trained checkpoint instead of training
 
-# The study's settings; lora's lr is ours (adapters want a larger step, as in PEFT's examples).
-TASK_DEFAULTS = {
-    "baseline": dict(lr=2e-5, dropout=0.1, batch_size=16),
-    "custom": dict(lr=5e-5, dropout=0.1, batch_size=16, llrd=0.8, warmup_ratio=0.1),
-    "supcon": dict(lr=5e-5, dropout=0.3, batch_size=16, temperature=0.07, contrastive_epochs=10, contrastive_lr=1e-4),
-    "simclr": dict(lr=5e-5, dropout=0.2, batch_size=32, temperature=0.1, contrastive_epochs=10, contrastive_lr=1e-4),
-    "lora": dict(lr=3e-4, dropout=0.1, batch_size=16, lora_rank=8),
-    "predict": dict(lr=0.0, dropout=0.0, batch_size=128),  # batch: utterances per forward pass
-    "export": dict(lr=0.0, dropout=0.0, batch_size=128),
-    "serve": dict(lr=0.0, dropout=0.0, batch_size=64),  # batch: most utterances per dynamically batched pass
+class Task(NamedTuple):
+    help: str
+    defaults: dict  # the study's settings for this task (../shared/SPEC.md), over each setting's own default
+    trains: bool = True  # False: the task uses a trained checkpoint
+    phases: tuple = ("classify",)  # in order; "contrastive" trains on two dropout views before classifying
+    supervised: bool = False  # the contrastive phase's positives: same-label sentences (SupCon), else the other view
+    adapter: bool = False  # LoRA adapters on the encoder; the heads train fully
+    recipe: bool = False  # takes the accuracy recipe's flags; its runs are named by their LLRD and warmup
+
+
+# lora's lr is ours: adapters want a larger step than full fine-tuning, as in PEFT's examples
+TASKS = {
+    "baseline": Task("cross-entropy fine-tuning of encoder + head", dict(lr=2e-5, dropout=0.1, batch_size=16)),
+    "custom": Task("baseline + layer-wise LR decay + linear warmup, and the accuracy recipe's flags",
+                   dict(lr=5e-5, dropout=0.1, batch_size=16, llrd=0.8, warmup_ratio=0.1), recipe=True),
+    "supcon": Task("supervised contrastive pre-training (SupCon), then cross-entropy",
+                   dict(lr=5e-5, dropout=0.3, batch_size=16, temperature=0.07, contrastive_epochs=10,
+                        contrastive_lr=1e-4), phases=("contrastive", "classify"), supervised=True),
+    "simclr": Task("unsupervised contrastive pre-training (SimCSE-style SimCLR), then cross-entropy",
+                   dict(lr=5e-5, dropout=0.2, batch_size=32, temperature=0.1, contrastive_epochs=10,
+                        contrastive_lr=1e-4), phases=("contrastive", "classify")),
+    "lora": Task("LoRA adapters on the encoder, the heads trained fully",
+                 dict(lr=3e-4, dropout=0.1, batch_size=16, lora_rank=8), adapter=True),
+    "predict": Task("top-k labels and slots of utterances", dict(batch_size=128), trains=False),
+    "export": Task("ONNX graphs (fp32, int8) behind an accuracy gate", dict(batch_size=128), trains=False),
+    "serve": Task("HTTP /parse and /predict with a try-it page", dict(batch_size=64), trains=False),
 }
-# The accuracy recipe's techniques (custom only), all off. Results and checkpoints written before they existed
-# lack them, and mean these values.
-RECIPE_DEFAULTS = dict(pooling="cls", label_smoothing=0.0, rdrop=0.0, ema=0.0, aux_weight=0.0, teachers=None,
-                       distill_weight=0.0, distill_temperature=1.0, augment=0.0)
-# Slot filling, off (no slot head, so no slot-loss weight). Results written before it existed lack these keys.
-SLOT_DEFAULTS = dict(slots=False, slot_weight=None, crf=False)
-COMMON_DEFAULTS = dict(llrd=1.0, warmup_ratio=0.0, temperature=None, contrastive_epochs=0, contrastive_lr=None,
-                       lora_rank=None, lora_targets="query-value", **RECIPE_DEFAULTS, **SLOT_DEFAULTS)
-# Flags that only mean something for some tasks; elsewhere they are an error, not silently ignored.
-TASK_ONLY = {"temperature": ("supcon", "simclr"), "contrastive_epochs": ("supcon", "simclr"),
-             "contrastive_lr": ("supcon", "simclr"), "lora_rank": ("lora",), "lora_alpha": ("lora",),
-             "lora_targets": ("lora",), "checkpoint": USE_TASKS, "input": ("predict",), "top_k": ("predict",),
-             "format": ("predict",), "texts": ("predict",), "backend": ("predict", "serve"),
-             "min_confidence": ("predict", "serve"), "spelling": ("predict", "serve"), "host": ("serve",),
-             "port": ("serve",), "max_wait_ms": ("serve",), "max_inputs": ("serve",), "max_queue": ("serve",),
-             "threads": ("serve",), "streams": ("serve",), "replicas": ("serve",), "address": ("serve",),
-             **{k: ("custom",) for k in RECIPE_DEFAULTS}}
+TRAINING = tuple(name for name, t in TASKS.items() if t.trains)
+CONTRASTIVE = tuple(name for name, t in TASKS.items() if "contrastive" in t.phases)
+ADAPTER = tuple(name for name, t in TASKS.items() if t.adapter)
+RECIPE = tuple(name for name, t in TASKS.items() if t.recipe)
+
+
+def setting(default=None, help="", tasks=None, group=None, recorded=True, env=None, implied=None, positional=False,
+            **flag):
+    """One setting: its default, help and parser group; the tasks it applies to (None: every task of its config);
+    whether results record it (not where a run reads and writes, nor how the machine runs it); an environment
+    variable that overrides its default; implied: (setting, value from it, what to say) for a default that follows
+    from another setting when that one is on; and its flag's argparse keywords (type, choices, action, ...)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, tasks=tasks, group=group, recorded=recorded,
+                                                            env=env, implied=implied, positional=positional, flag=flag))
+
+
+RECIPE_GROUP = "the accuracy recipe (--task custom; all off by default)"
+USE_GROUP = "using a trained model (--task predict, export, serve)"
 
 
 @dataclasses.dataclass
-class Config:
-    task: str
-    data: str | None
-    label: str
-    model: str | None
-    max_length: int
-    epochs: int
-    lr: float
-    eps: float
-    weight_decay: float
-    batch_size: int
-    dropout: float
-    seed: int
-    llrd: float
-    warmup_ratio: float
-    temperature: float | None
-    contrastive_epochs: int
-    contrastive_lr: float | None
-    lora_rank: int | None
-    lora_alpha: int | None
-    lora_targets: str
-    pooling: str
-    label_smoothing: float
-    rdrop: float
-    ema: float
-    aux_weight: float
-    teachers: list | None
-    distill_weight: float
-    distill_temperature: float
-    augment: float
-    slots: bool
-    slot_weight: float | None
-    crf: bool
-    fast: bool
-    bf16: bool
-    cache_dir: str
-    out_dir: str
-    save: bool
-    checkpoint_dir: str
-    resume: bool
-    checkpoint: str | None
-    texts: list | None
-    input: str | None
-    top_k: int | None
-    format: str | None
-    backend: str | None
-    min_confidence: float | None
-    spelling: bool | None
-    host: str | None
-    port: int | None
-    max_wait_ms: float | None
-    max_inputs: int | None
-    max_queue: int | None
-    threads: int | None
-    streams: int | None
-    replicas: int | None
-    address: str | None
-    run_name: str = ""
+class Common:
+    """The settings of every task."""
+    task: str = setting("baseline", "what to do: " + "; ".join(f"{k}: {t.help}" for k, t in TASKS.items()),
+                        choices=tuple(TASKS))
+    data: str | None = setting(None, "MASSIVE release file (en-US.jsonl); default $MASSIVE_DATA, else the hub",
+                               tasks=(*TRAINING, "export"), env="MASSIVE_DATA")
+    model: str | None = setting(None, "hub id or folder of the encoder (default: bundled all-MiniLM-L6-v2); for "
+                                      "predict, export and serve, the base encoder of a LoRA checkpoint trained from "
+                                      "a local folder")
+    batch_size: int = setting(None, "training batch size; for predict and export, utterances per forward pass; for "
+                                    "serve, the most utterances of one dynamically batched pass", type=int)
+    slots: bool = setting(False, "also train a slot-filling head (MASSIVE's joint task: intent + slots); for "
+                                 "predict, require the checkpoint's slots", tasks=(*TRAINING, "predict"),
+                          action="store_true")
+
+
+@dataclasses.dataclass
+class Config(Common):
+    """A training run: what it computes, where it reads and writes, and its name."""
+    label: str = setting("scenario", "18 scenarios or 60 intents", choices=("scenario", "intent"))
+    max_length: int = setting(128, "tokens kept, truncating from the left", type=int)
+    epochs: int = setting(10, "cross-entropy epochs (phase 2 of supcon/simclr)", type=int)
+    lr: float = setting(None, "peak learning rate (top layer under LLRD)", type=float)
+    eps: float = setting(1e-8, "AdamW epsilon", type=float)
+    weight_decay: float = setting(0.01, "AdamW weight decay (not on biases/LayerNorm)", type=float)
+    dropout: float = setting(None, "dropout on [CLS] before the head", type=float)
+    seed: int = setting(42, "seed of every random stream", type=int)
+    llrd: float = setting(1.0, "layer-wise LR decay factor per layer going down (1 = off)", type=float)
+    warmup_ratio: float = setting(0.0, "fraction of steps of linear warmup (0 = off)", type=float)
+    temperature: float | None = setting(None, "contrastive temperature", tasks=CONTRASTIVE, type=float)
+    contrastive_epochs: int = setting(0, "phase-1 epochs", tasks=CONTRASTIVE, type=int)
+    contrastive_lr: float | None = setting(None, "phase-1 learning rate", tasks=CONTRASTIVE, type=float)
+    lora_rank: int | None = setting(None, "LoRA rank", tasks=ADAPTER, type=int)
+    lora_alpha: int | None = setting(None, "LoRA alpha", tasks=ADAPTER, type=int,
+                                     implied=("lora_rank", lambda rank: 2 * rank, "2 x rank"))
+    lora_targets: str = setting("query-value", "encoder layers that get adapters", tasks=ADAPTER,
+                                choices=("query-value", "all-linear"))
+    pooling: str = setting("cls", "sentence vector: [CLS] (the study) or the mean over tokens", tasks=RECIPE,
+                           group=RECIPE_GROUP, choices=("cls", "mean"))
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing", tasks=RECIPE, group=RECIPE_GROUP,
+                                     type=float)
+    rdrop: float = setting(0.0, "R-Drop weight: symmetric KL between two dropout passes", tasks=RECIPE,
+                           group=RECIPE_GROUP, type=float)
+    ema: float = setting(0.0, "decay of an exponential moving average of the weights, which is evaluated and saved "
+                              "(0 = off)", tasks=RECIPE, group=RECIPE_GROUP, type=float)
+    aux_weight: float = setting(0.0, "weight of a second head trained on the other label (intent for scenario, "
+                                     "scenario for intent)", tasks=RECIPE, group=RECIPE_GROUP, type=float)
+    teachers: list | None = setting(None, "comma-separated checkpoint folders whose mean prediction the model is "
+                                          "distilled from (with --slots, joint checkpoints: their slots too)",
+                                    tasks=RECIPE, group=RECIPE_GROUP, type=lambda s: [x for x in s.split(",") if x])
+    distill_weight: float = setting(0.0, "weight of the distillation loss against cross-entropy", tasks=RECIPE,
+                                    group=RECIPE_GROUP, type=float, implied=("teachers", lambda _: 0.5, "0.5"))
+    distill_temperature: float = setting(1.0, "softmax temperature of distillation", tasks=RECIPE,
+                                         group=RECIPE_GROUP, type=float)
+    augment: float = setting(0.0, "probability that a training utterance gets one kind of typing noise",
+                             tasks=RECIPE, group=RECIPE_GROUP, type=float)
+    slot_weight: float | None = setting(None, "weight of the slot loss beside the label's", type=float,
+                                        implied=("slots", lambda _: 1.0, "1"))
+    crf: bool = setting(False, "with --slots: a linear-chain CRF over the words' slot scores, trained on the "
+                               "sequence's likelihood and decoded by Viterbi", action="store_true")
+    fast: bool = setting(True, "dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; --no-fast is "
+                               "the study's way (pad to max length, fp32)", action=argparse.BooleanOptionalAction)
+    bf16: bool = setting(True, "bf16 autocast in training on CPUs with native bf16 that a timed matmul finds faster; "
+                               "--no-bf16 trains in fp32 there, to replicate runs from CPUs without it",
+                         recorded=False, action=argparse.BooleanOptionalAction)
+    cache_dir: str = setting("assets/cache", "where tokenized features are cached", recorded=False)
+    out_dir: str = setting("results", "where results/<run name>.json goes", recorded=False)
+    save: bool = setting(True, "save the best-validation model and a per-epoch resume state under --checkpoint-dir",
+                         recorded=False, action=argparse.BooleanOptionalAction)
+    checkpoint_dir: str = setting("checkpoints", "runs are saved in CHECKPOINT_DIR/<run name>/", recorded=False)
+    resume: bool = setting(False, "continue an interrupted run from its last completed epoch", recorded=False,
+                           action="store_true")
+    run_name: str = dataclasses.field(default="", metadata=dict(recorded=False))  # run_name(), once valid
 
     @property
     def results_path(self):
@@ -109,125 +145,133 @@ class Config:
     def run_dir(self):
         return os.path.join(self.checkpoint_dir, self.run_name)
 
+    def problem(self):
+        """The first thing wrong with these settings, as one line, or None."""
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 2, "--batch-size must be at least 2"),
+            (self.max_length >= 2, "--max-length must be at least 2"),
+            (self.lr > 0 and self.eps > 0 and self.weight_decay >= 0,
+             "--lr and --eps must be positive, --weight-decay >= 0"),
+            (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
+            (0 < self.llrd <= 1, "--llrd must be in (0, 1]"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.task not in CONTRASTIVE or self.temperature > 0, "--temperature must be positive"),
+            (self.task not in CONTRASTIVE or (self.contrastive_epochs >= 0 and self.contrastive_lr > 0),
+             "--contrastive-epochs must be >= 0 and --contrastive-lr positive"),
+            (0 <= self.label_smoothing < 1 and 0 <= self.ema < 1 and 0 <= self.augment <= 1,
+             "--label-smoothing and --ema must be in [0, 1), --augment in [0, 1]"),
+            (self.rdrop >= 0 and self.aux_weight >= 0 and self.distill_temperature > 0,
+             "--rdrop and --aux-weight must be >= 0, --distill-temperature positive"),
+            (0 <= self.distill_weight <= 1 and (self.teachers or not self.distill_weight),
+             "--distill-weight must be in [0, 1] and needs --teachers"),
+            (self.slots or (self.slot_weight is None and not self.crf),
+             "--slot-weight and --crf apply only with --slots"),
+            (self.slot_weight is None or self.slot_weight > 0, "--slot-weight must be positive"),
+            (self.task not in ADAPTER or (self.lora_rank >= 1 and self.lora_alpha >= 1),
+             "--lora-rank and --lora-alpha must be at least 1"),
+        ]
+        return next((message for ok, message in checks if not ok), None)
 
-# Where a run reads and writes, or how the machine executes it, not what it computes: results and checkpoints do
-# not record these as settings (a run's environment records whether bf16 autocast was used).
-IO_KEYS = ("cache_dir", "out_dir", "save", "checkpoint_dir", "resume", "checkpoint", "texts", "input", "top_k",
-           "format", "backend", "min_confidence", "spelling", "host", "port", "max_wait_ms", "max_inputs", "max_queue",
-           "threads", "streams", "replicas", "address", "bf16", "run_name")
+
+@dataclasses.dataclass
+class UseConfig(Common):
+    """predict, export or serve: a trained checkpoint and how to use it."""
+    checkpoint: str | None = setting(None, "a run's checkpoint folder (CHECKPOINT_DIR/<run name>)", group=USE_GROUP)
+    texts: list | None = setting(None, "utterances to classify", tasks=("predict",), group=USE_GROUP,
+                                 positional=True, nargs="*")
+    input: str | None = setting(None, "file with one utterance per line ('-' for standard input)",
+                                tasks=("predict",), group=USE_GROUP)
+    top_k: int = setting(3, "labels shown per utterance", tasks=("predict",), group=USE_GROUP, type=int)
+    format: str = setting("text", "output format", tasks=("predict",), group=USE_GROUP, choices=("text", "jsonl"))
+    backend: str = setting("torch", "what runs the model (onnx backends need --task export first)",
+                           tasks=("predict", "serve"), group=USE_GROUP, choices=("torch", "onnx", "onnx-int8"))
+    min_confidence: float | None = setting(None, "abstain (no label) below this calibrated probability",
+                                           tasks=("predict", "serve"), group=USE_GROUP, type=float)
+    spelling: bool = setting(False, "correct words unknown to the model to the nearest training word first "
+                                    "(spelling.py)", tasks=("predict", "serve"), group=USE_GROUP, action="store_true")
+    host: str = setting("127.0.0.1", "address to listen on", tasks=("serve",), group=USE_GROUP)
+    port: int = setting(8000, "port", tasks=("serve",), group=USE_GROUP, type=int)
+    max_wait_ms: float = setting(0.0, "longest a pass waits for more requests once the queued ones are in (0: a pass "
+                                      "takes what queued while the last one ran)", tasks=("serve",), group=USE_GROUP,
+                                 type=float)
+    max_inputs: int = setting(256, "most utterances in one request", tasks=("serve",), group=USE_GROUP, type=int)
+    max_queue: int = setting(4096, "most utterances waiting before requests get 503", tasks=("serve",),
+                             group=USE_GROUP, type=int)
+    threads: int | None = setting(None, "each stream's intra-op threads (default: the cores shared out over the "
+                                        "streams and replicas)", tasks=("serve",), group=USE_GROUP, type=int)
+    streams: int | None = setting(None, "forward passes run at once, each on its own model thread (default: one per "
+                                        "core on a CPU, one on a GPU)", tasks=("serve",), group=USE_GROUP, type=int)
+    replicas: int | None = setting(None, "run the app as a Ray Serve deployment of this many replicas, each with its "
+                                         "own batching (default: one plain uvicorn process)", tasks=("serve",),
+                                   group=USE_GROUP, type=int)
+    address: str | None = setting(None, "with --replicas: join the Ray cluster at HOST:PORT (default: a local "
+                                        "instance)", tasks=("serve",), group=USE_GROUP)
+
+    def problem(self):
+        """The first thing wrong with these settings, as one line, or None."""
+        positive = [self.max_inputs, self.max_queue, self.batch_size, self.threads, self.streams, self.replicas]
+        checks = [
+            (self.checkpoint, f"--task {self.task} needs --checkpoint DIR"),
+            (self.address is None or self.replicas, "--address applies only with --replicas"),
+            (not (self.texts and self.input), "give utterances or --input, not both"),
+            (self.top_k >= 1, "--top-k must be at least 1"),
+            (self.min_confidence is None or 0 <= self.min_confidence <= 1, "--min-confidence must be in [0, 1]"),
+            (0 < self.port < 65536 and self.max_wait_ms >= 0 and all(v is None or v >= 1 for v in positive),
+             "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --streams, --replicas and --batch-size "
+             "must be positive"),
+        ]
+        return next((message for ok, message in checks if not ok), None)
 
 
-def recorded_config(cfg):
-    """The settings that define a run, as results and checkpoints record them: no machine paths.
-
-    The data file and a local encoder folder are recorded by name; their
-    contents are identified by the sha256 values in the results' environment.
-    """
-    c = {k: v for k, v in vars(cfg).items() if k not in IO_KEYS}
-    c["data"] = cfg.data and os.path.basename(cfg.data)
-    c["model"] = cfg.model and (os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model)
-    c["teachers"] = cfg.teachers and [os.path.basename(os.path.normpath(t)) for t in cfg.teachers]
-    return c
+def declarations():
+    """{name: (field, the config class that declares it)} of every setting once, in the order --help lists them:
+    those of every task, of training, of using a model."""
+    out = {}
+    for kind in (Common, Config, UseConfig):
+        for f in dataclasses.fields(kind):
+            if "help" in f.metadata and f.name not in out:
+                out[f.name] = (f, kind)
+    return out
 
 
-def complete_config(recorded):
-    """A recorded config with the recipe's and slot filling's off values filled in where it predates them."""
-    return {**RECIPE_DEFAULTS, **SLOT_DEFAULTS, **recorded}
+def tasks_of(f, kind):
+    """The tasks a setting applies to: as declared, else every task of the config class that declares it."""
+    if f.metadata["tasks"]:
+        return f.metadata["tasks"]
+    return tuple(t for t in TASKS if kind is Common or TASKS[t].trains == (kind is Config))
+
+
+def help_text(f, kind):
+    """The declared help, with where the default comes from: the task table, another setting, or the declaration."""
+    per_task = [f"{t} {TASKS[t].defaults[f.name]:g}" for t in tasks_of(f, kind) if f.name in TASKS[t].defaults]
+    implied, default = f.metadata["implied"], f.default
+    if per_task:
+        return f"{f.metadata['help']} (default: {', '.join(per_task)})"
+    if implied:
+        return f"{f.metadata['help']} (default {implied[2]} with --{implied[0].replace('_', '-')})"
+    if default not in (None, False, True) and not f.metadata["positional"]:
+        return f"{f.metadata['help']} (default {default})"
+    return f.metadata["help"]
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Fine-tune a BERT-family encoder on MASSIVE (English) intents.")
-    p.add_argument("--task", choices=TASKS, default="baseline", help="fine-tuning strategy")
-    p.add_argument("--data", default=os.environ.get("MASSIVE_DATA"),
-                   help="MASSIVE release file (en-US.jsonl); default $MASSIVE_DATA, else the hub")
-    p.add_argument("--label", choices=("scenario", "intent"), default="scenario", help="18 scenarios or 60 intents")
-    p.add_argument("--model", default=None,
-                   help="hub id or folder of the encoder (default: bundled all-MiniLM-L6-v2); for predict, the base "
-                        "encoder of a LoRA checkpoint trained from a local folder")
-    p.add_argument("--max-length", type=int, default=128, help="tokens kept, truncating from the left")
-    p.add_argument("--epochs", type=int, default=10, help="cross-entropy epochs (phase 2 of supcon/simclr)")
-    p.add_argument("--lr", type=float, help="peak learning rate (top layer under LLRD); task default")
-    p.add_argument("--eps", type=float, default=1e-8, help="AdamW epsilon")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/LayerNorm)")
-    p.add_argument("--batch-size", type=int, help="training batch size; task default")
-    p.add_argument("--dropout", type=float, help="dropout on [CLS] before the head; task default")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--llrd", type=float, help="layer-wise LR decay factor per layer going down (1 = off)")
-    p.add_argument("--warmup-ratio", type=float, help="fraction of steps of linear warmup (0 = off)")
-    p.add_argument("--temperature", type=float, help="contrastive temperature (supcon/simclr)")
-    p.add_argument("--contrastive-epochs", type=int, help="phase-1 epochs (supcon/simclr)")
-    p.add_argument("--contrastive-lr", type=float, help="phase-1 learning rate (supcon/simclr)")
-    p.add_argument("--lora-rank", type=int, help="LoRA rank (lora)")
-    p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 2 x rank)")
-    p.add_argument("--lora-targets", choices=("query-value", "all-linear"),
-                   help="encoder layers that get adapters (lora)")
-    r = p.add_argument_group("the accuracy recipe (--task custom; all off by default)")
-    r.add_argument("--pooling", choices=("cls", "mean"),
-                   help="sentence vector: [CLS] (the study) or the mean over tokens")
-    r.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
-    r.add_argument("--rdrop", type=float, help="R-Drop weight: symmetric KL between two dropout passes")
-    r.add_argument("--ema", type=float, help="decay of an exponential moving average of the weights, which is "
-                                             "evaluated and saved (0 = off)")
-    r.add_argument("--aux-weight", type=float, help="weight of a second head trained on the other label "
-                                                    "(intent for scenario, scenario for intent)")
-    r.add_argument("--teachers", type=lambda s: [x for x in s.split(",") if x],
-                   help="comma-separated checkpoint folders whose mean prediction the model is distilled from "
-                        "(with --slots, joint checkpoints: their slots too)")
-    r.add_argument("--distill-weight", type=float, help="weight of the distillation loss against cross-entropy "
-                                                        "(default 0.5 with --teachers)")
-    r.add_argument("--distill-temperature", type=float, help="softmax temperature of distillation")
-    r.add_argument("--augment", type=float, help="probability that a training utterance gets one kind of typing noise")
-    p.add_argument("--slots", action="store_true", default=None,
-                   help="also train a slot-filling head (MASSIVE's joint task: intent + slots); for predict, require "
-                        "the checkpoint's slots")
-    p.add_argument("--slot-weight", type=float, help="weight of the slot loss beside the label's (default 1, with --slots)")
-    p.add_argument("--crf", action="store_true", default=None,
-                   help="with --slots: a linear-chain CRF over the words' slot scores, trained on the sequence's "
-                        "likelihood and decoded by Viterbi")
-    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
-                   help="dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; "
-                        "--no-fast is the study's way (pad to max length, fp32)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast in training on CPUs with native bf16 that a timed matmul finds faster; "
-                        "--no-bf16 trains in fp32 there, to replicate runs from CPUs without it")
-    p.add_argument("--cache-dir", default="assets/cache", help="where tokenized features are cached")
-    p.add_argument("--out-dir", default="results", help="where results/<run name>.json goes")
-    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
-                   help="save the best-validation model and a per-epoch resume state under --checkpoint-dir")
-    p.add_argument("--checkpoint-dir", default="checkpoints", help="runs are saved in CHECKPOINT_DIR/<run name>/")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last completed epoch")
-    g = p.add_argument_group("using a trained model (--task predict, export, serve)")
-    g.add_argument("texts", nargs="*", default=None, help="utterances to classify")
-    g.add_argument("--checkpoint", help="a run's checkpoint folder (CHECKPOINT_DIR/<run name>)")
-    g.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"),
-                   help="what runs the model (default torch; onnx backends need --task export first)")
-    g.add_argument("--min-confidence", type=float, help="abstain (no label) below this calibrated probability")
-    g.add_argument("--spelling", action="store_true", default=None,
-                   help="correct words unknown to the model to the nearest training word first (spelling.py)")
-    g.add_argument("--host", help="serve: address to listen on (default 127.0.0.1)")
-    g.add_argument("--port", type=int, help="serve: port (default 8000)")
-    g.add_argument("--max-wait-ms", type=float,
-                   help="serve: longest a pass waits for more requests once the queued ones are in "
-                        "(default 0: a pass takes what queued while the last one ran)")
-    g.add_argument("--max-inputs", type=int, help="serve: most utterances in one request (default 256)")
-    g.add_argument("--max-queue", type=int, help="serve: most utterances waiting before requests get 503 (default 4096)")
-    g.add_argument("--threads", type=int, help="serve: each stream's intra-op threads (default: the cores shared out "
-                                               "over the streams and replicas)")
-    g.add_argument("--streams", type=int, help="serve: forward passes run at once, each on its own model thread "
-                                               "(default: one per core on a CPU, one on a GPU)")
-    g.add_argument("--replicas", type=int, help="serve: run the app as a Ray Serve deployment of this many replicas, "
-                                                "each with its own batching (default: one plain uvicorn process)")
-    g.add_argument("--address", help="serve --replicas: join the Ray cluster at HOST:PORT (default: a local instance)")
-    g.add_argument("--input", help="file with one utterance per line ('-' for standard input)")
-    g.add_argument("--top-k", type=int, help="labels shown per utterance (default 3)")
-    g.add_argument("--format", choices=("text", "jsonl"), help="output format (default text)")
+    p = argparse.ArgumentParser(description="Fine-tune a BERT-family encoder on MASSIVE (English) intents and slots, "
+                                            "or use a trained one.")
+    groups = {None: p}
+    for name, (f, kind) in declarations().items():
+        group = groups.get(f.metadata["group"]) or groups.setdefault(f.metadata["group"],
+                                                                      p.add_argument_group(f.metadata["group"]))
+        flag = name if f.metadata["positional"] else "--" + name.replace("_", "-")
+        group.add_argument(flag, default=None, help=help_text(f, kind), **f.metadata["flag"])
     return p
 
 
 def run_name(cfg):
+    task = TASKS[cfg.task]
     model = os.path.basename(os.path.normpath(cfg.model)) if cfg.model else "minilm"
     parts = [cfg.task, cfg.label, model, f"lr{cfg.lr:g}", f"bs{cfg.batch_size}", f"e{cfg.epochs}"]
-    if cfg.task == "custom":
+    if task.recipe:
         parts.append(f"llrd{cfg.llrd:g}-wu{cfg.warmup_ratio:g}")
         recipe = {"mean": cfg.pooling == "mean", f"ls{cfg.label_smoothing:g}": cfg.label_smoothing,
                   f"rdrop{cfg.rdrop:g}": cfg.rdrop, f"ema{cfg.ema:g}": cfg.ema,
@@ -235,9 +279,9 @@ def run_name(cfg):
                   f"kd{len(cfg.teachers or [])}x{cfg.distill_weight:g}t{cfg.distill_temperature:g}": cfg.teachers,
                   f"aug{cfg.augment:g}": cfg.augment}
         parts += [name for name, on in recipe.items() if on]
-    if cfg.task in ("supcon", "simclr"):
+    if "contrastive" in task.phases:
         parts.append(f"t{cfg.temperature:g}-ce{cfg.contrastive_epochs}-clr{cfg.contrastive_lr:g}")
-    if cfg.task == "lora":
+    if task.adapter:
         parts.append(f"r{cfg.lora_rank}-{cfg.lora_targets}")
     if cfg.slots:
         parts.append(f"slots{cfg.slot_weight:g}" + ("-crf" if cfg.crf else ""))
@@ -247,70 +291,72 @@ def run_name(cfg):
     return "-".join(parts)
 
 
+def who(tasks):
+    """The tasks a flag applies to, as its error message names them."""
+    rest = [t for t in tasks if t not in TRAINING]
+    if set(TRAINING) <= set(tasks):
+        return "training tasks" + (f" and --task {'/'.join(rest)}" if rest else "")
+    return f"--task {'/'.join(tasks)}"
+
+
 def parse_args(argv=None):
+    """The Config of a training task or the UseConfig of predict/export/serve; a bad flag exits with one line."""
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    args["texts"] = args["texts"] or None
-    for k, tasks in TASK_ONLY.items():
-        if args[k] is not None and args["task"] not in tasks:
-            what = "utterances apply" if k == "texts" else f"--{k.replace('_', '-')} applies"
-            parser.error(f"{what} only to --task {'/'.join(tasks)}")
-    if args["teachers"] and args["distill_weight"] is None:
-        args["distill_weight"] = 0.5
-    for k, v in {**COMMON_DEFAULTS, **TASK_DEFAULTS[args["task"]]}.items():
-        if args.get(k) is None:
-            args[k] = v
-    if args["slots"] and args["slot_weight"] is None and args["task"] not in USE_TASKS:
-        args["slot_weight"] = 1.0
-    if args["task"] == "lora" and args["lora_alpha"] is None:
-        args["lora_alpha"] = 2 * args["lora_rank"]
-    cfg = Config(**args)
-
-    def check(ok, msg):
-        if not ok:
-            parser.error(msg)
-
-    if cfg.task in USE_TASKS:
-        check(cfg.checkpoint, f"--task {cfg.task} needs --checkpoint DIR")
-        check(cfg.task == "predict" or not cfg.slots, "--slots applies only to training tasks and --task predict")
-        check(cfg.slot_weight is None and not cfg.crf, "--slot-weight and --crf apply only to training tasks")
-        check(cfg.address is None or cfg.replicas, "--address applies only with --replicas")
-        check(not (cfg.texts and cfg.input), "give utterances or --input, not both")
-        defaults = dict(top_k=3, format="text", backend="torch", host="127.0.0.1", port=8000, max_wait_ms=0.0,
-                        max_inputs=256, max_queue=4096)
-        for k, v in defaults.items():
-            if getattr(cfg, k) is None:  # not `or`: 0 is a value (--max-wait-ms 0: no waiting)
-                setattr(cfg, k, v)
-        check(cfg.top_k >= 1, "--top-k must be at least 1")
-        check(cfg.min_confidence is None or 0 <= cfg.min_confidence <= 1, "--min-confidence must be in [0, 1]")
-        check(0 < cfg.port < 65536 and cfg.max_wait_ms >= 0 and cfg.max_inputs >= 1 and cfg.max_queue >= 1
-              and (cfg.threads is None or cfg.threads >= 1) and (cfg.streams is None or cfg.streams >= 1)
-              and (cfg.replicas is None or cfg.replicas >= 1)
-              and cfg.batch_size >= 1,
-              "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --streams, --replicas and --batch-size must be "
-              "positive")
-        return cfg
-
-    check(cfg.epochs >= 1, "--epochs must be at least 1")
-    check(cfg.batch_size >= 2, "--batch-size must be at least 2")
-    check(cfg.max_length >= 2, "--max-length must be at least 2")
-    check(cfg.lr > 0 and cfg.eps > 0 and cfg.weight_decay >= 0, "--lr and --eps must be positive, --weight-decay >= 0")
-    check(0 <= cfg.dropout < 1, "--dropout must be in [0, 1)")
-    check(0 < cfg.llrd <= 1, "--llrd must be in (0, 1]")
-    check(0 <= cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)")
-    if cfg.task in ("supcon", "simclr"):
-        check(cfg.temperature > 0, "--temperature must be positive")
-        check(cfg.contrastive_epochs >= 0 and cfg.contrastive_lr > 0,
-              "--contrastive-epochs must be >= 0 and --contrastive-lr positive")
-    check(0 <= cfg.label_smoothing < 1 and 0 <= cfg.ema < 1 and 0 <= cfg.augment <= 1,
-          "--label-smoothing and --ema must be in [0, 1), --augment in [0, 1]")
-    check(cfg.rdrop >= 0 and cfg.aux_weight >= 0 and cfg.distill_temperature > 0,
-          "--rdrop and --aux-weight must be >= 0, --distill-temperature positive")
-    check(0 <= cfg.distill_weight <= 1 and (cfg.teachers or not cfg.distill_weight),
-          "--distill-weight must be in [0, 1] and needs --teachers")
-    check(cfg.slots or (cfg.slot_weight is None and not cfg.crf), "--slot-weight and --crf apply only with --slots")
-    check(cfg.slot_weight is None or cfg.slot_weight > 0, "--slot-weight must be positive")
-    if cfg.task == "lora":
-        check(cfg.lora_rank >= 1 and cfg.lora_alpha >= 1, "--lora-rank and --lora-alpha must be at least 1")
-    cfg.run_name = run_name(cfg)
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v not in (None, [])}
+    name = given.get("task", "baseline")
+    task, kind = TASKS[name], Config if TASKS[name].trains else UseConfig
+    for key, (f, owner) in declarations().items():
+        if key in given and name not in tasks_of(f, owner):
+            what = "utterances apply" if key == "texts" else f"--{key.replace('_', '-')} applies"
+            parser.error(f"{what} only to {who(tasks_of(f, owner))}")
+    values = {}
+    for f in dataclasses.fields(kind):
+        if "help" not in f.metadata:
+            continue
+        env = f.metadata["env"] and os.environ.get(f.metadata["env"])
+        values[f.name] = given.get(f.name, task.defaults.get(f.name, env or f.default))
+    for f in dataclasses.fields(kind):  # defaults that follow from another setting that is on
+        implied = f.metadata.get("implied")
+        if implied and f.name not in given and values[implied[0]]:
+            values[f.name] = implied[1](values[implied[0]])
+    cfg = kind(**values)
+    problem = cfg.problem()
+    if problem:
+        parser.error(problem)
+    if task.trains:
+        cfg.run_name = run_name(cfg)
     return cfg
+
+
+def settings(cfg):
+    """{name: value} of the settings that define what a training run computes, as given (paths as they are)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata["recorded"]}
+
+
+def recorded_config(cfg):
+    """The settings that define a run, as results and checkpoints record them: no machine paths.
+
+    The data file and a local encoder folder are recorded by name; their
+    contents are identified by the sha256 values in the results' environment.
+    """
+    c = settings(cfg)
+    c["data"] = cfg.data and os.path.basename(cfg.data)
+    c["model"] = cfg.model and (os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model)
+    c["teachers"] = cfg.teachers and [os.path.basename(os.path.normpath(t)) for t in cfg.teachers]
+    return c
+
+
+def complete_config(recorded):
+    """A recorded config with each setting it predates (the recipe's, slot filling's) at its declared default, which
+    is that setting's off value."""
+    declared = {f.name: f.default for f in dataclasses.fields(Config) if f.metadata["recorded"]}
+    return {**declared, **recorded}
+
+
+def default(name, task="baseline"):
+    """A setting's default for a task, as parse_args gives it."""
+    return TASKS[task].defaults.get(name, declarations()[name][0].default)
+
+
+# The accuracy recipe's settings at their off values: which techniques a recorded run turned on.
+RECIPE_SETTINGS = {f.name: f.default for f in dataclasses.fields(Config) if f.metadata.get("group") == RECIPE_GROUP}

@@ -23,7 +23,7 @@ from data import read_hub, read_jsonl
 
 from fileio import UserError
 from inference import Predictor, checkpoint_folder
-from model import load_checkpoint
+from model import checkpoint_layout, load_checkpoint
 from slots import slot_metrics
 from fileio import write_json
 from utils import use_bf16
@@ -49,7 +49,7 @@ class Outputs(torch.nn.Module):
 def to_onnx(path, model_dir, base_model):
     """fp32 ONNX from fp32 weights with eager attention (its graph keeps both axes dynamic)."""
     model, tokenizer, meta = load_checkpoint(model_dir, attention="eager", base_model=base_model)
-    if meta["config"]["task"] == "lora":
+    if checkpoint_layout(meta)[0]:
         model = model.merge_and_unload()  # plain linear layers: one graph, no adapter branches
     model = Outputs(model.float().eval())
     # batch 2 and length 8 with padding, so that neither axis is traced as a constant

@@ -20,7 +20,7 @@ import torch
 from data import first_subtokens, word_spans
 
 from fileio import UserError
-from slots import OUTSIDE, spans, word_predictions
+from slots import spans, word_predictions
 
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
@@ -119,7 +119,9 @@ class Predictor:
     def load_crf(self):
         """The CRF's (S + 2, S) scores (model.SlotCRF) as numpy, read from the checkpoint for every backend; None
         without a CRF."""
-        if not self.meta["config"].get("crf"):
+        from model import checkpoint_layout
+
+        if "slot_crf" not in checkpoint_layout(self.meta)[1]:
             return None
         return torch.load(os.path.join(self.path, "slot_crf.pt"), weights_only=True)["scores"].numpy()
 
@@ -170,27 +172,6 @@ class Predictor:
         if positions is None:
             return out, None
         return out, [word_predictions(t, p, self.slots, self.crf) for t, p in zip(token_logits, positions)]
-
-    def word_distributions(self, token_logits, positions, temperature=1.0):
-        """For each utterance of forward_texts' slot scores (W, S): each word's probability of each slot at the
-        temperature, the CRF's marginals where there is one (loss.crf_log_marginals), else the softmax of the word's
-        scores; a word without a first sub-token is Other for certain, as predictions have it. Distillation's
-        teacher side."""
-        from loss import crf_log_marginals
-
-        crf = None if self.crf is None else torch.from_numpy(self.crf).float() / temperature
-        other = np.eye(len(self.slots), dtype=np.float32)[self.slots.index(OUTSIDE)]
-        out = []
-        for t, p in zip(token_logits, positions):
-            at = [q for q in p if q >= 0]
-            e = torch.from_numpy(np.asarray(t, dtype=np.float32)[at]) / temperature  # (words kept, S)
-            if crf is None:
-                probs = torch.softmax(e, -1)
-            else:
-                probs = crf_log_marginals(e[None], torch.ones(1, len(at), dtype=torch.bool), crf)[0].exp()
-            rows = iter(probs.numpy())
-            out.append(np.array([next(rows) if q >= 0 else other for q in p], dtype=np.float32).reshape(-1, len(other)))
-        return out
 
     def logits(self, texts, batch_size=128):
         """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""

@@ -9,7 +9,7 @@ modules, imported only when used (onnx and the web server are not needed to trai
 """
 import sys
 
-from arguments import USE_TASKS, parse_args
+from arguments import TASKS, parse_args
 from fileio import UserError
 from utils import setup_logging
 
@@ -17,7 +17,7 @@ from utils import setup_logging
 def main(argv=None):
     cfg = parse_args(argv)
     setup_logging()
-    if cfg.task not in USE_TASKS:
+    if TASKS[cfg.task].trains:
         from train import train
 
         return train(cfg)

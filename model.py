@@ -1,18 +1,23 @@
 """The classifier: a pretrained encoder, its [CLS] vector (or mean token vector), dropout and a two-layer head.
 
-`projection` (hidden -> hidden) exists only for the contrastive phase of supcon
-and simclr; the classification phase drops it, as SupContrast and SimCSE do.
-`aux_head` exists only while a custom run trains a second label alongside
-(--aux-weight); checkpoints keep the main head only. `slot_head` (--slots)
-labels every token with a slot from the encoder's last hidden states, beside
-the utterance head; checkpoints keep it, and `slot_crf` (--crf), the CRF's
-start, transition and end scores over those slots.
+The heads are data (HEADS): which phase trains each, whether checkpoints keep
+it, and its learning rate. The training loop's frozen sets, LoRA's
+modules_to_save, saving and loading and the CRF's learning rate all follow
+from that table, so a new head touches this module and one loss term.
+`projection` (hidden -> hidden) exists only for the contrastive phase of
+supcon and simclr; the classification phase drops it, as SupContrast and
+SimCSE do. `aux_head` exists only while a custom run trains a second label
+alongside (--aux-weight). `slot_head` (--slots) labels every token with a slot
+from the encoder's last hidden states, beside the utterance head, and
+`slot_crf` (--crf) holds the CRF's start, transition and end scores over those
+slots.
 """
 import hashlib
 import inspect
 import json
 import os
 import shutil
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -52,6 +57,26 @@ def load_tokenizer(name):
     return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
+class Head(NamedTuple):
+    phase: str  # the phase that trains it: the other phases leave it alone
+    saved: bool  # checkpoints keep it, as <name>.pt (inside the adapter under LoRA)
+    lr_scale: float = 1.0  # its learning rate as a multiple of the run's; not 1: without weight decay either
+    standalone: bool = False  # its own <name>.pt beside an adapter too: inference reads it there on every backend
+
+
+# AdamW moves each parameter by about lr per step, so the CRF's scores, which start at 0 and must reach several
+# units to rule out a transition, train at this multiple of the lr (as BERT-CRF taggers commonly do), without decay.
+CRF_LR_SCALE = 100
+HEADS = {
+    "head": Head("classify", saved=True),
+    "slot_head": Head("classify", saved=True),
+    "slot_crf": Head("classify", saved=True, lr_scale=CRF_LR_SCALE, standalone=True),  # Viterbi runs outside ONNX
+    "aux_head": Head("classify", saved=False),  # a second label, only while training
+    "projection": Head("contrastive", saved=False),
+}
+LR_SCALES = {name: h.lr_scale for name, h in HEADS.items() if h.lr_scale != 1}  # utils.build_param_groups' scales
+
+
 def mlp_head(hidden, n_classes):
     return nn.Sequential(nn.Linear(hidden, 256), nn.ReLU(), nn.Linear(256, n_classes))
 
@@ -84,6 +109,10 @@ class Classifier(nn.Module):
         self.aux_head = mlp_head(hidden, aux_classes) if aux_classes else None
         self.slot_head = nn.Linear(hidden, slot_classes) if slot_classes else None  # one linear layer, as JointBERT
         self.slot_crf = SlotCRF(slot_classes) if crf else None
+
+    def heads(self):
+        """{name: module} of the heads this model has, in HEADS' order."""
+        return {name: getattr(self, name) for name in HEADS if getattr(self, name) is not None}
 
     def pool(self, h, attention_mask):
         """The sentence vector (B, H) of the last hidden states h (B, T, H), after dropout: [CLS], or the mean over
@@ -144,38 +173,52 @@ def count_parameters(model):
 
 
 def apply_lora(model, rank, alpha, targets, dropout=0.1):
-    """Wrap the encoder's attention (or all linear layers) in LoRA adapters; the heads train fully."""
+    """Wrap the encoder's attention (or all linear layers) in LoRA adapters; the heads that checkpoints keep train
+    fully (modules_to_save), and none of their linear layers gets an adapter."""
     from peft import LoraConfig, get_peft_model
 
     target_modules = ["query", "value"] if targets == "query-value" else "all-linear"
-    heads, exclude = ["head"], ["head.0", "head.2"]
-    if model.slot_head is not None:
-        heads, exclude = heads + ["slot_head"], exclude + ["slot_head"]
-    if model.slot_crf is not None:
-        heads.append("slot_crf")
+    heads = {name: m for name, m in model.heads().items() if HEADS[name].saved}
+    exclude = [f"{name}.{sub}" if sub else name for name, m in heads.items()
+               for sub, layer in m.named_modules() if isinstance(layer, nn.Linear)]
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        modules_to_save=heads, exclude_modules=exclude)
+                        modules_to_save=list(heads), exclude_modules=exclude)
     return get_peft_model(model, config)
 
 
+def trained_state(module):
+    """A head's weights as trained, as fp32 on the CPU: under LoRA, the copy PEFT's wrapper trains."""
+    if hasattr(module, "modules_to_save"):
+        module = module.modules_to_save[module.active_adapter]
+    return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+
+
+def checkpoint_layout(meta):
+    """(adapter or not, the heads saved) of a checkpoint's meta.json; checkpoints written before meta.json said so
+    are read the old way: an adapter for the lora task, the heads from the slots and the CRF setting."""
+    if "adapter" in meta:
+        return meta["adapter"], meta["heads"]
+    heads = ["head"] + (["slot_head"] if meta.get("slots") else []) + (["slot_crf"] if meta["config"].get("crf") else [])
+    return meta["config"]["task"] == "lora", heads
+
+
 def save_checkpoint(model, tokenizer, meta, path, words=None):
-    """The encoder in save_pretrained format (the adapter alone for LoRA), the head, tokenizer and meta.json;
-    words.json ({training word: count}, for spelling correction) when words are given.
+    """The encoder in save_pretrained format (the adapter alone for LoRA, which holds the heads), each kept head as
+    <name>.pt, the tokenizer and meta.json; words.json ({training word: count}, for spelling correction) when words
+    are given. meta says whether it is an adapter ("adapter") and which heads it has ("heads").
 
     Written into a temporary folder that then replaces `path`, so a crash never
     leaves a half-written checkpoint in place of a good one.
     """
     tmp = path.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if meta["config"]["task"] == "lora":
-        model.save_pretrained(os.path.join(tmp, "adapter"))  # adapter weights + the head (modules_to_save)
+    if meta["adapter"]:
+        model.save_pretrained(os.path.join(tmp, "adapter"))  # adapter weights + the heads (modules_to_save)
     else:
         model.encoder.save_pretrained(os.path.join(tmp, "encoder"))
-        torch.save(model.head.state_dict(), os.path.join(tmp, "head.pt"))
-        if model.slot_head is not None:
-            torch.save(model.slot_head.state_dict(), os.path.join(tmp, "slot_head.pt"))
-    if meta["config"].get("crf"):  # beside the adapter too: inference reads the CRF from here on every backend
-        torch.save({"scores": model.slot_crf().detach().float().cpu()}, os.path.join(tmp, "slot_crf.pt"))
+    for name in meta["heads"]:
+        if not meta["adapter"] or HEADS[name].standalone:
+            torch.save(trained_state(getattr(model, name)), os.path.join(tmp, f"{name}.pt"))
     tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -199,33 +242,27 @@ def load_checkpoint(path, attention=None, base_model=None):
     with open(meta_path) as f:
         meta = json.load(f)
     cfg, n_classes = meta["config"], len(meta["labels"])
-    n_slots = len(meta["slots"]) if meta.get("slots") else None
-    crf = bool(cfg.get("crf"))
-    lora = cfg["task"] == "lora"
-    needed = ["tokenizer", "adapter"] if lora else ["tokenizer", "encoder", "head.pt"]
-    if n_slots and not lora:  # a LoRA adapter holds its slot head itself
-        needed.append("slot_head.pt")
-    if crf:
-        needed.append("slot_crf.pt")
+    adapter, heads = checkpoint_layout(meta)
+    n_slots = len(meta["slots"]) if "slot_head" in heads else None
+    files = [f"{name}.pt" for name in heads if not adapter or HEADS[name].standalone]
+    needed = ["tokenizer", "adapter" if adapter else "encoder", *files]
     missing = [n for n in needed if not os.path.exists(os.path.join(path, n))]
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
-    if lora:
+    if adapter:
         from peft import PeftModel
 
         base = base_model or cfg["model"]
         try:
-            net = build_model(base, n_classes, cfg["dropout"], attention=attention, slot_classes=n_slots, crf=crf)
+            net = build_model(base, n_classes, cfg["dropout"], attention=attention, slot_classes=n_slots,
+                              crf="slot_crf" in heads)
         except OSError:
             raise ValueError(f"cannot load the LoRA base encoder '{base}'; pass its folder with --model") from None
-        model = PeftModel.from_pretrained(net, os.path.join(path, "adapter"))
-    else:
-        model = Classifier(load_encoder(os.path.join(path, "encoder"), attention, pooler=False), n_classes, cfg["dropout"],
-                           pooling=cfg.get("pooling", "cls"), slot_classes=n_slots, crf=crf)
-        model.head.load_state_dict(torch.load(os.path.join(path, "head.pt"), weights_only=True))
-        if n_slots:
-            model.slot_head.load_state_dict(torch.load(os.path.join(path, "slot_head.pt"), weights_only=True))
-        if crf:
-            model.slot_crf.load_state_dict(torch.load(os.path.join(path, "slot_crf.pt"), weights_only=True))
+        return PeftModel.from_pretrained(net, os.path.join(path, "adapter")).eval(), tokenizer, meta
+    model = Classifier(load_encoder(os.path.join(path, "encoder"), attention, pooler=False), n_classes,
+                       cfg["dropout"], pooling=cfg.get("pooling", "cls"), slot_classes=n_slots,
+                       crf="slot_crf" in heads)
+    for name in heads:
+        getattr(model, name).load_state_dict(torch.load(os.path.join(path, f"{name}.pt"), weights_only=True))
     return model.eval(), tokenizer, meta

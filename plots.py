@@ -22,8 +22,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arguments import (RECIPE_DEFAULTS, TASK_DEFAULTS, build_parser, complete_config, parse_args,  # noqa: E402
-                       recorded_config)
+from arguments import RECIPE_SETTINGS, TASKS, complete_config, default, parse_args, recorded_config  # noqa: E402
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
@@ -74,9 +73,9 @@ def experiment(r):
         name = "LLRD + warmup" if llrd and warm else "LLRD only" if llrd else "warmup only" if warm else "custom (neither)"
     else:
         name = task
-    if task in TASK_DEFAULTS and c["lr"] != TASK_DEFAULTS[task]["lr"]:
+    if task in TASKS and c["lr"] != default("lr", task):
         name += f", lr {c['lr']:g}"
-    if task in TASK_DEFAULTS and c["batch_size"] != TASK_DEFAULTS[task]["batch_size"]:
+    if task in TASKS and c["batch_size"] != default("batch_size", task):
         name += f", batch {c['batch_size']}"
     on = techniques(r)
     if on:  # the accuracy recipe's techniques, as their flags
@@ -231,7 +230,7 @@ def comparisons(groups, n_boot=10_000):
     study's epoch count: its epochs are then part of what is compared, and its name says how many.
     """
     baselines = {context(g["runs"][0]): g for g in groups if is_study_baseline(g)}
-    study_epochs = build_parser().get_default("epochs")
+    study_epochs = default("epochs")
 
     def baseline_of(g):
         label, model, epochs, *rest = context(g["runs"][0])
@@ -250,9 +249,8 @@ def joint(g):
 def is_study_baseline(g):
     """The study's baseline: the baseline task at its own lr and batch size, intent or scenario only."""
     c = g["runs"][0]["config"]
-    defaults = TASK_DEFAULTS["baseline"]
-    return (g["runs"][0]["task"] == "baseline" and not joint(g) and c["lr"] == defaults["lr"]
-            and c["batch_size"] == defaults["batch_size"])
+    return (g["runs"][0]["task"] == "baseline" and not joint(g) and c["lr"] == default("lr")
+            and c["batch_size"] == default("batch_size"))
 
 
 SLOT_SETTINGS = ("slots", "slot_weight", "crf")
@@ -313,7 +311,7 @@ def joint_table(groups):
 def techniques(r):
     """The accuracy-recipe flags a run turned on, as {config key: value} (the teachers' folders left out)."""
     c = complete_config(r["config"])
-    return {k: c[k] for k, off in RECIPE_DEFAULTS.items() if c[k] != off and k != "teachers"}
+    return {k: c[k] for k, off in RECIPE_SETTINGS.items() if c[k] != off and k != "teachers"}
 
 
 def ablation(groups, n_boot=10_000):

@@ -9,12 +9,15 @@ import os
 import pickle
 
 import numpy as np
+import torch
 from scipy.special import softmax
 
 from data import load_cache, load_features
 
 from fileio import UserError, atomic_write
 from inference import Predictor, checkpoint_folder
+from loss import crf_log_marginals
+from slots import OUTSIDE
 
 log = logging.getLogger("recipe")
 
@@ -30,7 +33,7 @@ def other_labels(cfg, tokenizer, features):
 def teacher_probabilities(cfg, labels, train, slots=None):
     """The teachers' mean probability (N, C) at the distillation temperature, for each training utterance; with
     slots (the run's slot names) also, per utterance, (T, S) float16: at each word's first sub-token the teachers'
-    mean slot distribution of that word (Predictor.word_distributions), zero elsewhere (else None).
+    mean slot distribution of that word (word_distributions), zero elsewhere (else None).
 
     Cached under --cache-dir, keyed by the teachers' trained heads, the training texts, the temperature and the slot
     names: each teacher reads the training texts once, not once per student.
@@ -80,7 +83,7 @@ def teachers_on(cfg, folders, train, slots):
         probs.append(softmax(logits / cfg.distill_temperature, axis=1))
         log.info("teacher %s: train accuracy %.4f", teacher.name, np.mean(probs[-1].argmax(1) == train["labels"]))
         if slots:
-            words.append(teacher.word_distributions(token_logits, positions, cfg.distill_temperature))
+            words.append(word_distributions(teacher, token_logits, positions, cfg.distill_temperature))
     mean = np.mean(probs, axis=0).astype(np.float32)
     log.info("teachers' ensemble: train accuracy %.4f", np.mean(mean.argmax(1) == train["labels"]))
     if not slots:
@@ -91,6 +94,25 @@ def teachers_on(cfg, folders, train, slots):
     log.info("teachers' ensemble: train word slot accuracy (each word's most probable slot) %.4f",
              right / sum(map(len, train["slot_words"])))
     return mean, per_word
+
+
+def word_distributions(teacher, token_logits, positions, temperature=1.0):
+    """For each utterance of a teacher's slot scores (W, S) (Predictor.forward_texts): each word's probability of
+    each slot at the temperature, the CRF's marginals where there is one (loss.crf_log_marginals), else the softmax
+    of the word's scores; a word without a first sub-token is Other for certain, as predictions have it."""
+    crf = None if teacher.crf is None else torch.from_numpy(teacher.crf).float() / temperature
+    other = np.eye(len(teacher.slots), dtype=np.float32)[teacher.slots.index(OUTSIDE)]
+    out = []
+    for t, p in zip(token_logits, positions):
+        at = [q for q in p if q >= 0]
+        e = torch.from_numpy(np.asarray(t, dtype=np.float32)[at]) / temperature  # (words kept, S)
+        if crf is None:
+            probs = torch.softmax(e, -1)
+        else:
+            probs = crf_log_marginals(e[None], torch.ones(1, len(at), dtype=torch.bool), crf)[0].exp()
+        rows = iter(probs.numpy())
+        out.append(np.array([next(rows) if q >= 0 else other for q in p], dtype=np.float32).reshape(-1, len(other)))
+    return out
 
 
 def scenario_of_intents(pairs, intents, scenarios):

@@ -1,10 +1,11 @@
 """The one training loop of every task, and the one evaluate().
 
-A task is a list of phases; a phase is (name, loss step, epochs, learning
-rate, the module it does not train). baseline, custom and lora have one
-classification phase (custom adds LLRD and warmup, lora wraps the encoder in
-adapters); supcon and simclr first train with the contrastive loss on two
-dropout views, then drop the projection head and classify.
+A task is a list of phases (arguments.TASKS); a Phase is its name, loss step,
+epochs and learning rate, and it trains every head of model.HEADS that
+belongs to it. baseline, custom and lora have one classification phase
+(custom adds LLRD and warmup, lora wraps the encoder in adapters); supcon and
+simclr first train with the contrastive loss on two dropout views, then drop
+the projection head and classify.
 
 The model returns named outputs and a classification step sums named loss
 terms (LOSS_TERMS); evaluate() scores each output the model gives. So a new
@@ -20,6 +21,7 @@ import logging
 import os
 import random
 import time
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -32,13 +34,13 @@ from scipy.special import softmax
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from arguments import IO_KEYS, complete_config, recorded_config
+from arguments import TASKS, complete_config, recorded_config, settings
 from data import describe_data, load_features, slot_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError, atomic_write, write_json
 from loss import crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
-from model import apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model, save_checkpoint
-from model import weights_sha256
+from model import (HEADS, LR_SCALES, apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model,
+                   save_checkpoint, weights_sha256)
 from recipe import other_labels, scenario_from_intent, teacher_probabilities
 from slots import slot_metrics, word_predictions
 from spelling import word_counts
@@ -112,7 +114,7 @@ def contrastive_step(model, batch, cfg):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     z = model(ids.repeat(2, 1), mask.repeat(2, 1), project=True)["projection"].float()  # (2B, H): views differ by dropout
     features = torch.stack(z.chunk(2), dim=1)  # (B, 2, H)
-    labels = batch["labels"] if cfg.task == "supcon" else None
+    labels = batch["labels"] if TASKS[cfg.task].supervised else None
     anchors = None
     if dist.is_initialized() and dist.get_world_size() > 1:
         # this process's examples are anchors against the candidates of all processes. The gather must carry
@@ -131,14 +133,18 @@ def contrastive_step(model, batch, cfg):
     return supcon_loss(features, labels, cfg.temperature, anchors), None
 
 
+class Phase(NamedTuple):
+    name: str  # "contrastive" or "classify": it trains the heads of model.HEADS that belong to it
+    step: Callable  # (model, batch, cfg) -> (loss, number of correct predictions or None)
+    epochs: int
+    lr: float
+
+
 def phases(cfg):
-    """(name, step, epochs, lr, the modules the phase does not train)."""
-    classify = ("classify", classify_step, cfg.epochs, cfg.lr, ("projection",))
-    if cfg.task in ("supcon", "simclr") and cfg.contrastive_epochs:
-        return [("contrastive", contrastive_step, cfg.contrastive_epochs, cfg.contrastive_lr,
-                 ("head", "slot_head", "slot_crf")),
-                classify]
-    return [classify]
+    """The task's phases (arguments.TASKS) that have epochs, in order."""
+    known = {"contrastive": Phase("contrastive", contrastive_step, cfg.contrastive_epochs, cfg.contrastive_lr),
+             "classify": Phase("classify", classify_step, cfg.epochs, cfg.lr)}
+    return [known[name] for name in TASKS[cfg.task].phases if known[name].epochs]
 
 
 # ---- evaluation ----
@@ -214,25 +220,34 @@ def in_order(rows, order):
 
 # ---- one epoch ----
 
-def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, desc, show=True, ema=None):
-    """One pass over the training loader; returns mean loss and accuracy (None for contrastive steps).
+class Optim(NamedTuple):
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every optimizer step
 
-    Under data parallelism they cover the batches of all processes. ema: an
-    AveragedModel updated after every step.
+
+def train_epoch(model, loader, step, optim, run, desc):
+    """One pass over the training loader with a phase's loss step; returns mean loss and accuracy (None for
+    contrastive steps).
+
+    run: what every step needs besides its batch (cfg, device, amp: bf16
+    autocast, ema: an AveragedModel updated after every step or None, show:
+    whether this process draws the progress bar). Under data parallelism the
+    numbers cover the batches of all processes.
     """
     model.train()
+    device = run.device
     total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None if show else True)
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if run.show else True)
     for i, batch in enumerate(bar):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device, amp):
-            loss, n_correct = step(model, batch, cfg)
+        with autocast(device, run.amp):
+            loss, n_correct = step(model, batch, run.cfg)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update_parameters(model)
+        optim.optimizer.step()
+        optim.scheduler.step()
+        optim.optimizer.zero_grad(set_to_none=True)
+        if run.ema is not None:
+            run.ema.update_parameters(model)
         n = batch["labels"].shape[0]
         total_loss += loss.detach() * n
         if n_correct is not None:  # contrastive steps have no accuracy
@@ -250,33 +265,42 @@ def train_epoch(model, loader, optimizer, scheduler, step, cfg, device, amp, des
 
 # ---- the run: set up once, shared by every step below ----
 
-@dataclasses.dataclass
+class Data(NamedTuple):
+    tokenizer: object
+    labels: list  # the label names, sorted
+    features: dict  # {split: tokenized columns} (data.tokenize)
+    extras: dict  # per training example beside its label: the other label, token slot labels, teachers' outputs
+    aux_names: list | None  # the other label's names, with --aux-weight
+    slots: list | None  # the slot head's names, None without one
+
+
+class Models(NamedTuple):
+    net: torch.nn.Module  # the Classifier
+    model: torch.nn.Module  # what the optimizer trains: the Classifier, or its LoRA wrapper
+    ema: AveragedModel | None
+    encoder: dict  # name and weights' sha256
+    parameters: tuple  # (total, trainable)
+
+
+@dataclasses.dataclass(kw_only=True)
 class Run:
     cfg: object
     accel: Accelerator
     backend: str | None  # the process group's, None for one process
     amp: bool  # bf16 autocast
     resume: dict | None  # last.pt's state when resuming
-    tokenizer: object
-    labels: list
-    features: dict
-    net: torch.nn.Module  # the Classifier
-    model: torch.nn.Module  # what the optimizer trains: the Classifier, or its LoRA wrapper
-    ema: AveragedModel | None
-    encoder: dict  # name and weights' sha256
-    parameters: tuple  # (total, trainable)
+    data: Data
+    models: Models
     loaders: dict  # train, validation, test
     generator: torch.Generator  # orders each training epoch; a resumed run restores it
-    slots: list | None  # the slot head's names, None without one
     select: str  # the validation metric that picks the best epoch
 
-    @property
-    def device(self):
-        return self.accel.device
-
-    @property
-    def world(self):
-        return self.accel.num_processes
+    device = property(lambda self: self.accel.device)
+    world = property(lambda self: self.accel.num_processes)
+    show = property(lambda self: self.accel.is_main_process)  # one process draws progress bars and writes files
+    net = property(lambda self: self.models.net)
+    model = property(lambda self: self.models.model)
+    ema = property(lambda self: self.models.ema)
 
     @property
     def scored(self):
@@ -305,8 +329,7 @@ def start_processes():
 
 
 def load_data(cfg):
-    """(tokenizer, labels, features, extras: per training example beside its label, the other label's names,
-    the slot names or None)."""
+    """The run's Data: tokenizer, labels, features and the training-only columns beside them."""
     try:
         tokenizer = load_tokenizer(cfg.model)
     except (OSError, ValueError) as e:
@@ -326,30 +349,31 @@ def load_data(cfg):
         extras["teacher_probs"], teacher_slots = teacher_probabilities(cfg, labels, features["train"], slots)
         if teacher_slots is not None:
             extras["teacher_slot_probs"] = teacher_slots
-    return tokenizer, labels, features, extras, aux_names, slots
+    return Data(tokenizer, labels, features, extras, aux_names, slots)
 
 
-def build(cfg, labels, aux_names, slots, device):
-    """(the Classifier, what trains it, its moving average or None, the encoder's identity, (total, trainable))."""
-    net = build_model(cfg.model, len(labels), cfg.dropout, projection=cfg.task in ("supcon", "simclr"),
+def build(cfg, data, device):
+    """The run's Models: the Classifier, what trains it, its moving average, the encoder's identity and size."""
+    task = TASKS[cfg.task]
+    net = build_model(cfg.model, len(data.labels), cfg.dropout, projection="contrastive" in task.phases,
                       attention=cpu_attention(device, cfg.fast), pooling=cfg.pooling,
-                      aux_classes=len(aux_names) if aux_names else None, slot_classes=len(slots) if slots else None,
-                      crf=cfg.crf)
+                      aux_classes=len(data.aux_names) if data.aux_names else None,
+                      slot_classes=len(data.slots) if data.slots else None, crf=cfg.crf)
     encoder = {"name": model_name(cfg.model), "weights_sha256": weights_sha256(net.encoder)}
-    model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if cfg.task == "lora" else net
+    model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if task.adapter else net
     model.to(device)
     # the moving average is what gets evaluated and saved; the optimizer trains the model underneath
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None
-    return net, model, ema, encoder, count_parameters(model)
+    return Models(net, model, ema, encoder, count_parameters(model))
 
 
-def make_loaders(cfg, tokenizer, features, extras, slots, accel):
+def make_loaders(cfg, data, accel):
     """{split: loader} (training batches of cfg.batch_size, split over the processes) and the training generator."""
-    loaders = {"train": make_loader(features["train"], tokenizer, cfg.batch_size, True, cfg.seed, cfg.fast,
-                                    cfg.max_length, extras, cfg.augment, slots)}
+    loaders = {"train": make_loader(data.features["train"], data.tokenizer, cfg.batch_size, True, cfg.seed, cfg.fast,
+                                    cfg.max_length, data.extras, cfg.augment, data.slots)}
     for split in ("validation", "test"):
-        loaders[split] = make_loader(features[split], tokenizer, EVAL_BATCH, False, cfg.seed, cfg.fast, cfg.max_length,
-                                     slot_names=slots)
+        loaders[split] = make_loader(data.features[split], data.tokenizer, EVAL_BATCH, False, cfg.seed, cfg.fast,
+                                     cfg.max_length, slot_names=data.slots)
     generator = loaders["train"].generator
     if accel.num_processes > 1:  # accelerate splits each batch of the plain sampler's order: no second sharding
         loaders = {split: accel.prepare_data_loader(x) for split, x in loaders.items()}
@@ -369,23 +393,31 @@ def set_up(cfg):
     if cfg.fast:
         fast_process_settings(accel.device)
     resume = load_resume_state(cfg, accel.num_processes) if cfg.resume else None
-    tokenizer, labels, features, extras, aux_names, slots = load_data(cfg)
-    net, model, ema, encoder, parameters = build(cfg, labels, aux_names, slots, accel.device)
+    data = load_data(cfg)
+    models = build(cfg, data, accel.device)
     if accel.num_processes > 1:  # the same initial weights everywhere (DDP broadcasts them), each its own dropout
         torch.manual_seed(cfg.seed + accel.process_index)
-    loaders, generator = make_loaders(cfg, tokenizer, features, extras, slots, accel)
-    run = Run(cfg, accel, backend, amp, resume, tokenizer, labels, features, net, model, ema, encoder, parameters,
-              loaders, generator, slots, "exact_match" if slots else "accuracy")
+    loaders, generator = make_loaders(cfg, data, accel)
+    run = Run(cfg=cfg, accel=accel, backend=backend, amp=amp, resume=resume, data=data, models=models,
+              loaders=loaders, generator=generator, select="exact_match" if data.slots else "accuracy")
     log.info("run %s: %d train / %d val / %d test examples, %d classes, global batch %d (%d per process), %d steps "
              "per epoch, device %s, bf16 autocast %s, fp32 matmul precision %s", cfg.run_name,
-             len(loaders["train"].dataset), len(features["validation"]["labels"]), len(features["test"]["labels"]),
-             len(labels), cfg.batch_size, cfg.batch_size // run.world, len(loaders["train"]), run.device, amp,
-             torch.get_float32_matmul_precision())
-    log.info("parameters: %d total, %d trainable (%.2f%%)", *parameters, 100 * parameters[1] / parameters[0])
+             len(loaders["train"].dataset), len(data.features["validation"]["labels"]),
+             len(data.features["test"]["labels"]), len(data.labels), cfg.batch_size, cfg.batch_size // run.world,
+             len(loaders["train"]), run.device, amp, torch.get_float32_matmul_precision())
+    log.info("parameters: %d total, %d trainable (%.2f%%)", *models.parameters,
+             100 * models.parameters[1] / models.parameters[0])
     return run
 
 
 # ---- resume state: written after every epoch, read back by --resume ----
+
+class Mark(NamedTuple):
+    """Where an epoch ended: last.pt records it, and a resumed run continues after it."""
+    phase_index: int
+    phase: str
+    epoch: int
+
 
 def rng_state(generator):
     """This process's random states; generator: the training sampler's, which orders each epoch."""
@@ -404,25 +436,24 @@ def set_rng_state(state, generator):
     generator.set_state(state["loader"])
 
 
-def save_resume_state(run, position, optimizer, scheduler, progress):
+def save_resume_state(run, mark, optim, progress):
     """last.pt after an epoch: everything an interrupted run needs to continue exactly as if it never stopped.
 
-    position: (phase index, phase name, epoch). restore_resume_state reads it back.
+    restore_resume_state reads it back.
     """
-    phase_index, phase, epoch = position
     rngs = gather_object([rng_state(run.generator)])  # every process's, in process order
-    state = {"config": vars(run.cfg), "phase_index": phase_index, "phase": phase, "epoch": epoch,
-             "model": run.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    state = {"config": vars(run.cfg), **mark._asdict(), "model": run.model.state_dict(),
+             "optimizer": optim.optimizer.state_dict(), "scheduler": optim.scheduler.state_dict(),
              "ema": run.ema and run.ema.state_dict(), "rng": rngs, "world_size": run.world, **progress}
-    if run.accel.is_main_process:
+    if run.show:
         atomic_write(os.path.join(run.cfg.run_dir, "last.pt"), lambda f: torch.save(state, f))
 
 
-def restore_resume_state(run, state, optimizer, scheduler):
+def restore_resume_state(run, state, optim):
     """The mirror of save_resume_state within the phase it was saved in; returns the epoch to continue with."""
     run.model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    optim.optimizer.load_state_dict(state["optimizer"])
+    optim.scheduler.load_state_dict(state["scheduler"])
     if run.ema:
         run.ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"][run.accel.process_index], run.generator)
@@ -438,9 +469,8 @@ def load_resume_state(cfg, world):
         state = torch.load(path, weights_only=False)
     except Exception as e:
         raise UserError(f"--resume: {path} is unreadable ({type(e).__name__}); delete it to start over") from None
-    settings = [k for k in vars(cfg) if k not in IO_KEYS]  # what the run computes, not where it reads and writes
-    written = complete_config(state["config"])
-    if {k: written.get(k) for k in settings} != {k: getattr(cfg, k) for k in settings}:
+    mine, written = settings(cfg), complete_config(state["config"])  # what the run computes, not where it writes
+    if {k: written.get(k) for k in mine} != mine:
         raise UserError(f"--resume: {path} was written with other settings")
     if isinstance(state["rng"], dict):  # a last.pt from before data-parallel training: one process
         state["rng"], state["world_size"] = [state["rng"]], 1
@@ -470,45 +500,46 @@ def run_phases(run):
 
 
 def run_phase(run, index, phase, progress, resume=None):
-    """One phase: its optimizer and schedule over the parameters it trains, then its epochs."""
-    name, step, epochs, lr, frozen = phase
+    """One phase: its optimizer and schedule over the parameters it trains (model.HEADS says which heads are its
+    own), then its epochs."""
     cfg, net, model = run.cfg, run.net, run.model
-    if name == "classify" and net.projection is not None:
-        net.projection = None  # the projection head serves only the contrastive phase
-    resting = [m for m in (getattr(net, name, None) for name in frozen) if m is not None]  # what it does not train
+    heads = net.heads()
+    if phase.name == "classify":  # the contrastive phase's heads (the projection) serve only that phase
+        for name in heads:
+            if HEADS[name].phase == "contrastive":
+                setattr(net, name, None)
+    resting = [m for name, m in heads.items() if HEADS[name].phase != phase.name and getattr(net, name) is not None]
     for module in resting:  # out of the optimizer, and out of DDP's gradient bookkeeping
         module.requires_grad_(False)
-    groups = build_param_groups(list(model.named_parameters()), lr, cfg.weight_decay, cfg.llrd,
-                                net.encoder.config.num_hidden_layers)
-    optimizer, scheduler = build_optimizer(groups, cfg.eps, cfg.fast, epochs * len(run.loaders["train"]),
-                                           cfg.warmup_ratio)
-    first = restore_resume_state(run, resume, optimizer, scheduler) if resume else 1
+    groups = build_param_groups(list(model.named_parameters()), phase.lr, cfg.weight_decay, cfg.llrd,
+                                net.encoder.config.num_hidden_layers, LR_SCALES)
+    optim = Optim(*build_optimizer(groups, cfg.eps, cfg.fast, phase.epochs * len(run.loaders["train"]),
+                                   cfg.warmup_ratio))
+    first = restore_resume_state(run, resume, optim) if resume else 1
     # each phase wraps only what it trains, so DDP never waits for gradients of an idle module
     trained = model if run.world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    for epoch in range(first, epochs + 1):
-        run_epoch(run, trained, (name, step, epoch, epochs), optimizer, scheduler, progress)
+    for epoch in range(first, phase.epochs + 1):
+        run_epoch(run, trained, phase, epoch, optim, progress)
         if cfg.save:
-            save_resume_state(run, (index, name, epoch), optimizer, scheduler, progress)
+            save_resume_state(run, Mark(index, phase.name, epoch), optim, progress)
     del trained  # a DDP wrapper left alive would keep reducing gradients in the next phase
     for module in resting:
         module.requires_grad_(True)
 
 
-def run_epoch(run, trained, position, optimizer, scheduler, progress):
+def run_epoch(run, trained, phase, epoch, optim, progress):
     """One epoch of training, then (in a classification phase) validation, keeping the best epoch's weights.
 
-    position: (phase name, step, epoch, epochs). Appends the epoch's row to progress["history"].
+    Appends the epoch's row to progress["history"].
     """
-    phase, step, epoch, epochs = position
-    desc = f"{phase} {epoch}/{epochs}"
+    desc = f"{phase.name} {epoch}/{phase.epochs}"
     t0 = time.perf_counter()
-    train_loss, train_acc = train_epoch(trained, run.loaders["train"], optimizer, scheduler, step, run.cfg, run.device,
-                                        run.amp, desc, show=run.accel.is_main_process, ema=run.ema)
+    train_loss, train_acc = train_epoch(trained, run.loaders["train"], phase.step, optim, run, desc)
     seconds = time.perf_counter() - t0
-    row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-           "lr": scheduler.get_last_lr()[0], "seconds": seconds}
-    if phase == "classify":
+    row = {"phase": phase.name, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+           "lr": optim.scheduler.get_last_lr()[0], "seconds": seconds}
+    if phase.name == "classify":
         val = evaluate(run.scored, run.loaders["validation"], run.device, run.amp, run.accel)
         row.update({f"val_{k}": v for k, v in summary(val).items()})
         if val[run.select] > progress["best"]["score"]:
@@ -541,8 +572,8 @@ def final_evaluation(run, best):
     run.model.load_state_dict(best["state"])
     best_test = evaluate(run.model, loaders["test"], device, amp, accel)
     temperature = fit_temperature(evaluate(run.model, loaders["validation"], device, amp, accel)["logits"],
-                                  run.features["validation"]["labels"])
-    calibration = calibration_report(best_test["logits"], run.features["test"]["labels"], temperature)
+                                  run.data.features["validation"]["labels"])
+    calibration = calibration_report(best_test["logits"], run.data.features["test"]["labels"], temperature)
     log.info("calibration: temperature %.3f; test NLL %.4f -> %.4f, ECE %.4f -> %.4f", temperature,
              calibration["test_nll"], calibration["test_nll_calibrated"], calibration["test_ece"],
              calibration["test_ece_calibrated"])
@@ -556,8 +587,8 @@ def numbers_line(metrics):
 
 
 def environment_record(run):
-    total, trainable = run.parameters
-    return {**environment(run.device), "encoder": run.encoder, "data": describe_data(run.cfg.data), "bf16": run.amp,
+    total, trainable = run.models.parameters
+    return {**environment(run.device), "encoder": run.models.encoder, "data": describe_data(run.cfg.data), "bf16": run.amp,
             "world_size": run.world, "backend": run.backend, "parameters_total": total,
             "parameters_trainable": trainable, "trainable_percent": 100 * trainable / total}
 
@@ -577,13 +608,13 @@ def results_record(run, progress, final):
     scenario = {}
     if cfg.label == "intent":
         scenario["best_test_scenario_accuracy_from_intent"] = scenario_from_intent(
-            cfg, run.tokenizer, run.labels, run.features, softmax(best_test["logits"], axis=1))
+            cfg, run.data.tokenizer, run.data.labels, run.data.features, softmax(best_test["logits"], axis=1))
     return {
         "run_name": cfg.run_name,
         "task": cfg.task,
         "config": recorded_config(cfg),
         "environment": environment_record(run),
-        "labels": run.labels,
+        "labels": run.data.labels,
         "before_test_loss": progress["before"]["loss"],
         "before_test_accuracy": progress["before"]["accuracy"],
         "history": progress["history"],
@@ -595,7 +626,7 @@ def results_record(run, progress, final):
         "calibration": final["calibration"],
         **scenario,
         **{f"test_{k}": v for k, v in per_utterance.items()},
-        "test_labels": run.features["test"]["labels"],
+        "test_labels": run.data.features["test"]["labels"],
     }
 
 
@@ -603,12 +634,13 @@ def save(run, results):
     """The best-validation model (which the model now holds) as the run's checkpoint, and the results file."""
     cfg = run.cfg
     if cfg.save:
-        meta = {"run_name": cfg.run_name, "labels": run.labels, "config": results["config"],
+        meta = {"run_name": cfg.run_name, "labels": run.data.labels, "config": results["config"],
                 "best_epoch": results["best_epoch"], "best_test_accuracy": results["best_test_accuracy"],
                 "max_length": cfg.max_length, "temperature": results["calibration"]["temperature"],
-                **({"slots": run.slots} if run.slots else {})}
-        save_checkpoint(run.model, run.tokenizer, meta, os.path.join(cfg.run_dir, "best"),
-                        words=word_counts(run.features["train"]["texts"]))
+                "adapter": TASKS[cfg.task].adapter, "heads": [n for n in run.net.heads() if HEADS[n].saved],
+                **({"slots": run.data.slots} if run.data.slots else {})}
+        save_checkpoint(run.model, run.data.tokenizer, meta, os.path.join(cfg.run_dir, "best"),
+                        words=word_counts(run.data.features["train"]["texts"]))
         os.remove(os.path.join(cfg.run_dir, "last.pt"))  # finished: nothing left to resume
         log.info("saved the best-validation model (epoch %d) in %s", results["best_epoch"],
                  os.path.join(cfg.run_dir, "best"))
@@ -622,6 +654,6 @@ def train(cfg):
     progress = run_phases(run)  # every phase's epochs, resuming where last.pt says
     final = final_evaluation(run, progress["best"])  # test, and calibration of the best epoch's weights
     results = results_record(run, progress, final)
-    if run.accel.is_main_process:
+    if run.show:
         save(run, results)
     return results

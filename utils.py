@@ -118,14 +118,10 @@ def layer_depth(name, n_layers):
     return int(m.group(1)) + 1 if m else n_layers + 1
 
 
-# AdamW moves each parameter by about lr per step, so the CRF's scores, which start at 0 and must reach several
-# units to rule out a transition, train at this multiple of the lr (as BERT-CRF taggers commonly do), without decay.
-CRF_LR_SCALE = 100
-
-
-def build_param_groups(named_params, lr, weight_decay, llrd, n_layers):
-    """AdamW groups with layer-wise LR decay: the top encoder layer and the head at lr, x llrd per layer below;
-    a CRF's scores at CRF_LR_SCALE x lr.
+def build_param_groups(named_params, lr, weight_decay, llrd, n_layers, scales=None):
+    """AdamW groups with layer-wise LR decay: the top encoder layer and the heads at lr, x llrd per layer below;
+    the parameters of a module named in scales ({module name: multiple}, model.HEADS' lr_scale) at that multiple
+    of lr, without weight decay, in a group of their own.
 
     Biases and LayerNorm weights get no weight decay. Only parameters that require
     grad are included, each in exactly one group.
@@ -137,8 +133,9 @@ def build_param_groups(named_params, lr, weight_decay, llrd, n_layers):
         depth = min(layer_depth(name, n_layers), n_layers)  # the head shares the top layer's lr
         decay = 0.0 if p.ndim < 2 else weight_decay
         key, group_lr = (depth, decay), lr * llrd ** (n_layers - depth)
-        if "slot_crf" in name:
-            key, group_lr, decay = (n_layers + 1, 0.0), lr * CRF_LR_SCALE, 0.0
+        scale = next((s for module, s in (scales or {}).items() if module in name.split(".")), None)
+        if scale is not None:
+            key, group_lr, decay = (n_layers + 1, scale), lr * scale, 0.0
         if key not in groups:
             groups[key] = {"params": [], "names": [], "lr": group_lr, "weight_decay": decay}
         groups[key]["params"].append(p)

@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -35,8 +36,8 @@ from arguments import parse_args, recorded_config  # noqa: E402
 from data import load_features, slot_labels  # noqa: E402
 from dataloader import Features, make_loader, token_slot_labels  # noqa: E402
 from inference import Predictor  # noqa: E402
-from train import EVAL_BATCH, classify_step, evaluate, train_epoch  # noqa: E402
-from model import Classifier, build_model, load_tokenizer, model_name, resolve_model, save_checkpoint  # noqa: E402
+from train import EVAL_BATCH, Optim, classify_step, evaluate, train_epoch  # noqa: E402
+from model import LR_SCALES, Classifier, build_model, load_tokenizer, model_name, resolve_model, save_checkpoint  # noqa: E402
 from fileio import write_json  # noqa: E402
 from utils import (build_optimizer, build_param_groups, cpu_attention, fast_process_settings,  # noqa: E402
                    keep_freed_memory, set_seed, setup_logging, use_bf16, use_tf32)
@@ -96,15 +97,16 @@ def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, rand
     set_seed(cfg.seed)
     model = make_model(cfg, n_classes, attention, random_init, device, slot_classes)
     groups = build_param_groups(model.named_parameters(), cfg.lr, cfg.weight_decay, 1.0,
-                                model.encoder.config.num_hidden_layers)
-    opt, sched = build_optimizer(groups, cfg.eps, fused, total_steps=10 * len(batches), warmup_ratio=0)
+                                model.encoder.config.num_hidden_layers, LR_SCALES)
+    optim = Optim(*build_optimizer(groups, cfg.eps, fused, total_steps=10 * len(batches), warmup_ratio=0))
+    context = types.SimpleNamespace(cfg=cfg, device=device, amp=bf16, ema=None, show=True)  # train_epoch's run
     # Untimed warm-up: the first steps of a process grow its heap and create kernels for each new shape. The study's
     # batches all have one shape; ours meet a new length every few steps, so they get more.
     warmup = 3 if len({b["input_ids"].shape for b in batches}) == 1 else 10
-    train_epoch(model, batches[:warmup], opt, sched, classify_step, cfg, device, bf16, "warm-up")
+    train_epoch(model, batches[:warmup], classify_step, optim, context, "warm-up")
     sync(device)
     t = time.perf_counter()
-    train_epoch(model, batches, opt, sched, classify_step, cfg, device, bf16, "timed")
+    train_epoch(model, batches, classify_step, optim, context, "timed")
     sync(device)
     seconds = (time.perf_counter() - t) / len(batches)
     real = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)

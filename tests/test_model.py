@@ -72,12 +72,12 @@ def test_param_groups_llrd(net):
 
 
 def test_a_crf_trains_its_scores_at_a_higher_lr_without_decay(tiny_model):
-    from utils import CRF_LR_SCALE
+    from model import CRF_LR_SCALE, LR_SCALES
 
     net = build_model(tiny_model, n_classes=5, dropout=0.1, slot_classes=4, crf=True)
     out = net(torch.randint(1000, 2000, (2, 6)), torch.ones(2, 6, dtype=torch.long))
     assert out["slot_logits"].shape == (2, 6, 4) and out["slot_crf"].shape == (6, 4)
-    groups = build_param_groups(net.named_parameters(), 1e-3, 0.01, 0.5, n_layers=2)
+    groups = build_param_groups(net.named_parameters(), 1e-3, 0.01, 0.5, n_layers=2, scales=LR_SCALES)
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["slot_crf.scores"]["lr"] == 1e-3 * CRF_LR_SCALE and by_name["slot_crf.scores"]["weight_decay"] == 0
     assert by_name["slot_head.weight"]["lr"] == 1e-3 and by_name["slot_crf.scores"]["names"] == ["slot_crf.scores"]

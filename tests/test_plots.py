@@ -4,13 +4,13 @@ import os
 import pytest
 
 import plots
-from arguments import TASK_DEFAULTS
+from arguments import TASKS
 
 
 def fake_run(tmp_path, task="baseline", seed=42, acc=0.9, phases=("classify",), predictions=(0, 1, 1, 2, 2), seconds=(2.0, 2.0),
              name="x", device="cpu", bf16=False, **config):
-    cfg = {"task": task, "label": "scenario", "model": None, "seed": seed, "lr": TASK_DEFAULTS[task]["lr"],
-           "batch_size": TASK_DEFAULTS[task]["batch_size"], "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
+    cfg = {"task": task, "label": "scenario", "model": None, "seed": seed, "lr": TASKS[task].defaults["lr"],
+           "batch_size": TASKS[task].defaults["batch_size"], "llrd": 1.0, "warmup_ratio": 0.0, "epochs": 10, "fast": True,
            "temperature": 0.1 if task in ("supcon", "simclr") else None, "lora_rank": 8 if task == "lora" else None,
            **config}
     history = [{"phase": ph, "epoch": e, "train_loss": 1.0 / e, "train_accuracy": None if ph != "classify" else 0.5 + 0.1 * e,

@@ -284,7 +284,7 @@ def test_predict_prints_slots_and_refuses_them_where_there_are_none(run_args, tm
     (["--slot-weight", "2"], "--slot-weight and --crf apply only with --slots"),
     (["--task", "serve", "--checkpoint", "x", "--slots"], "--slots applies only to training tasks"),
     (["--crf"], "--slot-weight and --crf apply only with --slots"),
-    (["--task", "predict", "--checkpoint", "x", "--crf"], "--slot-weight and --crf apply only to training tasks"),
+    (["--task", "predict", "--checkpoint", "x", "--crf"], "--crf applies only to training tasks"),
 ])
 def test_bad_slot_flags_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
