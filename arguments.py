@@ -347,10 +347,10 @@ def recorded_config(cfg):
 
 
 def complete_config(recorded):
-    """A recorded config with each setting it predates (the recipe's, slot filling's) at its declared default, which
-    is that setting's off value."""
-    declared = {f.name: f.default for f in dataclasses.fields(Config) if f.metadata["recorded"]}
-    return {**declared, **recorded}
+    """A recorded config with each setting it predates (the recipe's, slot filling's) at the default its task gets,
+    which is that setting's off value."""
+    names = [f.name for f in dataclasses.fields(Config) if f.metadata["recorded"]]
+    return {**{name: default(name, recorded["task"]) for name in names}, **recorded}
 
 
 def default(name, task="baseline"):

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from arguments import RECIPE_SETTINGS, TASKS, complete_config, default, parse_args, recorded_config  # noqa: E402
+from experiments import EXPERIMENTS  # noqa: E402
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
@@ -94,11 +95,9 @@ def experiment(r):
 def short_name(r):
     """The study.py experiment a run belongs to ("recipe", "recipe-no-ema", ...), with the lr and epochs it ran
     with where they are not the experiment's own; the readable long name where no experiment matches."""
-    import study
-
     c = complete_config(r["config"])
     best = None
-    for name, flags in study.EXPERIMENTS.items():
+    for name, flags in EXPERIMENTS.items():
         try:
             # an experiment that distils takes its teachers from the command line: the run's own, if it had any
             if "--distill-weight" in flags and not c["teachers"]:

@@ -170,115 +170,135 @@ def parse_answer(text, top, words):
                        "confidence": s["score"]} for s in found]}
 
 
-def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False,
-               streams=1):
-    """The app; load() returns the Predictor and runs in a thread at startup, while /health answers 503. With
-    load_before_start, start-up itself waits for the model: Ray Serve routes to a replica only once its start-up
-    ends, so no request reaches a replica still loading."""
-    state = {}
+class Serving:
+    """The app's state: the model once loaded (or why it could not be), its batcher, and the request limits.
 
-    async def start(app):
-        loop = asyncio.get_running_loop()
+    load() returns the Predictor and runs in a thread at startup, while /health
+    answers 503. With load_before_start, start-up itself waits for the model:
+    Ray Serve routes to a replica only once its start-up ends, so no request
+    reaches a replica still loading.
+    """
+
+    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start):
+        self.load, self.load_before_start = load, load_before_start
+        self.limits = dict(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, streams=streams)
+        self.max_queue = max_queue
+        self.predictor = self.batcher = self.error = None
+        with open(PAGE, encoding="utf-8") as f:
+            self.page = f.read()
+
+    async def lifespan(self, app):
         loaded = asyncio.Event()
-
-        async def load_then_serve():
-            try:
-                predictor = await loop.run_in_executor(None, load)
-            except Exception as e:  # /health says why, with 503
-                state["error"] = str(e).splitlines()[0]
-                log.error("could not load the model: %s", state["error"])
-                loaded.set()
-                return
-            state["batcher"] = Batcher(predictor, max_batch, max_wait_ms, max_queue, streams)
-            state["predictor"] = predictor
-            # the libraries and the model are loaded for good: the collector's full passes stop scanning them, each
-            # of which stalled every request in flight (p99 80 ms at concurrency 32 with a model that takes no time,
-            # 8 ms with them frozen; docs/serving.md)
-            gc.collect()
-            gc.freeze()
-            loaded.set()
-            log.info("serving %s (%s backend)", predictor.name, predictor.backend)
-            await state["batcher"].run()
-
-        task = asyncio.create_task(load_then_serve())
-        if load_before_start:
+        task = asyncio.create_task(self.load_then_serve(loaded))
+        if self.load_before_start:
             await loaded.wait()
         yield
         task.cancel()
 
-    # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
-    app = FastAPI(title="MASSIVE parser: intent and slots", lifespan=start, docs_url=None, redoc_url=None)
+    async def load_then_serve(self, loaded):
+        try:
+            predictor = await asyncio.get_running_loop().run_in_executor(None, self.load)
+        except Exception as e:  # /health says why, with 503
+            self.error = str(e).splitlines()[0]
+            log.error("could not load the model: %s", self.error)
+            loaded.set()
+            return
+        self.batcher = Batcher(predictor, self.limits["max_batch"], self.limits["max_wait_ms"], self.max_queue,
+                               self.limits["streams"])
+        self.predictor = predictor
+        # the libraries and the model are loaded for good: the collector's full passes stop scanning them, each of
+        # which stalled every request in flight (p99 80 ms at concurrency 32 with a model that takes no time, 8 ms
+        # with them frozen; docs/serving.md)
+        gc.collect()
+        gc.freeze()
+        loaded.set()
+        log.info("serving %s (%s backend)", predictor.name, predictor.backend)
+        await self.batcher.run()
 
-    def not_ready():
-        if "error" in state:
-            return JSONResponse({"detail": f"the model could not be loaded: {state['error']}"}, status_code=503)
+    def not_ready(self):
+        if self.error:
+            return JSONResponse({"detail": f"the model could not be loaded: {self.error}"}, status_code=503)
         return JSONResponse({"detail": "the model is loading"}, status_code=503, headers={"Retry-After": "1"})
 
-    with open(PAGE, encoding="utf-8") as f:
-        page = f.read()
-
-    @app.get("/", response_class=HTMLResponse)
-    def try_it():
-        return page
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok"} if "predictor" in state else not_ready()
-
-    @app.get("/info")
-    def info():
-        if "predictor" not in state:
-            return not_ready()
-        p = state["predictor"]
-        return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
-                "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
-                "spelling": p.speller is not None, "slots": p.slots or [], "max_inputs": max_inputs,
-                "max_batch": max_batch, "max_wait_ms": max_wait_ms, "streams": streams}
-
-    @app.post("/predict")
-    async def predict(request: Request):
-        got = await model_outputs(request, PredictRequest, "inputs", slots=False)
-        if isinstance(got, JSONResponse):
-            return got
-        req, texts, (probs, _) = got
-        ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
-        # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
-        return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
-
-    @app.post("/parse")
-    async def parse(request: Request):
-        got = await model_outputs(request, ParseRequest, "texts", slots=True)
-        if isinstance(got, JSONResponse):
-            return got
-        req, texts, (probs, words) = got
-        ranked = state["predictor"].rank(texts, probs, req.top_k, req.min_confidence)
-        parsed = [parse_answer(text, top, w) for text, top, w in zip(texts, ranked, words or [None] * len(texts))]
-        return JSONResponse(parsed[0] if req.text is not None else parsed)
-
-    async def model_outputs(request, schema, noun, slots):
+    async def outputs(self, request, schema, noun, slots):
         """(request, its texts, (probabilities, word slots)) from a shared pass, or the answer that ends it."""
         req, invalid = await read_request(request, schema)
         if invalid:
             return invalid
-        if "predictor" not in state:
-            return not_ready()
+        if self.predictor is None:
+            return self.not_ready()
         texts = req.texts_list()
-        if len(texts) > max_inputs:
-            return JSONResponse({"detail": f"{len(texts)} {noun}; at most {max_inputs} per request"}, status_code=413)
+        if len(texts) > self.limits["max_inputs"]:
+            return JSONResponse({"detail": f"{len(texts)} {noun}; at most {self.limits['max_inputs']} per request"},
+                                status_code=413)
         try:
-            return req, texts, await state["batcher"].outputs(texts, slots)
+            return req, texts, await self.batcher.outputs(texts, slots)
         except Overloaded:
             return JSONResponse({"detail": "too many utterances waiting; retry shortly"}, status_code=503,
                                 headers={"Retry-After": "1"})
         except Exception as e:
             return JSONResponse({"detail": f"the model failed: {type(e).__name__}"}, status_code=503)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):  # an answer, not a dropped connection
-        log.exception("unexpected error")
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=503)
 
-    app.state.serving = state
+def try_it(request: Request):
+    return HTMLResponse(request.app.state.serving.page)
+
+
+def health(request: Request):
+    serving = request.app.state.serving
+    return {"status": "ok"} if serving.predictor else serving.not_ready()
+
+
+def info(request: Request):
+    serving = request.app.state.serving
+    p = serving.predictor
+    if p is None:
+        return serving.not_ready()
+    return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
+            "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
+            "spelling": p.speller is not None, "slots": p.slots or [], **serving.limits}
+
+
+async def predict(request: Request):
+    serving = request.app.state.serving
+    got = await serving.outputs(request, PredictRequest, "inputs", slots=False)
+    if isinstance(got, JSONResponse):
+        return got
+    req, texts, (probs, _) = got
+    ranked = serving.predictor.rank(texts, probs, req.top_k, req.min_confidence)
+    # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
+    return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
+
+
+async def parse(request: Request):
+    serving = request.app.state.serving
+    got = await serving.outputs(request, ParseRequest, "texts", slots=True)
+    if isinstance(got, JSONResponse):
+        return got
+    req, texts, (probs, words) = got
+    ranked = serving.predictor.rank(texts, probs, req.top_k, req.min_confidence)
+    parsed = [parse_answer(text, top, w) for text, top, w in zip(texts, ranked, words or [None] * len(texts))]
+    return JSONResponse(parsed[0] if req.text is not None else parsed)
+
+
+async def unexpected(request: Request, exc: Exception):  # an answer, not a dropped connection
+    log.exception("unexpected error")
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=503)
+
+
+def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False,
+               streams=1):
+    """The app over a Serving state (see there for load and load_before_start)."""
+    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start)
+    # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
+    app = FastAPI(title="MASSIVE parser: intent and slots", lifespan=serving.lifespan, docs_url=None, redoc_url=None)
+    app.state.serving = serving
+    app.get("/", response_class=HTMLResponse)(try_it)
+    app.get("/health")(health)
+    app.get("/info")(info)
+    app.post("/predict")(predict)
+    app.post("/parse")(parse)
+    app.exception_handler(Exception)(unexpected)
     return app
 
 

@@ -14,6 +14,7 @@ skipped; an interrupted one continues from its last.pt; a failed one is
 retried, then named at the end (non-zero exit). Any flag this command does not
 know passes through to every run (e.g. --model bert-base-uncased, --epochs 3).
 Nodes of a cluster need this folder at the same path (a shared filesystem).
+The experiments themselves are data, in experiments.py.
 """
 import argparse
 import contextlib
@@ -31,112 +32,10 @@ import sys
 import time
 
 from arguments import complete_config, parse_args, recorded_config
+from experiments import EXPERIMENTS, STUDY_GRID
 from fileio import file_sha256
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-# The study's nine experiments (../shared/SPEC.md), as main.py flags.
-EXPERIMENTS = {
-    "baseline": ["--task", "baseline"],
-    "llrd-warmup": ["--task", "custom"],
-    "llrd": ["--task", "custom", "--warmup-ratio", "0"],
-    "warmup": ["--task", "custom", "--llrd", "1"],
-    "supcon": ["--task", "supcon"],
-    "simclr": ["--task", "simclr"],
-    "lora-r4": ["--task", "lora", "--lora-rank", "4"],
-    "lora-r8": ["--task", "lora", "--lora-rank", "8"],
-    "lora-r16": ["--task", "lora", "--lora-rank", "16"],
-}
-STUDY_GRID = list(EXPERIMENTS)  # the default grid
-# The accuracy recipe's candidates (not in the default grid): LLRD + warmup plus one technique each, screened on
-# validation against llrd-warmup of the same seeds.
-EXPERIMENTS.update({
-    "mean-pooling": ["--task", "custom", "--pooling", "mean"],
-    "label-smoothing": ["--task", "custom", "--label-smoothing", "0.1"],
-    "rdrop": ["--task", "custom", "--rdrop", "1"],
-    "ema": ["--task", "custom", "--ema", "0.999"],
-    "aux-label": ["--task", "custom", "--aux-weight", "0.5"],
-    "augment": ["--task", "custom", "--augment", "0.3"],
-    "lr1e-4-e20": ["--task", "custom", "--lr", "1e-4", "--epochs", "20"],
-})
-# The recipe: LLRD + warmup plus these techniques; its ablation drops one at a time ("recipe-no-ema", ...).
-RECIPE = {
-    "mean": ["--pooling", "mean"],
-    "ls": ["--label-smoothing", "0.1"],
-    "ema": ["--ema", "0.999"],
-    "aux": ["--aux-weight", "0.5"],
-    "augment": ["--augment", "0.3"],
-}
-EXPERIMENTS["recipe"] = ["--task", "custom", *(f for flags in RECIPE.values() for f in flags)]
-EXPERIMENTS.update({f"recipe-no-{name}": ["--task", "custom", *(f for other, flags in RECIPE.items()
-                                                                 if other != name for f in flags)]
-                    for name in RECIPE})
-# MASSIVE's joint task (intent + slots; run them with --label intent): the baseline with a slot head, and the recipe
-# with one (without --augment, which did not keep the word labels aligned when it ran); then both at JointBERT's
-# learning rate and batch size. joint-lr1e-4 leads on validation (docs/joint.md), so the slot-loss weight is
-# screened on it, and then more epochs, word-aligned typing noise, a CRF and a higher lr on the weight's pick
-# (docs/joint.md).
-EXPERIMENTS.update({
-    "joint": ["--task", "baseline", "--slots"],
-    "joint-recipe": ["--task", "custom", *(f for name, flags in RECIPE.items() if name != "augment" for f in flags),
-                     "--slots"],
-})
-EXPERIMENTS["joint-lr1e-4"] = [*EXPERIMENTS["joint"], "--lr", "1e-4", "--batch-size", "32"]
-EXPERIMENTS["joint-recipe-lr1e-4"] = [*EXPERIMENTS["joint-recipe"], "--lr", "1e-4", "--batch-size", "32"]
-EXPERIMENTS.update({f"joint-lr1e-4-slots{w}": [*EXPERIMENTS["joint-lr1e-4"], "--slot-weight", str(w)] for w in (2, 4)})
-EXPERIMENTS["joint-lr1e-4-slots4-e15"] = [*EXPERIMENTS["joint-lr1e-4-slots4"], "--epochs", "15"]
-# --augment is a flag of custom: with LLRD and warmup off, custom trains exactly as the baseline does
-EXPERIMENTS["joint-lr1e-4-slots4-augment"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                              *EXPERIMENTS["joint-lr1e-4-slots4"][2:], "--augment", "0.3"]
-EXPERIMENTS["joint-lr1e-4-slots4-crf"] = [*EXPERIMENTS["joint-lr1e-4-slots4"], "--crf"]
-EXPERIMENTS["joint-lr2e-4-slots4"] = [*EXPERIMENTS["joint"], "--lr", "2e-4", "--batch-size", "32", "--slot-weight", "4"]
-# on the CRF, the screens' pick: the slot weight once more (the CRF's loss is not the cross-entropy's), more epochs
-# (its validation exact match still rose at epoch 10 on two of three seeds), and EMA, the recipe's technique that
-# does not change what the slot head sees
-EXPERIMENTS["joint-lr1e-4-slots4-crf-e15"] = [*EXPERIMENTS["joint-lr1e-4-slots4-crf"], "--epochs", "15"]
-EXPERIMENTS["joint-lr1e-4-slots8-crf"] = [*EXPERIMENTS["joint-lr1e-4"], "--slot-weight", "8", "--crf"]
-EXPERIMENTS["joint-lr1e-4-slots4-crf-ema"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                              *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--ema", "0.999"]
-# the intent-only counterpart of joint-lr1e-4 (same lr and batch, no slot head): whether the slot objective helps
-# intent at the joint setting's own learning rate
-EXPERIMENTS["baseline-lr1e-4"] = ["--task", "baseline", "--lr", "1e-4", "--batch-size", "32"]
-# three more of the recipe's parts, one at a time on the CRF: mean pooling for the intent (the encoder was pre-trained
-# with it; the slot head reads the tokens either way), warmup without LLRD (LLRD starves the lower layers) and the
-# scenario head (it acts on the intent alone: two in five of the CRF's validation errors have the intent wrong)
-EXPERIMENTS["joint-lr1e-4-slots4-crf-mean"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                               *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--pooling", "mean"]
-EXPERIMENTS["joint-lr1e-4-slots4-crf-warmup"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0.1",
-                                                 *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:]]
-EXPERIMENTS["joint-lr1e-4-slots4-crf-aux"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                              *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--aux-weight", "0.5"]
-# word-aligned typing noise on the CRF (on the softmax head it tied on validation; users do type with typos), then
-# with the 15 epochs that validation picked on the CRF: the two levers that each led on validation, together
-EXPERIMENTS["joint-lr1e-4-slots4-crf-augment"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                                  *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--augment", "0.3"]
-EXPERIMENTS["joint-lr1e-4-slots4-crf-e15-augment"] = [*EXPERIMENTS["joint-lr1e-4-slots4-crf-augment"], "--epochs", "15"]
-# twice as much of the noise: 0.3 led the CRF on validation (+0.20 over 3 seeds) and halved its typo drop
-EXPERIMENTS["joint-lr1e-4-slots4-crf-augment0.6"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                                     *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--augment", "0.6"]
-# the recipe's last two parts, each alone on the CRF (joint-recipe changed them together): label smoothing, which
-# with the CRF touches the intent's loss only, and LLRD without warmup; and R-Drop, the recipe's screened regulariser
-# (typing noise gained on test as one)
-EXPERIMENTS["joint-lr1e-4-slots4-crf-ls"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                             *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--label-smoothing", "0.1"]
-EXPERIMENTS["joint-lr1e-4-slots4-crf-llrd"] = ["--task", "custom", "--llrd", "0.8", "--warmup-ratio", "0",
-                                               *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:]]
-EXPERIMENTS["joint-lr1e-4-slots4-crf-rdrop"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                                *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:], "--rdrop", "1"]
-# label smoothing led the 10-epoch CRF on validation (+0.27 over 3 seeds); with the 15 epochs validation picked
-EXPERIMENTS["joint-lr1e-4-slots4-crf-e15-ls"] = [*EXPERIMENTS["joint-lr1e-4-slots4-crf-ls"], "--epochs", "15"]
-# for a base-size encoder given with --model (all-mpnet-base-v2, 110M; docs/joint.md), the lr such encoders usually
-# fine-tune at (JointBERT's 5e-5 for BERT-base) instead of the joint setting's 1e-4: screened on it, 1e-4 led
-EXPERIMENTS["joint-base-lr5e-5-slots4-crf"] = [*EXPERIMENTS["joint-lr1e-4-slots4-crf"], "--lr", "5e-5"]
-# distillation from joint teachers named with --teachers (all-mpnet-base-v2's three seeds in docs/joint.md), and
-# its reference: the CRF setting run as custom with --llrd 1 --warmup-ratio 0, which trains as the baseline does
-EXPERIMENTS["joint-lr1e-4-slots4-crf-custom"] = ["--task", "custom", "--llrd", "1", "--warmup-ratio", "0",
-                                                 *EXPERIMENTS["joint-lr1e-4-slots4-crf"][2:]]
-EXPERIMENTS["joint-lr1e-4-slots4-crf-kd"] = [*EXPERIMENTS["joint-lr1e-4-slots4-crf-custom"], "--distill-weight", "0.5"]
-
 
 class StudyError(Exception):
     """A bad study command: printed as one line before any run starts."""

@@ -114,30 +114,195 @@ def time_steps(cfg, n_classes, batches, bf16, fused, attention, keep, tf32, rand
     return seconds, real, padded
 
 
-def joint_rounds(args, cfg, tok, n_classes, ours, timed, fresh, sample):
+class Bench:
+    """What every measurement shares: the options, the baseline's config, tokenizer and features, the device, the
+    fresh-process pool's context, and a seeded sampler of batches."""
+
+    def __init__(self, args):
+        self.args = args
+        argv = ["--task", "baseline"] + (["--data", args.data] if args.data else []) + (
+            ["--model", args.model] if args.model else [])
+        self.cfg = parse_args(argv)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.tok = load_tokenizer(self.cfg.model)
+        self.labels, self.feats = load_features(self.cfg, self.tok)
+        self.steps_per_epoch = (len(self.feats["train"]["labels"]) + self.cfg.batch_size - 1) // self.cfg.batch_size
+        self.bf16 = use_bf16(self.device)
+        self.rng = random.Random(0)
+        # Fresh processes forked from a server that has only imported the project: no training history, and not
+        # 4 s of imports per configuration.
+        self.fresh = multiprocessing.get_context("forkserver")
+        self.fresh.set_forkserver_preload(["train"])
+
+    def sample(self, loader, k):
+        """k of an epoch's batches spread evenly over their sizes (padded tokens), in random order: their mean size is
+        the epoch's, so s/step x steps per epoch estimates an epoch better than k batches drawn at random."""
+        batches = sorted(loader, key=lambda b: b["input_ids"].numel())
+        picked = [batches[int((i + 0.5) * len(batches) / k)] for i in range(k)]
+        self.rng.shuffle(picked)
+        return picked
+
+    def timed(self, config, cfg=None, slot_classes=None):
+        """time_steps of one configuration in a fresh process."""
+        _, batches, use16, fused, attention, keep, tf32 = config
+        with ProcessPoolExecutor(1, mp_context=self.fresh) as pool:
+            return pool.submit(time_steps, cfg or self.cfg, len(self.labels), batches, use16, fused, attention, keep,
+                               tf32, self.args.random_init, slot_classes).result()
+
+
+def training_configs(b):
+    """(name, batches, bf16 autocast, fused AdamW, attention, glibc keeps freed memory, TF32 matmuls) per row; each
+    row adds one lever to the last, and the last row is main.py's fast path on this device."""
+    cfg, tok, train, steps = b.cfg, b.tok, b.feats["train"], b.args.steps
+    random_dynamic = DataLoader(Features(train), cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                collate_fn=DataCollatorWithPadding(tok))
+    study = make_loader(train, tok, cfg.batch_size, True, 0, fast=False, max_length=cfg.max_length)
+    grouped = b.sample(make_loader(train, tok, cfg.batch_size, True, 0, fast=True), steps)
+    configs = [
+        ("study: pad to 128, fp32, foreach AdamW", b.sample(study, b.args.study_steps), False, False, None, False,
+         False),
+        ("+ dynamic padding", b.sample(random_dynamic, steps), False, False, None, False, False),
+        ("+ batches grouped by length", grouped, False, False, None, False, False),
+    ]
+    if b.device.type == "cpu":
+        return configs + [("+ bf16 autocast", grouped, b.bf16, False, None, False, False),
+                          ("+ fused AdamW", grouped, b.bf16, True, None, False, False),
+                          ("+ glibc keeps freed memory", grouped, b.bf16, True, None, True, False),
+                          ("+ eager attention", grouped, b.bf16, True, "eager", True, False)]
+    # bf16 autocast is left out on a GPU: see utils.use_bf16
+    return configs + [("+ fused AdamW", grouped, False, True, None, False, False),
+                      ("+ TF32 matmuls", grouped, False, True, None, False, True)]
+
+
+def machine_peaks(b):
+    """The matmul peaks each row is measured against, printed with the machine; returns (machine, peaks, training
+    FLOPs per token)."""
+    on_cpu = b.device.type == "cpu"
+    # emulated bf16 matmuls (a CPU without AVX512-BF16) take minutes at this size, and no row uses them there
+    peaks = {"fp32": matmul_peak(torch.float32, b.device),
+             "bf16": matmul_peak(torch.bfloat16, b.device) if b.bf16 or not on_cpu else None,
+             "tf32": None if on_cpu else matmul_peak(torch.float32, b.device, tf32=True)}
+    flops_tok = train_flops_per_token(AutoConfig.from_pretrained(resolve_model(b.cfg.model)))
+    machine = torch.cuda.get_device_name() if not on_cpu else platform.processor() or platform.machine()
+    print(f"machine: {machine}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
+          f"bf16 autocast: {b.bf16}; encoder: {model_name(b.cfg.model)}{' (random init)' if b.args.random_init else ''}")
+    bf16_peak = f"{peaks['bf16'] / 1e9:.0f} GFLOP/s" if peaks["bf16"] else "not measured"
+    tf32 = f", TF32 {peaks['tf32'] / 1e9:.0f} GFLOP/s" if peaks["tf32"] else ""
+    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {bf16_peak}"
+          f"{'' if on_cpu else tf32}; "
+          f"training FLOPs per token {flops_tok / 1e6:.1f} M")
+    return machine, peaks, flops_tok
+
+
+def training_rows(b, configs, peaks, flops_tok):
+    """Each configuration's step time, epoch estimate, speed-up over the first row and share of the matmul peak."""
+    print(f"{'configuration (our default: the last row)':42s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} "
+          f"{'tok/s':>7s} {'% peak':>7s}")
+    rows = []
+    for config in configs:
+        name, _, use16, fused, attention, keep, tf32 = config
+        sec, real, padded = b.timed(config)
+        tok_s = real / sec
+        peak = peaks["bf16"] if use16 else peaks["tf32"] if tf32 else peaks["fp32"]
+        rows.append({"name": name, "seconds_per_step": sec, "seconds_per_epoch": sec * b.steps_per_epoch,
+                     "real_tokens_per_step": real, "padded_tokens_per_step": padded, "tokens_per_second": tok_s,
+                     "fraction_of_peak": tok_s * flops_tok / peak, "bf16": use16, "fused_adamw": fused,
+                     "attention": attention or "default", "keep_freed_memory": keep, "tf32": tf32})
+        r = rows[-1]
+        print(f"{name:42s} {sec:7.3f} {r['seconds_per_epoch']:8.1f} {rows[0]['seconds_per_step'] / sec:7.1f}x "
+              f"{tok_s:7.0f} {100 * r['fraction_of_peak']:6.1f}%")
+    return rows
+
+
+def head_to_head(b, configs):
+    """Rounds of the study's way then ours, back to back: this shared machine's speed drifts by +-15% over tens of
+    seconds, more than the rows are apart, and rounds see the same machine; their median ratio is the speed-up."""
+    rounds = []
+    for _ in range(b.args.rounds):
+        study_sec, ours_sec = b.timed(configs[0])[0], b.timed(configs[-1])[0]
+        rounds.append({"study_seconds_per_step": study_sec, "ours_seconds_per_step": ours_sec,
+                       "ratio": study_sec / ours_sec})
+    print("head to head, s/step the study's way vs ours: " + ", ".join(
+        f"{r['study_seconds_per_step']:.3f} vs {r['ours_seconds_per_step']:.3f} ({r['ratio']:.1f}x)" for r in rounds))
+    return rounds
+
+
+def joint_rounds(b, ours):
     """Rounds of our default step against the same step with a slot head and its loss, on the same batches
     (with their slot labels): what the joint task costs."""
+    args = b.args
     joint_cfg = parse_args(["--task", "baseline", "--slots", *(["--crf"] if args.crf else []),
                             *(["--data", args.data] if args.data else []),
                             *(["--model", args.model] if args.model else [])])
-    _, feats = load_features(joint_cfg, tok, slots=True)
+    _, feats = load_features(joint_cfg, b.tok, slots=True)
     slots = slot_labels(feats)
     extras = {"slot_labels": token_slot_labels(feats["train"], slots)}
-    batches = sample(make_loader(feats["train"], tok, cfg.batch_size, True, 0, fast=True, extras=extras), args.steps)
-    _, _, use16, fused, attention, keep, tf32 = ours
+    batches = b.sample(make_loader(feats["train"], b.tok, b.cfg.batch_size, True, 0, fast=True, extras=extras),
+                       args.steps)
+    config = ("ours", batches, *ours[2:])
     rounds = []
     for _ in range(args.rounds):
-        base = timed(("ours", batches, use16, fused, attention, keep, tf32))[0]
-        with ProcessPoolExecutor(1, mp_context=fresh) as pool:
-            slot = pool.submit(time_steps, joint_cfg, n_classes, batches, use16, fused, attention, keep, tf32,
-                               args.random_init, len(slots)).result()[0]
+        base = b.timed(config)[0]
+        slot = b.timed(config, joint_cfg, len(slots))[0]
         rounds.append({"ours_seconds_per_step": base, "joint_seconds_per_step": slot, "ratio": slot / base})
     print("joint task, s/step ours vs ours with the slot head: " + ", ".join(
         f"{r['ours_seconds_per_step']:.3f} vs {r['joint_seconds_per_step']:.3f} ({r['ratio']:.2f}x)" for r in rounds))
     return {"crf": joint_cfg.crf, "rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds)}
 
 
-def main():
+def evaluation_speed(b, net, fast, amp, bs, n, passes, warm_n):
+    """Utterances per second over `passes` evaluate() calls on test texts[:n], tokenization included, after a
+    warm-up call on texts[:warm_n]."""
+    texts, gold, cfg = b.feats["test"]["texts"], b.feats["test"]["labels"], b.cfg
+    seconds = []
+    for i in range(passes + 1):
+        k = warm_n if i == 0 else n
+        t = time.perf_counter()
+        ids = b.tok(texts[:k], truncation=True, max_length=cfg.max_length)["input_ids"]
+        split = {"input_ids": ids, "labels": gold[:k]}
+        evaluate(net, make_loader(split, b.tok, bs, False, fast=fast, max_length=cfg.max_length), b.device, amp)
+        seconds.append(time.perf_counter() - t)
+    n = len(split["labels"])
+    return {"utterances": n, "seconds": seconds[1:], "utterances_per_second": n * passes / sum(seconds[1:]),
+            "warm_up_utterances_per_second": len(texts[:warm_n]) / seconds[0]}
+
+
+def evaluation_speeds(b):
+    """Evaluation the study's way and ours, and inference as `main.py --task predict` runs it.
+
+    Speed does not depend on the weights, so these models are untrained. The
+    study's way gets one pass over a slice of the test split (all of it would
+    take minutes); its batches all have one shape, so two batches warm it up,
+    where ours get a whole pass.
+    """
+    cfg, n_classes = b.cfg, len(b.labels)
+    evals = {"study": evaluation_speed(b, make_model(cfg, n_classes, None, b.args.random_init, b.device), False, False,
+                                       16, 320, 1, 32)}
+    fast_process_settings(b.device)  # as a training process does (train.py)
+    model = make_model(cfg, n_classes, cpu_attention(b.device, fast=True), b.args.random_init, b.device)
+    evals["fast"] = evaluation_speed(b, model, True, b.bf16, EVAL_BATCH, None, b.args.eval_passes, None)
+    for key, label in (("study", "the study's way"), ("fast", "ours")):
+        e = evals[key]
+        print(f"evaluation ({label}): {e['utterances']} utterances, {e['utterances_per_second']:.0f} utterances/s "
+              f"(tokenization included; mean of {len(e['seconds'])} passes after a warm-up pass at "
+              f"{e['warm_up_utterances_per_second']:.0f}/s)")
+    texts = b.feats["test"]["texts"]
+    with tempfile.TemporaryDirectory() as ckpt:
+        meta = {"run_name": "bench", "labels": b.labels, "config": recorded_config(cfg), "max_length": cfg.max_length,
+                "adapter": False, "heads": ["head"]}
+        save_checkpoint(model, b.tok, meta, ckpt)
+        predictor = Predictor(ckpt)
+        predictor.logits(texts, EVAL_BATCH)  # warm-up
+        t = time.perf_counter()
+        predictor.logits(texts, EVAL_BATCH)
+        sec = time.perf_counter() - t
+    evals["predict"] = {"utterances_per_second": len(texts) / sec, "seconds": sec}
+    print(f"inference (predict path, {'bf16' if b.bf16 else 'fp32'} weights): {len(texts)} utterances in {sec:.2f}s "
+          f"= {len(texts) / sec:.0f} utterances/s (tokenization included)")
+    return evals
+
+
+def parse_options():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("MASSIVE_DATA"), help="MASSIVE release file")
     p.add_argument("--model", default=None, help="encoder (hub id or folder); default: the bundled MiniLM")
@@ -155,152 +320,28 @@ def main():
     args = p.parse_args()
     if args.crf and not args.slots:
         p.error("--crf times the slot head's CRF: it needs --slots")
+    return args
+
+
+def main():
+    args = parse_options()
     quiet_logging()
-
-    argv = ["--task", "baseline"] + (["--data", args.data] if args.data else []) + (
-        ["--model", args.model] if args.model else [])
-    cfg = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = args.out or f"results/bench/speed-{device.type}.json"
-    tok = load_tokenizer(cfg.model)
-    labels, feats = load_features(cfg, tok)
-    train = feats["train"]
-    steps_per_epoch = (len(train["labels"]) + cfg.batch_size - 1) // cfg.batch_size
-    rng = random.Random(0)
-
-    def sample(loader, k):
-        """k of an epoch's batches spread evenly over their sizes (padded tokens), in random order: their mean size is
-        the epoch's, so s/step x steps per epoch estimates an epoch better than k batches drawn at random."""
-        batches = sorted(loader, key=lambda b: b["input_ids"].numel())
-        picked = [batches[int((i + 0.5) * len(batches) / k)] for i in range(k)]
-        rng.shuffle(picked)
-        return picked
-
-    data = Features(train)
-    g = torch.Generator().manual_seed(0)
-    random_dynamic = DataLoader(data, cfg.batch_size, shuffle=True, generator=g,
-                                collate_fn=DataCollatorWithPadding(tok))
-    study = make_loader(train, tok, cfg.batch_size, True, 0, fast=False, max_length=cfg.max_length)
-    grouped = make_loader(train, tok, cfg.batch_size, True, 0, fast=True)
-    bf16 = use_bf16(device)
-    grouped_batches = sample(grouped, args.steps)
-    on_cpu = device.type == "cpu"
-    # (name, batches, bf16 autocast, fused AdamW, attention, glibc keeps freed memory, TF32 matmuls); each row adds
-    # one lever to the last, and the last row is main.py's fast path on this device.
-    configs = [
-        ("study: pad to 128, fp32, foreach AdamW", sample(study, args.study_steps), False, False, None, False, False),
-        ("+ dynamic padding", sample(random_dynamic, args.steps), False, False, None, False, False),
-        ("+ batches grouped by length", grouped_batches, False, False, None, False, False),
-    ]
-    if on_cpu:
-        configs += [("+ bf16 autocast", grouped_batches, bf16, False, None, False, False),
-                    ("+ fused AdamW", grouped_batches, bf16, True, None, False, False),
-                    ("+ glibc keeps freed memory", grouped_batches, bf16, True, None, True, False),
-                    ("+ eager attention", grouped_batches, bf16, True, "eager", True, False)]
-    else:  # bf16 autocast is left out on a GPU: see utils.use_bf16
-        configs += [("+ fused AdamW", grouped_batches, False, True, None, False, False),
-                    ("+ TF32 matmuls", grouped_batches, False, True, None, False, True)]
-    # emulated bf16 matmuls (a CPU without AVX512-BF16) take minutes at this size, and no row uses them there
-    peak32 = matmul_peak(torch.float32, device)
-    peak16 = matmul_peak(torch.bfloat16, device) if bf16 or not on_cpu else None
-    peak_tf32 = None if on_cpu else matmul_peak(torch.float32, device, tf32=True)
-    flops_tok = train_flops_per_token(AutoConfig.from_pretrained(resolve_model(cfg.model)))
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"machine: {machine}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
-          f"bf16 autocast: {bf16}; encoder: {model_name(cfg.model)}{' (random init)' if args.random_init else ''}")
-    bf16_peak = f"{peak16 / 1e9:.0f} GFLOP/s" if peak16 else "not measured"
-    print(f"matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {bf16_peak}"
-          f"{'' if on_cpu else f', TF32 {peak_tf32 / 1e9:.0f} GFLOP/s'}; "
-          f"training FLOPs per token {flops_tok / 1e6:.1f} M")
-    print(f"{'configuration (our default: the last row)':42s} {'s/step':>7s} {'s/epoch':>8s} {'speed-up':>8s} "
-          f"{'tok/s':>7s} {'% peak':>7s}")
-    # Fresh processes forked from a server that has only imported the project: no training history, and not 4 s of
-    # imports per configuration.
-    fresh = multiprocessing.get_context("forkserver")
-    fresh.set_forkserver_preload(["train"])
-
-    def timed(config):
-        _, batches, use16, fused, attention, keep, tf32 = config
-        with ProcessPoolExecutor(1, mp_context=fresh) as pool:
-            return pool.submit(time_steps, cfg, len(labels), batches, use16, fused, attention, keep, tf32,
-                               args.random_init).result()
-
-    rows = []
-    for config in configs:
-        name, _, use16, fused, attention, keep, tf32 = config
-        sec, real, padded = timed(config)
-        tok_s = real / sec
-        peak = peak16 if use16 else peak_tf32 if tf32 else peak32
-        rows.append({"name": name, "seconds_per_step": sec, "seconds_per_epoch": sec * steps_per_epoch,
-                     "real_tokens_per_step": real, "padded_tokens_per_step": padded, "tokens_per_second": tok_s,
-                     "fraction_of_peak": tok_s * flops_tok / peak, "bf16": use16, "fused_adamw": fused,
-                     "attention": attention or "default", "keep_freed_memory": keep, "tf32": tf32})
-        r = rows[-1]
-        print(f"{name:42s} {sec:7.3f} {r['seconds_per_epoch']:8.1f} {rows[0]['seconds_per_step'] / sec:7.1f}x "
-              f"{tok_s:7.0f} {100 * r['fraction_of_peak']:6.1f}%")
-    # This shared machine's speed drifts by +-15% over tens of seconds, more than the rows above are apart; rounds
-    # that time the two ways back to back see the same machine, and their median ratio is the speed-up.
-    rounds = []
-    for _ in range(args.rounds):
-        study_sec, ours_sec = timed(configs[0])[0], timed(configs[-1])[0]
-        rounds.append({"study_seconds_per_step": study_sec, "ours_seconds_per_step": ours_sec,
-                       "ratio": study_sec / ours_sec})
-    print("head to head, s/step the study's way vs ours: " + ", ".join(
-        f"{r['study_seconds_per_step']:.3f} vs {r['ours_seconds_per_step']:.3f} ({r['ratio']:.1f}x)" for r in rounds))
-    joint = joint_rounds(args, cfg, tok, len(labels), configs[-1], timed, fresh, sample) if args.slots else None
-
-    evals = {}
-    texts, gold = feats["test"]["texts"], feats["test"]["labels"]
-
-    def evaluation(net, fast, amp, bs, n, passes, warm_n):
-        """Utterances per second over `passes` evaluate() calls on texts[:n], tokenization included, after a
-        warm-up call on texts[:warm_n]."""
-        seconds = []
-        for i in range(passes + 1):
-            k = warm_n if i == 0 else n
-            t = time.perf_counter()
-            ids = tok(texts[:k], truncation=True, max_length=cfg.max_length)["input_ids"]
-            split = {"input_ids": ids, "labels": gold[:k]}
-            evaluate(net, make_loader(split, tok, bs, False, fast=fast, max_length=cfg.max_length), device, amp)
-            seconds.append(time.perf_counter() - t)
-        n = len(split["labels"])
-        return {"utterances": n, "seconds": seconds[1:], "utterances_per_second": n * passes / sum(seconds[1:]),
-                "warm_up_utterances_per_second": len(texts[:warm_n]) / seconds[0]}
-
-    # Speed does not depend on the weights, so these models are untrained. The study's way gets one pass over a
-    # slice of the test split (all of it would take minutes); its batches all have one shape, so two batches warm
-    # it up, where ours get a whole pass.
-    evals["study"] = evaluation(make_model(cfg, len(labels), None, args.random_init, device), False, False, 16, 320, 1,
-                                32)
-    fast_process_settings(device)  # as a training process does (train.py)
-    model = make_model(cfg, len(labels), cpu_attention(device, fast=True), args.random_init, device)
-    evals["fast"] = evaluation(model, True, bf16, EVAL_BATCH, None, args.eval_passes, None)
-    for key, label in (("study", "the study's way"), ("fast", "ours")):
-        e = evals[key]
-        print(f"evaluation ({label}): {e['utterances']} utterances, {e['utterances_per_second']:.0f} utterances/s "
-              f"(tokenization included; mean of {len(e['seconds'])} passes after a warm-up pass at "
-              f"{e['warm_up_utterances_per_second']:.0f}/s)")
-    # inference as `main.py --task predict` runs it: a saved checkpoint through inference.Predictor, raw text in
-    with tempfile.TemporaryDirectory() as ckpt:
-        meta = {"run_name": "bench", "labels": labels, "config": recorded_config(cfg), "max_length": cfg.max_length}
-        save_checkpoint(model, tok, meta, ckpt)
-        predictor = Predictor(ckpt)
-        predictor.logits(texts, EVAL_BATCH)  # warm-up
-        t = time.perf_counter()
-        predictor.logits(texts, EVAL_BATCH)
-        sec = time.perf_counter() - t
-    evals["predict"] = {"utterances_per_second": len(texts) / sec, "seconds": sec}
-    print(f"inference (predict path, {'bf16' if bf16 else 'fp32'} weights): {len(texts)} utterances in {sec:.2f}s = "
-          f"{len(texts) / sec:.0f} utterances/s (tokenization included)")
+    b = Bench(args)
+    configs = training_configs(b)
+    machine, peaks, flops_tok = machine_peaks(b)
+    rows = training_rows(b, configs, peaks, flops_tok)
+    rounds = head_to_head(b, configs)
+    joint = joint_rounds(b, configs[-1]) if args.slots else None
+    evals = evaluation_speeds(b)
     ratio = statistics.median(r["ratio"] for r in rounds)
     print(f"training speed-up, ours vs the study's way: {ratio:.1f}x (median round); evaluation speed-up: "
           f"{evals['fast']['utterances_per_second'] / evals['study']['utterances_per_second']:.1f}x")
-    write_json(out, {"machine": machine, "device": device.type, "threads": torch.get_num_threads(),
-                     "torch": torch.__version__, "encoder": model_name(cfg.model), "random_init": args.random_init,
-                     "peak_flops": {"fp32": peak32, "bf16": peak16, "tf32": peak_tf32},
-                     "train_flops_per_token": flops_tok,
-                     "steps_per_epoch": steps_per_epoch, "training": rows, "head_to_head": rounds,
-                     "evaluation": evals, "training_speedup": ratio, "joint": joint})
+    out = args.out or f"results/bench/speed-{b.device.type}.json"
+    write_json(out, {"machine": machine, "device": b.device.type, "threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "encoder": model_name(b.cfg.model), "random_init": args.random_init,
+                     "peak_flops": peaks, "train_flops_per_token": flops_tok, "steps_per_epoch": b.steps_per_epoch,
+                     "training": rows, "head_to_head": rounds, "evaluation": evals, "training_speedup": ratio,
+                     "joint": joint})
     print(f"wrote {out}")
 
 

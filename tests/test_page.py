@@ -28,7 +28,7 @@ def server(joint_checkpoint, tmp_path_factory):
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(400):
-        if srv.started and app.state.serving.get("predictor"):
+        if srv.started and app.state.serving.predictor:
             break
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}/", tmp

@@ -179,7 +179,7 @@ def test_serve_reads_json_whatever_the_content_type_and_rejects_bad_bodies(clien
 
 def test_serve_batches_concurrent_requests(client):
     c, app = client
-    batcher = app.state.serving["batcher"]
+    batcher = app.state.serving.batcher
     before = batcher.passes
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: c.post("/predict", json={"inputs": f"play song {i}"}), range(16)))
@@ -210,7 +210,7 @@ def test_two_streams_run_passes_side_by_side_with_the_answers_of_one(trained):
 
 def test_serve_overloaded_queue_answers_503(client):
     c, app = client
-    batcher = app.state.serving["batcher"]
+    batcher = app.state.serving.batcher
     batcher.waiting = 16  # as if 16 utterances were queued
     try:
         r = c.post("/predict", json={"inputs": "hi"})
@@ -260,7 +260,7 @@ def test_serve_answers_match_the_predictor_in_request_order(client):
     texts = ["play some jazz", "wake me up at five am on friday please", "is it raining", "turn it up",
              "what is the weather like in paris tomorrow morning", "hi", "set an alarm", "next song"]
     got = c.post("/predict", json={"inputs": texts, "top_k": 2}).json()
-    want = app.state.serving["predictor"].top_k(texts, 2)  # one padded batch; the server sorts into smaller ones
+    want = app.state.serving.predictor.top_k(texts, 2)  # one padded batch; the server sorts into smaller ones
     assert [[x["label"] for x in row] for row in got] == [[x["label"] for x in row] for row in want]
     assert [x["score"] for row in got for x in row] == pytest.approx([x["score"] for row in want for x in row],
                                                                        abs=2e-4)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import experiments
 import main
 import study
 
@@ -112,19 +113,19 @@ def test_a_run_held_by_another_study_is_not_run_twice(tmp_path):
 
 def test_default_grid_is_the_study_and_recipe_candidates_are_selectable():
     args = study.build_parser().parse_args(["--data", ""])
-    assert [name for name, *_ in study.plan(args, [])][::3] == study.STUDY_GRID and len(study.STUDY_GRID) == 9
+    assert [name for name, *_ in study.plan(args, [])][::3] == experiments.STUDY_GRID and len(experiments.STUDY_GRID) == 9
     args = study.build_parser().parse_args(["--experiments", "mean-pooling,augment", "--seeds", "42"])
     cfgs = [cfg for *_, cfg in study.plan(args, [])]
     assert [(c.task, c.pooling, c.augment) for c in cfgs] == [("custom", "mean", 0.0), ("custom", "cls", 0.3)]
 
 
 def test_recipe_ablation_drops_exactly_one_technique():
-    names = ["recipe", *(f"recipe-no-{n}" for n in study.RECIPE)]
+    names = ["recipe", *(f"recipe-no-{n}" for n in experiments.RECIPE)]
     args = study.build_parser().parse_args(["--experiments", ",".join(names), "--seeds", "42"])
     cfgs = {name: cfg for name, _, _, cfg in study.plan(args, [])}
     full = cfgs["recipe"]
     assert (full.pooling, full.label_smoothing, full.ema, full.aux_weight, full.augment) == ("mean", 0.1, 0.999, 0.5, 0.3)
-    for n in study.RECIPE:
+    for n in experiments.RECIPE:
         ablated = cfgs[f"recipe-no-{n}"]
         differ = [k for k in ("pooling", "label_smoothing", "ema", "aux_weight", "augment")
                   if getattr(ablated, k) != getattr(full, k)]
