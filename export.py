@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from data import read_hub, read_jsonl
-
 from fileio import UserError
 from inference import Predictor, checkpoint_folder
 from model import checkpoint_layout, load_checkpoint

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from data import first_subtokens, word_spans
-
 from fileio import UserError
 from slots import spans, word_predictions
 

@@ -13,10 +13,10 @@ import torch
 from scipy.special import softmax
 
 from data import load_cache, load_features
-
 from fileio import UserError, atomic_write
 from inference import Predictor, checkpoint_folder
 from loss import crf_log_marginals
+from model import HEADS
 from slots import OUTSIDE
 
 log = logging.getLogger("recipe")
@@ -48,7 +48,7 @@ def teacher_probabilities(cfg, labels, train, slots=None):
         if slots and meta.get("slots") != slots:
             raise UserError(f"teacher {path} has {'other slot names' if meta.get('slots') else 'no slot head'}: "
                             f"a run with --slots distils from joint teachers trained on the same data")
-        for name in ("meta.json", "head.pt", "slot_head.pt", "slot_crf.pt"):  # the heads are new with every training
+        for name in ("meta.json", *(f"{head}.pt" for head, h in HEADS.items() if h.saved)):  # new with every training
             if os.path.exists(os.path.join(folder, name)):
                 with open(os.path.join(folder, name), "rb") as f:
                     digest.update(f.read())

@@ -29,7 +29,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from data import word_spans
-
 from fileio import UserError
 from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, words_file
 from slots import spans
