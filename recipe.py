@@ -57,7 +57,10 @@ def teacher_probabilities(cfg, labels, train, slots=None):
     path = os.path.join(cfg.cache_dir, f"teachers-{key[:16]}.pkl.gz")
     blob = load_cache(path, key, ("probs", "slot_words"))
     if blob is None:
-        blob = {"key": key, **dict(zip(("probs", "slot_words"), teachers_on(cfg, folders, train, slots)))}
+        # loading a teacher initialises its heads from the global random stream before its weights replace them:
+        # forked, so that the student's initial weights do not depend on whether this cache existed
+        with torch.random.fork_rng():
+            blob = {"key": key, **dict(zip(("probs", "slot_words"), teachers_on(cfg, folders, train, slots)))}
         atomic_write(path, lambda f: f.write(gzip.compress(pickle.dumps(blob), compresslevel=6)))
         log.info("cached the teachers' probabilities in %s", path)
     else:

@@ -51,6 +51,11 @@ def test_distillation_from_teachers(run_args, tmp_path):
     # recorded by name, not by machine path
     assert results["config"]["teachers"] == [os.path.basename(t) for t in teachers]
     assert str(tmp_path) not in str(results["config"])
+    # the teachers' cached probabilities give the same run as computing them did
+    again = cli.main([*args, "--out-dir", str(tmp_path / "again"), "--checkpoint-dir", str(tmp_path / "again")])
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("history", "seconds_per_epoch")}
+    assert strip(again) == strip(results)
+    assert [dict(h, seconds=0) for h in again["history"]] == [dict(h, seconds=0) for h in results["history"]]
 
 
 def test_teacher_with_other_labels_is_a_user_error(run_args, tmp_path):
