@@ -14,6 +14,8 @@ import dataclasses
 import os
 from typing import NamedTuple
 
+from fileio import UserError
+
 
 class Task(NamedTuple):
     help: str
@@ -23,6 +25,7 @@ class Task(NamedTuple):
     supervised: bool = False  # the contrastive phase's positives: same-label sentences (SupCon), else the other view
     adapter: bool = False  # LoRA adapters on the encoder; the heads train fully
     recipe: bool = False  # takes the accuracy recipe's flags; its runs are named by their LLRD and warmup
+    checkpoint: bool = False  # uses a trained checkpoint (--checkpoint)
 
 
 # lora's lr is ours: adapters want a larger step than full fine-tuning, as in PEFT's examples
@@ -38,14 +41,22 @@ TASKS = {
                         contrastive_lr=1e-4), phases=("contrastive", "classify")),
     "lora": Task("LoRA adapters on the encoder, the heads trained fully",
                  dict(lr=3e-4, dropout=0.1, batch_size=16, lora_rank=8), adapter=True),
-    "predict": Task("top-k labels and slots of utterances", dict(batch_size=128), trains=False),
-    "export": Task("ONNX graphs (fp32, int8) behind an accuracy gate", dict(batch_size=128), trains=False),
-    "serve": Task("HTTP /parse and /predict with a try-it page", dict(batch_size=64), trains=False),
+    "predict": Task("top-k labels and slots of utterances", dict(batch_size=128), trains=False, checkpoint=True),
+    "export": Task("ONNX graphs (fp32, int8) behind an accuracy gate", dict(batch_size=128), trains=False,
+                   checkpoint=True),
+    "serve": Task("HTTP /parse and /predict with a try-it page", dict(batch_size=64), trains=False, checkpoint=True),
+    "check": Task("validate a data set before training", dict(out_dir="results/reports"), trains=False),
+    "evaluate": Task("score a trained checkpoint on labelled data", dict(batch_size=128, out_dir="results/reports"),
+                     trains=False, checkpoint=True),
 }
 TRAINING = tuple(name for name, t in TASKS.items() if t.trains)
 CONTRASTIVE = tuple(name for name, t in TASKS.items() if "contrastive" in t.phases)
 ADAPTER = tuple(name for name, t in TASKS.items() if t.adapter)
 RECIPE = tuple(name for name, t in TASKS.items() if t.recipe)
+CHECKPOINTED = tuple(name for name, t in TASKS.items() if t.checkpoint)
+READS_DATA = (*TRAINING, "export", "evaluate", "check")  # the tasks that read a labelled data set
+SPLITS_DATA = (*TRAINING, "check")  # the tasks that split it; export and evaluate split as the checkpoint's run did
+FORMATS = ("massive", "rasa", "csv", "bio")
 
 
 def setting(default=None, help="", tasks=None, group=None, recorded=True, env=None, implied=None, positional=False,
@@ -67,13 +78,32 @@ class Common:
     """The settings of every task."""
     task: str = setting("baseline", "what to do: " + "; ".join(f"{k}: {t.help}" for k, t in TASKS.items()),
                         choices=tuple(TASKS))
-    data: str | None = setting(None, "MASSIVE release file (en-US.jsonl); default $MASSIVE_DATA, else the hub",
-                               tasks=(*TRAINING, "export"), env="MASSIVE_DATA")
+    data: str | None = setting(None, "labelled utterances: a file or folder of MASSIVE JSON lines, Rasa NLU YAML, "
+                                     "CSV/TSV or BIO folders (default $MASSIVE_DATA, else MASSIVE from the hub)",
+                               tasks=READS_DATA, env="MASSIVE_DATA")
+    data_format: str | None = setting(None, "the format of --data (default: from its extension and layout)",
+                                      tasks=READS_DATA, choices=FORMATS)
+    val_data: str | None = setting(None, "labelled utterances (any format) that replace the validation split",
+                                   tasks=SPLITS_DATA)
+    test_data: str | None = setting(None, "labelled utterances (any format) that replace the test split",
+                                    tasks=SPLITS_DATA)
+    val_fraction: float = setting(0.1, "share of each intent drawn for validation, for data without splits",
+                                  tasks=SPLITS_DATA, type=float)
+    test_fraction: float = setting(0.1, "share of each intent drawn for test, for data without splits",
+                                   tasks=SPLITS_DATA, type=float)
+    split_seed: int = setting(0, "seed of the drawn split (apart from --seed: every training seed sees one split)",
+                              tasks=SPLITS_DATA, type=int)
+    label: str | None = setting(None, "the label column to learn (default: scenario for MASSIVE data, as the study; "
+                                      "intent for other data)", tasks=(*TRAINING, "check"))
+    max_length: int = setting(128, "tokens kept, truncating from the left", tasks=(*TRAINING, "check"), type=int)
+    out_dir: str = setting("results", "where results/<run name>.json goes (check and evaluate: their reports)",
+                           tasks=(*TRAINING, "check", "evaluate"), recorded=False)
     model: str | None = setting(None, "hub id or folder of the encoder (default: bundled all-MiniLM-L6-v2); for "
                                       "predict, export and serve, the base encoder of a LoRA checkpoint trained from "
                                       "a local folder")
-    batch_size: int = setting(None, "training batch size; for predict and export, utterances per forward pass; for "
-                                    "serve, the most utterances of one dynamically batched pass", type=int)
+    batch_size: int = setting(None, "training batch size; for predict, export and evaluate, utterances per forward "
+                                    "pass; for serve, the most utterances of one dynamically batched pass", type=int,
+                              tasks=tuple(t for t in TASKS if t != "check"))
     slots: bool = setting(False, "also train a slot-filling head (MASSIVE's joint task: intent + slots); for "
                                  "predict, require the checkpoint's slots", tasks=(*TRAINING, "predict"),
                           action="store_true")
@@ -82,8 +112,6 @@ class Common:
 @dataclasses.dataclass
 class Config(Common):
     """A training run: what it computes, where it reads and writes, and its name."""
-    label: str = setting("scenario", "18 scenarios or 60 intents", choices=("scenario", "intent"))
-    max_length: int = setting(128, "tokens kept, truncating from the left", type=int)
     epochs: int = setting(10, "cross-entropy epochs (phase 2 of supcon/simclr)", type=int)
     lr: float = setting(None, "peak learning rate (top layer under LLRD)", type=float)
     eps: float = setting(1e-8, "AdamW epsilon", type=float)
@@ -129,7 +157,6 @@ class Config(Common):
                                "--no-bf16 trains in fp32 there, to replicate runs from CPUs without it",
                          recorded=False, action=argparse.BooleanOptionalAction)
     cache_dir: str = setting("assets/cache", "where tokenized features are cached", recorded=False)
-    out_dir: str = setting("results", "where results/<run name>.json goes", recorded=False)
     save: bool = setting(True, "save the best-validation model and a per-epoch resume state under --checkpoint-dir",
                          recorded=False, action=argparse.BooleanOptionalAction)
     checkpoint_dir: str = setting("checkpoints", "runs are saved in CHECKPOINT_DIR/<run name>/", recorded=False)
@@ -148,6 +175,7 @@ class Config(Common):
     def problem(self):
         """The first thing wrong with these settings, as one line, or None."""
         checks = [
+            *data_checks(self),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 2, "--batch-size must be at least 2"),
             (self.max_length >= 2, "--max-length must be at least 2"),
@@ -177,7 +205,11 @@ class Config(Common):
 @dataclasses.dataclass
 class UseConfig(Common):
     """predict, export or serve: a trained checkpoint and how to use it."""
-    checkpoint: str | None = setting(None, "a run's checkpoint folder (CHECKPOINT_DIR/<run name>)", group=USE_GROUP)
+    checkpoint: str | None = setting(None, "a run's checkpoint folder (CHECKPOINT_DIR/<run name>)", group=USE_GROUP,
+                                     tasks=CHECKPOINTED)
+    split: str | None = setting(None, "the split to score (default: test where the data has splits, else every "
+                                      "example)", tasks=("evaluate",), group=USE_GROUP,
+                                choices=("train", "validation", "test"))
     texts: list | None = setting(None, "utterances to classify", tasks=("predict",), group=USE_GROUP,
                                  positional=True, nargs="*")
     input: str | None = setting(None, "file with one utterance per line ('-' for standard input)",
@@ -212,7 +244,8 @@ class UseConfig(Common):
         """The first thing wrong with these settings, as one line, or None."""
         positive = [self.max_inputs, self.max_queue, self.batch_size, self.threads, self.streams, self.replicas]
         checks = [
-            (self.checkpoint, f"--task {self.task} needs --checkpoint DIR"),
+            *data_checks(self),
+            (self.checkpoint or not TASKS[self.task].checkpoint, f"--task {self.task} needs --checkpoint DIR"),
             (self.address is None or self.replicas, "--address applies only with --replicas"),
             (not (self.texts and self.input), "give utterances or --input, not both"),
             (self.top_k >= 1, "--top-k must be at least 1"),
@@ -222,6 +255,29 @@ class UseConfig(Common):
              "must be positive"),
         ]
         return next((message for ok, message in checks if not ok), None)
+
+
+def data_checks(cfg):
+    return [(0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1,
+             "--val-fraction and --test-fraction must be in [0, 1) and leave some data to train on")]
+
+
+def data_name(path):
+    """A data file or folder's name, without its extension (en-US for MASSIVE's release file)."""
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+def default_label(cfg):
+    """scenario for MASSIVE data (the study's label), intent for data in any other format."""
+    import readers
+
+    if cfg.data is None:
+        return "scenario"
+    if cfg.data_format:
+        return "scenario" if cfg.data_format == "massive" else "intent"
+    # a missing file is reported when the data is read; its extension may still tell its format
+    known = os.path.exists(cfg.data) or os.path.splitext(cfg.data)[1]
+    return "scenario" if not known or readers.detect(cfg.data) == "massive" else "intent"
 
 
 def declarations():
@@ -242,11 +298,18 @@ def tasks_of(f, kind):
     return tuple(t for t in TASKS if kind is Common or TASKS[t].trains == (kind is Config))
 
 
+def shown(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def help_text(f, kind):
     """The declared help, with where the default comes from: the task table, another setting, or the declaration."""
-    per_task = [f"{t} {TASKS[t].defaults[f.name]:g}" for t in tasks_of(f, kind) if f.name in TASKS[t].defaults]
+    per_task = [f"{t} {shown(TASKS[t].defaults[f.name])}" for t in tasks_of(f, kind) if f.name in TASKS[t].defaults]
     implied, default = f.metadata["implied"], f.default
     if per_task:
+        others = [t for t in tasks_of(f, kind) if f.name not in TASKS[t].defaults]
+        if default is not None and others:
+            per_task.append(f"otherwise {shown(default)}")
         return f"{f.metadata['help']} (default: {', '.join(per_task)})"
     if implied:
         return f"{f.metadata['help']} (default {implied[2]} with --{implied[0].replace('_', '-')})"
@@ -270,7 +333,9 @@ def build_parser():
 def run_name(cfg):
     task = TASKS[cfg.task]
     model = os.path.basename(os.path.normpath(cfg.model)) if cfg.model else "minilm"
-    parts = [cfg.task, cfg.label, model, f"lr{cfg.lr:g}", f"bs{cfg.batch_size}", f"e{cfg.epochs}"]
+    # MASSIVE en-US, the study's data, goes unnamed: its run names stay as they were
+    data = [data_name(cfg.data)] if cfg.data and data_name(cfg.data) != "en-US" else []
+    parts = [cfg.task, cfg.label, *data, model, f"lr{cfg.lr:g}", f"bs{cfg.batch_size}", f"e{cfg.epochs}"]
     if task.recipe:
         parts.append(f"llrd{cfg.llrd:g}-wu{cfg.warmup_ratio:g}")
         recipe = {"mean": cfg.pooling == "mean", f"ls{cfg.label_smoothing:g}": cfg.label_smoothing,
@@ -320,6 +385,11 @@ def parse_args(argv=None):
         if implied and f.name not in given and values[implied[0]]:
             values[f.name] = implied[1](values[implied[0]])
     cfg = kind(**values)
+    if cfg.label is None:
+        try:
+            cfg.label = default_label(cfg)
+        except UserError as e:
+            parser.error(str(e))
     problem = cfg.problem()
     if problem:
         parser.error(problem)
@@ -340,7 +410,8 @@ def recorded_config(cfg):
     contents are identified by the sha256 values in the results' environment.
     """
     c = settings(cfg)
-    c["data"] = cfg.data and os.path.basename(cfg.data)
+    for key in ("data", "val_data", "test_data"):
+        c[key] = getattr(cfg, key) and os.path.basename(os.path.normpath(getattr(cfg, key)))
     c["model"] = cfg.model and (os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model)
     c["teachers"] = cfg.teachers and [os.path.basename(os.path.normpath(t)) for t in cfg.teachers]
     return c

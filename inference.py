@@ -17,8 +17,9 @@ import threading
 import numpy as np
 import torch
 
-from data import first_subtokens, word_spans
+from data import first_subtokens
 from fileio import UserError
+from readers import word_offsets
 from slots import spans, word_predictions
 
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
@@ -192,7 +193,7 @@ class Predictor:
         ranked = self.rank(texts, calibrated(logits, self.temperature), k, min_confidence)
         if words is None:
             return [(top, []) for top in ranked]
-        return [(top, spans(text, names, scores, word_spans(text))) for top, text, (names, scores)
+        return [(top, spans(text, names, scores, word_offsets(text))) for top, text, (names, scores)
                 in zip(ranked, texts, words)]
 
     def rank(self, texts, probs, k=3, min_confidence=None):

@@ -4,34 +4,27 @@
     python main.py --task predict --checkpoint checkpoints/<run name> "wake me up at seven"
 
 The training tasks (baseline, custom, supcon, simclr, lora) all run the one
-loop in train.py; predict is in inference.py, export and serve in their own
-modules, imported only when used (onnx and the web server are not needed to train).
+loop in train.py; predict is in inference.py, and export, serve, check and
+evaluate are in modules of their own.
 """
+import importlib
 import sys
 
 from arguments import TASKS, parse_args
 from fileio import UserError
 from utils import setup_logging
 
+# what runs each task that does not train, imported only when used (onnx, the web server and Ray are not needed to
+# train, nor torch's training stack to serve)
+USES = {"predict": "inference:predict", "export": "export:export", "serve": "serve:serve", "check": "check:check",
+        "evaluate": "evaluation:evaluate"}
+
 
 def main(argv=None):
     cfg = parse_args(argv)
     setup_logging()
-    if TASKS[cfg.task].trains:
-        from train import train
-
-        return train(cfg)
-    if cfg.task == "predict":
-        from inference import predict
-
-        return predict(cfg)
-    if cfg.task == "export":
-        from export import export
-
-        return export(cfg)
-    from serve import serve
-
-    return serve(cfg)
+    module, function = ("train:train" if TASKS[cfg.task].trains else USES[cfg.task]).split(":")
+    return getattr(importlib.import_module(module), function)(cfg)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from data import word_spans
 from fileio import UserError
 from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, words_file
+from readers import word_offsets
 from slots import spans
 
 log = logging.getLogger("serve")
@@ -163,7 +163,7 @@ def parse_answer(text, top, words):
     """One utterance's /parse answer, after Rasa's /model/parse: intent (null when abstaining), intent_ranking, and
     slots with character offsets into the text as sent."""
     ranking = [{"name": t["label"], "confidence": t["score"]} for t in top]
-    found = spans(text, *words, word_spans(text)) if words else []
+    found = spans(text, *words, word_offsets(text)) if words else []
     return {"text": text, "intent": ranking[0] if ranking else None, "intent_ranking": ranking,
             "slots": [{"slot": s["slot"], "value": s["value"], "start": s["start"], "end": s["end"],
                        "confidence": s["score"]} for s in found]}

@@ -1,21 +1,27 @@
-"""Slot filling's conventions, as MASSIVE's official code fixes them: word slot names to BIO, the metrics
+"""Slot filling's conventions, as MASSIVE's official code fixes them: word slot labels to BIO, the metrics
 (with seqeval, the library that defines them), and word predictions to spans of the text as typed.
 
-Words are `text.split()`; each has one slot name, "Other" outside spans.
-Consecutive words with the same name form one span (MASSIVE's BIO
-conversion), so "B-" starts a span where the name changes. Slot F1 is
-seqeval's micro F1 in its default mode; an utterance is an exact match when
-its intent is right and its whole BIO sequence equals the gold one.
+Words are `text.split()`; each has one label. MASSIVE's data labels a word
+with its slot name, "Other" outside spans, and consecutive words with the same
+name form one span (MASSIVE's BIO conversion), so "B-" starts a span where the
+name changes. Data whose spans of one type can touch (ATIS) labels words with
+BIO tags instead ("B-city", "I-city", "O"), which keep such spans apart; an
+"I-" tag after "O" or after another type opens a span, as seqeval reads it.
+Slot F1 is seqeval's micro F1 in its default mode; an utterance is an exact
+match when its intent is right and its whole BIO sequence equals the gold one.
 """
 import numpy as np
 
 OUTSIDE = "Other"
 
 
-def to_bio(names):
-    """["Other", "time", "time", "date"] -> ["O", "B-time", "I-time", "B-date"]."""
+def to_bio(labels):
+    """Word labels as BIO: names ["Other", "time", "time", "date"] -> ["O", "B-time", "I-time", "B-date"]; BIO tags
+    stay as they are ("Other", a word cut by truncation, becomes "O")."""
+    if any(label == "O" or label.startswith(("B-", "I-")) for label in labels):
+        return ["O" if label == OUTSIDE else label for label in labels]
     out, previous = [], OUTSIDE
-    for name in names:
+    for name in labels:
         out.append("O" if name == OUTSIDE else ("I-" if name == previous else "B-") + name)
         previous = name
     return out
@@ -73,20 +79,22 @@ def slot_metrics(gold, predicted, intent_correct):
             "slot_f1_per_type": per_type, "exact_match_correct": exact, "slot_predictions": predicted}
 
 
-def spans(text, names, scores, word_offsets):
+def spans(text, labels, scores, word_offsets):
     """The predicted slots of one utterance as {"slot", "value", "start", "end", "score"}, with character offsets
     into text (text[start:end] == value) and the mean probability of the span's words.
 
-    names, scores: per word of text.split(); word_offsets: their (start, end) in text.
+    labels, scores: per word of text.split() (names or BIO tags); word_offsets: their (start, end) in text.
     """
-    out, i = [], 0
-    while i < len(names):
-        j = i
-        while j + 1 < len(names) and names[j + 1] == names[i]:
+    out, tags, i = [], to_bio(labels), 0
+    while i < len(tags):
+        if tags[i] == "O":
+            i += 1
+            continue
+        slot, j = tags[i][2:], i
+        while j + 1 < len(tags) and tags[j + 1] == f"I-{slot}":
             j += 1
-        if names[i] != OUTSIDE:
-            start, end = word_offsets[i][0], word_offsets[j][1]
-            out.append({"slot": names[i], "value": text[start:end], "start": start, "end": end,
-                        "score": round(float(np.mean(scores[i:j + 1])), 4)})
+        start, end = word_offsets[i][0], word_offsets[j][1]
+        out.append({"slot": slot, "value": text[start:end], "start": start, "end": end,
+                    "score": round(float(np.mean(scores[i:j + 1])), 4)})
         i = j + 1
     return out

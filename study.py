@@ -33,7 +33,7 @@ import time
 
 from arguments import complete_config, parse_args, recorded_config
 from experiments import EXPERIMENTS, STUDY_GRID
-from fileio import file_sha256
+from data import data_sha256
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,7 +48,7 @@ def build_parser():
     p.add_argument("--experiments", default=",".join(STUDY_GRID),
                    help=f"comma-separated (default: the study's nine), from: {', '.join(EXPERIMENTS)}")
     p.add_argument("--seeds", default="42,43,44", help="comma-separated integers")
-    p.add_argument("--label", choices=("scenario", "intent"), default="scenario")
+    p.add_argument("--label", help="the label column (default: scenario for MASSIVE data, intent for other data)")
     p.add_argument("--data", default=os.environ.get("MASSIVE_DATA"), help="MASSIVE release file (en-US.jsonl)")
     p.add_argument("--list", action="store_true", help="print one main.py command per run and exit")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
@@ -79,12 +79,13 @@ def plan(args, passthrough):
     if unknown:
         raise StudyError(f"unknown experiment {', '.join(unknown)} (choose from {', '.join(EXPERIMENTS)})")
     seeds = parse_list(args.seeds, "seeds", int)
-    if args.data and not os.path.isfile(args.data):
-        raise StudyError(f"data file not found: {args.data}")
+    if args.data and not os.path.exists(args.data):
+        raise StudyError(f"data not found: {args.data}")
     runs = []
     for name in experiments:
         for seed in seeds:
-            argv = [*EXPERIMENTS[name], "--label", args.label, "--seed", str(seed), *passthrough]
+            label = ["--label", args.label] if args.label else []
+            argv = [*EXPERIMENTS[name], *label, "--seed", str(seed), *passthrough]
             if args.data:
                 argv += ["--data", args.data]
             err = io.StringIO()
@@ -213,7 +214,7 @@ def main(argv=None):
             print(shlex.join(["python", "main.py", *run_argv]))
         return 0
     check_address(args.address)
-    data_sha = file_sha256(args.data) if args.data else None
+    data_sha = data_sha256(args.data) if args.data else None
     todo = [(a, cfg) for _, _, a, cfg in runs if status(cfg, data_sha) == "todo"]
     print(f"study: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
     start = time.monotonic()

@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from arguments import TASKS, complete_config, recorded_config, settings
-from data import describe_data, load_features, slot_labels
+from data import describe_data, load_dataset, slot_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError, atomic_write, write_json
 from loss import crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
@@ -272,6 +272,7 @@ class Data(NamedTuple):
     extras: dict  # per training example beside its label: the other label, token slot labels, teachers' outputs
     aux_names: list | None  # the other label's names, with --aux-weight
     slots: list | None  # the slot head's names, None without one
+    info: dict  # what the data says of itself: format, split, slot scheme, synonyms (data.load_dataset)
 
 
 class Models(NamedTuple):
@@ -334,7 +335,7 @@ def load_data(cfg):
         tokenizer = load_tokenizer(cfg.model)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load encoder '{resolve_model(cfg.model)}': {str(e).splitlines()[0]}") from None
-    labels, features = load_features(cfg, tokenizer, slots=cfg.slots)
+    labels, features, info = load_dataset(cfg, tokenizer, slots=cfg.slots)
     for i in (0, 1):
         ids = features["train"]["input_ids"][i]
         log.info("example: %r -> %s", tokenizer.decode(ids), labels[features["train"]["labels"][i]])
@@ -349,7 +350,7 @@ def load_data(cfg):
         extras["teacher_probs"], teacher_slots = teacher_probabilities(cfg, labels, features["train"], slots)
         if teacher_slots is not None:
             extras["teacher_slot_probs"] = teacher_slots
-    return Data(tokenizer, labels, features, extras, aux_names, slots)
+    return Data(tokenizer, labels, features, extras, aux_names, slots, info)
 
 
 def build(cfg, data, device):
@@ -557,8 +558,9 @@ def calibration_report(logits, labels, temperature):
     """NLL and ECE on test before and after temperature scaling, and per utterance the top probability and whether
     it was right (for reliability diagrams)."""
     raw, scaled = softmax(logits, axis=1), softmax(logits / temperature, axis=1)
-    return {"temperature": temperature, "test_nll": nll(logits, labels),
-            "test_nll_calibrated": nll(logits, labels, temperature),
+    known = np.array(labels) >= 0  # a label train lacks has no likelihood; it counts as wrong in ECE
+    return {"temperature": temperature, "test_nll": nll(logits[known], np.array(labels)[known]),
+            "test_nll_calibrated": nll(logits[known], np.array(labels)[known], temperature),
             "test_ece": ece(raw, labels), "test_ece_calibrated": ece(scaled, labels),
             "test_confidence": raw.max(1).round(5).tolist(),
             "test_confidence_calibrated": scaled.max(1).round(5).tolist(),
@@ -571,8 +573,9 @@ def final_evaluation(run, best):
     test = evaluate(run.scored, loaders["test"], device, amp, accel)
     run.model.load_state_dict(best["state"])
     best_test = evaluate(run.model, loaders["test"], device, amp, accel)
-    temperature = fit_temperature(evaluate(run.model, loaders["validation"], device, amp, accel)["logits"],
-                                  run.data.features["validation"]["labels"])
+    val_logits, val_labels = (evaluate(run.model, loaders["validation"], device, amp, accel)["logits"],
+                              np.array(run.data.features["validation"]["labels"]))
+    temperature = fit_temperature(val_logits[val_labels >= 0], val_labels[val_labels >= 0])
     calibration = calibration_report(best_test["logits"], run.data.features["test"]["labels"], temperature)
     log.info("calibration: temperature %.3f; test NLL %.4f -> %.4f, ECE %.4f -> %.4f", temperature,
              calibration["test_nll"], calibration["test_nll_calibrated"], calibration["test_ece"],
@@ -588,7 +591,8 @@ def numbers_line(metrics):
 
 def environment_record(run):
     total, trainable = run.models.parameters
-    return {**environment(run.device), "encoder": run.models.encoder, "data": describe_data(run.cfg.data), "bf16": run.amp,
+    data = {**describe_data(run.cfg.data), "format": run.data.info["format"], "split": run.data.info["split"]}
+    return {**environment(run.device), "encoder": run.models.encoder, "data": data, "bf16": run.amp,
             "world_size": run.world, "backend": run.backend, "parameters_total": total,
             "parameters_trainable": trainable, "trainable_percent": 100 * trainable / total}
 
@@ -606,7 +610,7 @@ def results_record(run, progress, final):
     cfg, best, test, best_test = run.cfg, progress["best"], final["test"], final["best_test"]
     per_utterance = {k: v for k, v in test.items() if isinstance(v, list)}  # not the logits
     scenario = {}
-    if cfg.label == "intent":
+    if cfg.label == "intent" and "scenario" in run.data.info["label_columns"]:
         scenario["best_test_scenario_accuracy_from_intent"] = scenario_from_intent(
             cfg, run.data.tokenizer, run.data.labels, run.data.features, softmax(best_test["logits"], axis=1))
     return {
@@ -638,7 +642,8 @@ def save(run, results):
                 "best_epoch": results["best_epoch"], "best_test_accuracy": results["best_test_accuracy"],
                 "max_length": cfg.max_length, "temperature": results["calibration"]["temperature"],
                 "adapter": TASKS[cfg.task].adapter, "heads": [n for n in run.net.heads() if HEADS[n].saved],
-                **({"slots": run.data.slots} if run.data.slots else {})}
+                **({"slots": run.data.slots} if run.data.slots else {}),
+                **({"synonyms": run.data.info["synonyms"]} if run.data.info["synonyms"] else {})}
         save_checkpoint(run.model, run.data.tokenizer, meta, os.path.join(cfg.run_dir, "best"),
                         words=word_counts(run.data.features["train"]["texts"]))
         os.remove(os.path.join(cfg.run_dir, "last.pt"))  # finished: nothing left to resume

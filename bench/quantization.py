@@ -69,6 +69,7 @@ def main(argv=None):
     texts = [x[0] for x in val]
     gold = {"labels": np.array([index[x[1]] for x in val]), "slots": [x[2] for x in val] if slots else None}
     reference, fp32 = scores(reference_model, texts, gold, args.batch_size)
+    reference = reference["top1"]
     print("fp32 torch: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in fp32.items()))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +78,8 @@ def main(argv=None):
         for name, keep in choices().items():
             int8 = os.path.join(tmp, "model.int8.onnx")
             to_int8(os.path.join(tmp, "model.onnx"), int8, config, keep)
-            pred, row = scores(Predictor(path, "onnx-int8", onnx_file=int8), texts, gold, args.batch_size)
+            per, row = scores(Predictor(path, "onnx-int8", onnx_file=int8), texts, gold, args.batch_size)
+            pred = per["top1"]
             row = {"choice": name, "keep_fp32": list(keep), "fp32_weight_share": fp32_share(int8),
                    "agreement": float((pred == reference).mean()),
                    **{f"{k}_drop_points": 100 * (fp32[k] - row[k]) for k in fp32}}

@@ -16,7 +16,9 @@ from model import load_tokenizer
 
 def cfg_for(data, tmp_path, **kw):
     return types.SimpleNamespace(**{"data": str(data), "label": "scenario", "max_length": 128,
-                                    "cache_dir": str(tmp_path / "c"), **kw})
+                                    "cache_dir": str(tmp_path / "c"), "data_format": None, "val_data": None,
+                                    "test_data": None, "val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0,
+                                    **kw})
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +39,13 @@ def test_intent_labels(data_file):
 
 @pytest.mark.parametrize("line, message", [
     ("{not json", r"bad\.jsonl:2: malformed JSON"),
-    ('{"partition": "train", "scenario": "alarm"}', r"bad\.jsonl:2: missing or non-text field 'utt'"),
-    ('{"partition": "train", "utt": "hi"}', r"bad\.jsonl:2: missing or non-text field 'scenario'"),
-    ('{"partition": "holdout", "utt": "hi", "scenario": "alarm"}', r"unknown partition 'holdout'"),
+    ('{"partition": "train", "intent": "alarm_set"}', r"bad\.jsonl:2: missing or non-text field 'utt'"),
+    ('{"partition": "train", "utt": "hi"}', r"bad\.jsonl:2: missing or non-text field 'intent'"),
+    ('{"partition": "holdout", "utt": "hi", "intent": "alarm_set"}', r"unknown partition 'holdout'"),
     ('[1, 2]', r"bad\.jsonl:2: expected a JSON object"),
 ])
 def test_bad_lines_name_file_and_line(tmp_path, line, message):
-    good = json.dumps({"partition": "train", "utt": "hi", "scenario": "alarm"})
+    good = json.dumps({"partition": "train", "utt": "hi", "scenario": "alarm", "intent": "alarm_set"})
     path = tmp_path / "bad.jsonl"
     path.write_text(good + "\n" + line + "\n")
     with pytest.raises(UserError, match=message):
@@ -51,25 +53,37 @@ def test_bad_lines_name_file_and_line(tmp_path, line, message):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(UserError, match="data file not found"):
-        read_jsonl(str(tmp_path / "nope.jsonl"), "scenario")
+    with pytest.raises(UserError, match="data not found"):
+        load_features(cfg_for(tmp_path / "nope.jsonl", tmp_path), None)
 
 
-def test_empty_split_and_unseen_label(tmp_path):
+def test_a_missing_label_column_or_split_is_one_line(tmp_path, tok):
     path = write_massive(tmp_path / "a.jsonl", {"train": 1, "test": 1})
-    with pytest.raises(UserError, match="validation split is empty"):
-        build_labels(read_jsonl(str(path), "scenario"))
-    splits = read_jsonl(write_massive(tmp_path / "b.jsonl"), "scenario")
-    splits["test"].append(("order a pizza", "takeaway"))
-    with pytest.raises(UserError, match="test has labels that train lacks: takeaway"):
-        build_labels(splits)
+    with pytest.raises(UserError, match="validation split is empty; give --val-data PATH"):
+        load_features(cfg_for(path, tmp_path), tok)
+    path = tmp_path / "no-scenario.jsonl"
+    path.write_text("".join(json.dumps({"partition": p, "utt": "hi", "intent": "greet"}) + "\n"
+                            for p in ("train", "dev", "test")))
+    with pytest.raises(UserError, match=r"no-scenario\.jsonl:1: no 'scenario' label; --label chooses from: intent"):
+        load_features(cfg_for(path, tmp_path), tok)
+
+
+def test_a_label_train_lacks_is_scored_as_wrong_with_one_warning(tmp_path, tok, caplog):
+    path = write_massive(tmp_path / "b.jsonl")
+    with open(path, "a") as f:
+        f.write(json.dumps({"partition": "test", "utt": "order a pizza", "scenario": "takeaway",
+                            "intent": "takeaway_order"}) + "\n")
+    labels, feats = load_features(cfg_for(path, tmp_path), tok)
+    assert "takeaway" not in labels and feats["test"]["labels"][-1] == -100  # no class can match it
+    assert "test has 1 label(s) that train lacks, scored as wrong: takeaway" in caplog.text
 
 
 def test_left_truncation_keeps_the_end(tmp_path, tok):
     path = tmp_path / "long.jsonl"
     write_massive(path)
     with open(path, "a") as f:
-        f.write(json.dumps({"partition": "train", "utt": "one two three four five six seven eight", "scenario": "alarm"}) + "\n")
+        f.write(json.dumps({"partition": "train", "utt": "one two three four five six seven eight", "scenario": "alarm",
+                            "intent": "alarm_set"}) + "\n")
     labels, feats = load_features(cfg_for(path, tmp_path, max_length=5), tok)
     ids = feats["train"]["input_ids"][-1]
     assert len(ids) == 5
@@ -88,7 +102,7 @@ def test_cache_reused_and_keyed(tmp_path, tok, data_file, caplog):
     load_features(cfg_for(data_file, tmp_path, max_length=8), tok)
     load_features(types.SimpleNamespace(**{**vars(cfg), "label": "intent"}), tok)
     with open(data_file, "a") as f:
-        f.write(json.dumps({"partition": "train", "utt": "snooze", "scenario": "alarm"}) + "\n")
+        f.write(json.dumps({"partition": "train", "utt": "snooze", "scenario": "alarm", "intent": "alarm_set"}) + "\n")
     assert len(load_features(cfg, tok)[1]["train"]["labels"]) == 37
     assert len(os.listdir(cfg.cache_dir)) == 4
 
@@ -138,9 +152,9 @@ def test_eval_loader_is_sorted_and_complete(tmp_path, tok, data_file):
 
 
 def test_offline_without_file_says_how_to_point_at_one(monkeypatch):
-    from data import read_hub
+    from data import hub_dataset
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="pass --data PATH/en-US.jsonl"):
-        read_hub("scenario")
+        hub_dataset()

@@ -121,7 +121,7 @@ def test_bad_model_is_a_user_error(run_args, tmp_path):
 
 def test_cli_bad_data_is_one_line_and_leaves_results_alone(tmp_path, run_args):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"partition": "train", "utt": "hi", "scenario": "alarm"}\n{oops\n')
+    bad.write_text('{"partition": "train", "utt": "hi", "scenario": "alarm", "intent": "alarm_set"}\n{oops\n')
     results = tmp_path / "results"
     results.mkdir(exist_ok=True)
     (results / "keep.json").write_text("{}")

@@ -94,16 +94,48 @@ def test_export_gates_against_the_fp32_model_on_a_bf16_cpu(trained, monkeypatch)
     assert "agreement" in report["torch-bf16"] and report["torch-bf16"]["accuracy"] > 0
 
 
-def test_export_gate_failure_leaves_nothing_in_place(trained, monkeypatch, tmp_path):
+@pytest.mark.parametrize("int8_only", [True, False])
+def test_export_puts_in_place_only_the_graphs_that_pass(trained, monkeypatch, int8_only):
     import export
 
     run_dir, data, _ = trained
-    monkeypatch.setattr(export, "GATE_AGREEMENT", 1.01)  # unreachable
+    best = os.path.join(run_dir, "best")
+    for name in ("model.onnx", "model.int8.onnx"):
+        if os.path.exists(os.path.join(best, name)):
+            os.remove(os.path.join(best, name))
+    real, calls = export.gate, []
+
+    def gate(*args):  # onnx is gated first, then onnx-int8
+        calls.append(1)
+        return real(*args) and int8_only and len(calls) == 1
+
+    monkeypatch.setattr(export, "gate", gate)
     with pytest.raises(UserError, match="failed the accuracy gate"):
         cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
-    best = os.path.join(run_dir, "best")
     assert not os.path.exists(os.path.join(best, ".export"))
-    assert json.load(open(os.path.join(best, "export.json")))["onnx"]["passed"] is False
+    assert os.path.exists(os.path.join(best, "model.onnx")) == int8_only  # fp32 is written when only int8 fails
+    assert not os.path.exists(os.path.join(best, "model.int8.onnx"))
+    assert json.load(open(os.path.join(best, "export.json")))["onnx-int8"]["passed"] is False
+
+
+def test_the_gate_weighs_a_small_test_split_by_its_uncertainty():
+    import numpy as np
+
+    import export
+
+    def judged(n, flipped):
+        """A backend that disagrees with the reference on `flipped` of n utterances, each time to its cost."""
+        ref = {"top1": np.zeros(n, int), "right": np.ones(n, bool), "exact": None}
+        mine = {"top1": np.r_[np.ones(flipped, int), np.zeros(n - flipped, int)],
+                "right": np.r_[np.zeros(flipped, bool), np.ones(n - flipped, bool)], "exact": None}
+        row = {"accuracy": 1 - flipped / n}
+        return export.gate(row, {"accuracy": 1.0}, mine, ref), row
+
+    ok, row = judged(50, 1)  # 98% agreement and a 2-point drop: within one utterance's noise on 50
+    assert ok and row["agreement_p"] > 0.05 and row["accuracy_drop_points"] == 2.0
+    ok, row = judged(3000, 90)  # 97% agreement on 3,000: clearly below 98.5%
+    assert not ok and row["agreement_p"] < 0.05 and row["accuracy_drop_lower_bound"] > export.GATE_DROP
+    assert judged(3000, 3)[0]  # 99.9% agreement, a 0.1-point drop: passes
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import main as cli
 import train as loop
 from arguments import parse_args
 from conftest import ANNOTATED, interrupt_at_epoch, plain
-from data import first_subtokens, load_features, parse_annotation, read_jsonl, slot_labels, word_slots
+from data import first_subtokens, load_features, slot_labels, word_names, word_slots
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError
 from loss import token_cross_entropy
 from model import load_tokenizer
+from readers import parse_massive
 from slots import slot_metrics, spans, to_bio, word_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +39,7 @@ def tok():
     ("what's the weather", ["Other", "Other", "Other"]),                             # no span at all
 ])
 def test_annotation_gives_one_slot_name_per_word(annot, names):
-    assert parse_annotation(annot) == names
+    assert word_names(*parse_massive(annot)) == names
 
 
 @pytest.mark.parametrize("annot, message", [
@@ -50,7 +51,7 @@ def test_annotation_gives_one_slot_name_per_word(annot, names):
 ])
 def test_malformed_annotations_are_named(annot, message):
     with pytest.raises(ValueError, match=message):
-        parse_annotation(annot)
+        parse_massive(annot)
 
 
 def test_word_count_must_match_the_utterance():
@@ -69,7 +70,8 @@ def test_a_malformed_row_names_file_and_line_and_writes_nothing(tmp_path, tok, d
     with pytest.raises(UserError, match=rf"en-US.jsonl:{n}: malformed annot_utt"):
         load_features(cfg, tok, slots=True)
     assert not os.path.exists(tmp_path / "cache")
-    assert load_features(cfg, tok)[1]["train"]["labels"]  # without slots the annotation is not read
+    with pytest.raises(UserError, match=rf"en-US.jsonl:{n}: malformed annot_utt"):
+        load_features(cfg, tok)  # the data is malformed whether or not this run fills slots
 
 
 def test_first_subtokens_of_multi_piece_words_and_left_truncation(tok):
@@ -144,10 +146,10 @@ def test_words_without_a_first_subtoken_are_predicted_other():
 
 def test_spans_slice_the_text_as_typed():
     text = "  wake me up at  five am this week"
-    from data import word_spans
+    from readers import word_offsets
 
     found = spans(text, ["Other"] * 4 + ["time", "time", "date", "date"], [1.0] * 4 + [0.9, 0.7, 0.8, 0.8],
-                  word_spans(text))
+                  word_offsets(text))
     assert [(s["slot"], s["value"], s["score"]) for s in found] == [("time", "five am", 0.8), ("date", "this week", 0.8)]
     assert all(text[s["start"]:s["end"]] == s["value"] for s in found)
 
@@ -298,13 +300,15 @@ def test_the_hub_path_reads_the_same_slots(monkeypatch, data_file):
     rows = [json.loads(line) for line in open(data_file)]
     by_split = {s: [r for r in rows if r["partition"] == p] for p, s in (("train", "train"), ("dev", "validation"),
                                                                             ("test", "test"))}
-    scenarios = sorted({r["scenario"] for r in rows})
+    names = {k: sorted({r[k] for r in rows}) for k in ("scenario", "intent")}
 
     class Split(list):
-        features = {"scenario": types.SimpleNamespace(names=scenarios)}
+        features = {k: types.SimpleNamespace(names=v) for k, v in names.items()}
 
-    hub = {s: Split([{**r, "scenario": scenarios.index(r["scenario"])} for r in rs]) for s, rs in by_split.items()}
+    hub = {s: Split([{**r, **{k: names[k].index(r[k]) for k in names}} for r in rs]) for s, rs in by_split.items()}
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: hub))
-    from data import read_hub
+    from data import hub_dataset
+    from readers import read_massive
 
-    assert read_hub("scenario", slots=True) == read_jsonl(data_file, "scenario", slots=True)
+    read = lambda d: [(x.text, x.labels, x.spans, x.split) for x in d.examples]  # noqa: E731
+    assert read(hub_dataset()) == read(read_massive(data_file))

@@ -91,7 +91,7 @@ def test_list_prints_commands_that_run(grid, tmp_path):
     (["--experiments", "baseline,bogus"], "unknown experiment bogus"),
     (["--seeds", "42,x"], "--seeds '42,x' does not parse"),
     (["--seeds", "1,1"], "distinct"),
-    (["--data", "/no/such/file.jsonl"], "data file not found"),
+    (["--data", "/no/such/file.jsonl"], "data not found"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
     (["--lora-rank", "4"], "baseline: --lora-rank applies only to --task lora"),
 ])

@@ -1,0 +1,455 @@
+"""Utterance data in the formats NLU teams keep: MASSIVE JSON lines, Rasa NLU YAML, CSV/TSV, BIO benchmark folders.
+
+Every reader gives the same Examples: the text as written, its labels
+({"intent": ..., and any other label column, such as MASSIVE's scenario}),
+its slot spans as (start, end, slot type) character offsets with their
+boundaries as the data gives them, the split the data names (or None), and
+where it came from ("file:line"). Rasa's synonyms ([NYC](city:New York City),
+{"value": ...} and `synonym:` entries) come back beside the examples.
+
+A malformed entry is a UserError naming its file, its line (or YAML entry)
+and what is wrong; nothing is read past it.
+"""
+import csv
+import glob
+import json
+import logging
+import os
+import re
+from typing import NamedTuple
+
+from fileio import UserError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("massive", "rasa", "csv", "bio")
+SPLIT_NAMES = {"train": "train", "dev": "validation", "valid": "validation", "validation": "validation",
+               "test": "test"}  # as the data may name them
+RESERVED = ("O", "Other")  # the outside label of BIO and of MASSIVE's word names
+
+
+class Example(NamedTuple):
+    text: str
+    labels: dict  # {column: label name}, "intent" always among them
+    spans: tuple  # ((start, end, slot type), ...) into text, in order, not overlapping
+    split: str | None  # "train", "validation" or "test" where the data says so
+    where: str  # "file:line", for messages
+
+
+class Dataset(NamedTuple):
+    examples: list
+    synonyms: dict  # {text as annotated, lower-cased: canonical value}
+    format: str
+    files: list  # every file read, in order (the cache key covers their bytes)
+
+
+def detect(path):
+    """The format of a file or folder, from its extension or layout; UserError when none fits."""
+    if os.path.isdir(path):
+        if any(os.path.isfile(os.path.join(path, d, "seq.in")) for d in ("train", "dev", "valid", "test")):
+            return "bio"
+        if glob.glob(os.path.join(glob.escape(path), "**", "*.y*ml"), recursive=True):
+            return "rasa"
+        raise UserError(f"{path}: no data found (expected Rasa .yml/.yaml files, or train/, dev/ and test/ folders "
+                        f"with seq.in, seq.out and label)")
+    ext = os.path.splitext(path)[1].lower()
+    formats = {".jsonl": "massive", ".json": "massive", ".yml": "rasa", ".yaml": "rasa", ".csv": "csv", ".tsv": "csv"}
+    if ext not in formats:
+        raise UserError(f"{path}: cannot tell its format from '{ext or 'no extension'}'; give --data-format "
+                        f"{'|'.join(FORMATS)}")
+    return formats[ext]
+
+
+def files_of(path, data_format=None):
+    """Every file a read of path would look at, in order (without reading them): what a cache key must cover."""
+    fmt = data_format or detect(path)
+    if not os.path.isdir(path):
+        return [path]
+    if fmt == "bio":
+        return [p for d in ("train", "dev", "valid", "test") for p in
+                (os.path.join(path, d, n) for n in ("seq.in", "seq.out", "label")) if os.path.isfile(p)]
+    return sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.y*ml"), recursive=True))
+
+
+def read(path, data_format=None):
+    """The Dataset at path (a file or folder) in data_format, or the format detect() finds."""
+    if not os.path.exists(path):
+        raise UserError(f"data not found: {path}")
+    fmt = data_format or detect(path)
+    return {"massive": read_massive, "rasa": read_rasa, "csv": read_csv, "bio": read_bio}[fmt](path)
+
+
+def text_lines(path):
+    """The lines of a UTF-8 text file (a byte-order mark and any line endings allowed); UserError otherwise."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def check_type(slot, where):
+    if not slot or slot in RESERVED or slot.startswith(("B-", "I-")) or any(c.isspace() for c in slot):
+        raise UserError(f"{where}: '{slot}' cannot be a slot type (empty, 'O', 'Other', a B-/I- prefix or spaces)")
+    return slot
+
+
+# ---- annotated text: MASSIVE's [slot : value] and Rasa's [value](entity) / [value]{"entity": ...} ----
+
+def parse_massive(annot):
+    """(text, spans) of MASSIVE's annot_utt: "wake me up at [time : five am]" -> ("wake me up at five am",
+    ((14, 21, "time"),)). ValueError on unbalanced brackets, a span without " : ", or an empty slot or value."""
+    text, spans, rest = "", [], annot
+    while rest:
+        start = rest.find("[")
+        outside = rest if start < 0 else rest[:start]
+        if "]" in outside:
+            raise ValueError("unbalanced brackets: ']' without '['")
+        text += outside
+        if start < 0:
+            break
+        end = rest.find("]", start)
+        if end < 0:
+            raise ValueError("unbalanced brackets: '[' without ']'")
+        span = rest[start + 1:end]
+        if "[" in span:
+            raise ValueError("unbalanced brackets: '[' inside a span")
+        if " : " not in span:
+            raise ValueError(f"span '[{span}]' has no ' : ' between slot and value")
+        slot, value = span.split(" : ", 1)
+        if not slot.strip() or not value.split():
+            raise ValueError(f"span '[{span}]' has an empty slot name or value")
+        value = value.strip()
+        spans.append((len(text), len(text) + len(value), slot.strip()))
+        text += value
+        rest = rest[end + 1:]
+    return text, tuple(spans)
+
+
+RASA_ENTITY = re.compile(r"\[([^\[\]]*)\]")
+
+
+def parse_rasa(annotated):
+    """(text, spans, synonyms) of a Rasa training example: [value](entity), [value](entity:synonym) and
+    [value]{"entity": "e", "value": "v", "role": "r", "group": "g"}. A role becomes part of the slot type
+    ("city.from"). ValueError on unbalanced brackets or a malformed annotation."""
+    text, spans, synonyms, pos = "", [], {}, 0
+    while True:
+        start = annotated.find("[", pos)
+        if "]" in (annotated[pos:] if start < 0 else annotated[pos:start]):
+            raise ValueError("unbalanced brackets: ']' without '['")
+        if start < 0:
+            text += annotated[pos:]
+            break
+        m = RASA_ENTITY.match(annotated, start)
+        if not m:
+            raise ValueError("unbalanced brackets: '[' without ']'")
+        value, after = m.group(1), m.end()
+        opener = annotated[after:after + 1]
+        if opener == "(":
+            close = annotated.find(")", after)
+            if close < 0:
+                raise ValueError(f"'[{value}](' is not closed by ')'")
+            entity, _, synonym = annotated[after + 1:close].partition(":")
+            slot, canonical, end = entity.strip(), synonym.strip() or None, close + 1
+        elif opener == "{":
+            close = annotated.find("}", after)
+            try:
+                spec = json.loads(annotated[after:close + 1]) if close >= 0 else None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"the annotation of '[{value}]' is not JSON ({e.msg})") from None
+            if not isinstance(spec, dict) or not isinstance(spec.get("entity"), str):
+                raise ValueError(f"the annotation of '[{value}]' needs {{\"entity\": ...}}")
+            slot = spec["entity"] + (f".{spec['role']}" if spec.get("role") else "")
+            canonical, end = spec.get("value"), close + 1
+        else:
+            raise ValueError(f"'[{value}]' is followed by neither (entity) nor {{...}}")
+        if not value.strip():
+            raise ValueError("an annotated value is empty")
+        text += annotated[pos:start]
+        spans.append((len(text), len(text) + len(value), slot))
+        if canonical is not None and str(canonical) != value:
+            synonyms[value.lower()] = str(canonical)
+        text += value
+        pos = end
+    return text, tuple(spans), synonyms
+
+
+def parse_annotated(annotated):
+    """parse_rasa or parse_massive, whichever bracket style the text uses: (text, spans, synonyms)."""
+    if re.search(r"\]\s*[({]", annotated):
+        return parse_rasa(annotated)
+    return (*parse_massive(annotated), {})
+
+
+def word_offsets(text):
+    """(start, end) character offsets of the words of text.split(), in order."""
+    spans, start = [], None
+    for i, c in enumerate(text):
+        if c.isspace():
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def spans_of_words(text, slots):
+    """Spans of a text from one slot name per word of text.split() ("Other" outside), consecutive equal names forming
+    one span (MASSIVE's reading)."""
+    words, spans, i = word_offsets(text), [], 0
+    while i < len(slots):
+        j = i
+        while j + 1 < len(slots) and slots[j + 1] == slots[i]:
+            j += 1
+        if slots[i] != "Other":
+            spans.append((words[i][0], words[j][1], slots[i]))
+        i = j + 1
+    return tuple(spans)
+
+
+# ---- the formats ----
+
+def read_massive(path):
+    """MASSIVE JSON lines: utt, intent, and optionally partition (train/dev/test), scenario and annot_utt; other
+    fields are ignored."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: a folder, but MASSIVE data is one JSON-lines file")
+    examples = []
+    for n, line in enumerate(text_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        for field in ("utt", "intent"):
+            if not isinstance(row.get(field), str):
+                raise UserError(f"{where}: missing or non-text field '{field}'")
+        split = row.get("partition")
+        if split is not None and split not in ("train", "dev", "test"):
+            raise UserError(f"{where}: unknown partition '{split}' (expected train, dev or test)")
+        labels = {k: row[k] for k in ("intent", "scenario") if isinstance(row.get(k), str)}
+        spans = ()
+        if "annot_utt" in row:
+            spans = massive_spans(row, where)
+        examples.append(Example(row["utt"], labels, spans, split and SPLIT_NAMES[split], where))
+    return Dataset(examples, {}, "massive", [path])
+
+
+def massive_spans(row, where):
+    """The spans of a MASSIVE row's annot_utt, placed on the words of its utt (MASSIVE's reading: the words are
+    utt.split(), so both must have as many words)."""
+    if not isinstance(row["annot_utt"], str):
+        raise UserError(f"{where}: missing or non-text field 'annot_utt'")
+    try:
+        plain, spans = parse_massive(row["annot_utt"])
+    except ValueError as e:
+        raise UserError(f"{where}: malformed annot_utt: {e}") from None
+    names = ["Other"] * len(plain.split())
+    starts = [s for s, _ in word_offsets(plain)]
+    for start, end, slot in spans:
+        for w, s in enumerate(starts):
+            if start <= s < end:
+                names[w] = slot
+    if len(names) != len(row["utt"].split()):
+        raise UserError(f"{where}: malformed annot_utt: annot_utt has {len(names)} words, utt has "
+                        f"{len(row['utt'].split())}")
+    for slot in {s for _, _, s in spans}:
+        check_type(slot, where)
+    # on the words of utt, each span from its first word to its last (MASSIVE's spans never touch one of a type)
+    words, out = word_offsets(row["utt"]), []
+    for start, end, slot in spans:
+        covered = [w for w, s in enumerate(starts) if start <= s < end]
+        out.append((words[covered[0]][0], words[covered[-1]][1], slot))
+    return tuple(out)
+
+
+def read_csv(path):
+    """CSV or TSV with a header: text, intent, optionally annotation (or slots) in either bracket style, and split;
+    every other column is a further label column."""
+    lines = text_lines(path)
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    rows = csv.reader(lines, delimiter=delimiter)
+    header = [h.strip() for h in next(rows, [])]
+    missing = [c for c in ("text", "intent") if c not in header]
+    if missing:
+        raise UserError(f"{path}:1: the header has no {' or '.join(repr(c) for c in missing)} column "
+                        f"(it has {', '.join(header) or 'nothing'})")
+    annotated = next((c for c in ("annotation", "slots") if c in header), None)
+    label_columns = [c for c in header if c not in ("text", annotated, "split")]
+    examples, synonyms = [], {}
+    for n, row in enumerate(rows, 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{path}:{n}"
+        if len(row) != len(header):
+            raise UserError(f"{where}: {len(row)} fields, the header has {len(header)}")
+        cell = dict(zip(header, row))
+        text, spans = cell["text"], ()
+        if annotated and cell[annotated].strip():
+            text, spans, found = parse_or_fail(parse_annotated, cell[annotated], where)
+            if text.split() != cell["text"].split():
+                raise UserError(f"{where}: the {annotated} column, without its brackets, is not the text")
+            synonyms.update(found)
+        if not text.strip() or not cell["intent"].strip():
+            raise UserError(f"{where}: empty text or intent")
+        split = cell.get("split", "").strip().lower() or None
+        if split is not None and split not in SPLIT_NAMES:
+            raise UserError(f"{where}: unknown split '{split}' (expected train, dev, valid or test)")
+        labels = {c: cell[c].strip() for c in label_columns if cell[c].strip()}
+        examples.append(Example(text, labels, spans, split and SPLIT_NAMES[split], where))
+    return Dataset(examples, synonyms, "csv", [path])
+
+
+def parse_or_fail(parse, annotated, where):
+    try:
+        text, spans, synonyms = parse(annotated)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
+    for _, _, slot in spans:
+        check_type(slot, where)
+    return text, spans, synonyms
+
+
+def read_bio(folder):
+    """The ATIS/SNIPS layout: train/, dev/ (or valid/) and test/, each with seq.in (words), seq.out (one BIO tag per
+    word) and label (the intent; a multi-intent label such as a#b is one label)."""
+    examples, files = [], []
+    found = [d for d in ("train", "dev", "valid", "test") if os.path.isdir(os.path.join(folder, d))]
+    if not found:
+        raise UserError(f"{folder}: no train/, dev/ (or valid/) or test/ folder with seq.in, seq.out and label")
+    for d in found:
+        paths = [os.path.join(folder, d, name) for name in ("seq.in", "seq.out", "label")]
+        for p in paths:
+            if not os.path.isfile(p):
+                raise UserError(f"{p}: missing (each split folder holds seq.in, seq.out and label)")
+        words, tags, intents = (text_lines(p) for p in paths)
+        counts = {os.path.basename(p): len(x) for p, x in zip(paths, (words, tags, intents))}
+        if len(set(counts.values())) > 1:
+            raise UserError(f"{os.path.join(folder, d)}: seq.in, seq.out and label have different line counts "
+                            f"({', '.join(f'{k} {v}' for k, v in counts.items())})")
+        for n, (line, tag_line, intent) in enumerate(zip(words, tags, intents), 1):
+            where = f"{paths[1]}:{n}"
+            text, spans = bio_example(line, tag_line, where)
+            if not intent.strip():
+                raise UserError(f"{paths[2]}:{n}: empty label")
+            examples.append(Example(text, {"intent": intent.strip()}, spans, SPLIT_NAMES[d], where))
+        files += paths
+    return Dataset(examples, {}, "bio", files)
+
+
+def bio_example(line, tag_line, where):
+    """(text, spans) of one seq.in line and its seq.out tags. An I- tag after O or after another type opens a span,
+    as seqeval reads it."""
+    text, tags = line.strip(), tag_line.split()
+    words = word_offsets(text)
+    if len(words) != len(tags):
+        raise UserError(f"{where}: {len(tags)} tags for {len(words)} words")
+    spans, current = [], None
+    for (start, end), tag in zip(words, tags):
+        if tag == "O":
+            current = None
+            continue
+        if not re.fullmatch(r"[BI]-\S+", tag):
+            raise UserError(f"{where}: illegal tag '{tag}' (expected O, B-type or I-type)")
+        kind, slot = tag[0], tag[2:]
+        if kind == "I" and current == slot:
+            spans[-1] = (spans[-1][0], end, slot)
+        else:
+            spans.append((start, end, check_type(slot, where)))
+        current = slot
+    return text, tuple(spans)
+
+
+def read_rasa(path):
+    """Rasa NLU training data (2.x and 3.x YAML), a file or a folder searched recursively: `nlu:` entries only; the
+    other files' kinds (stories, rules, domain) and regex/lookup entries are counted in the log."""
+    import yaml  # lazily: only Rasa data needs PyYAML
+
+    files = (sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.y*ml"), recursive=True))
+             if os.path.isdir(path) else [path])
+    examples, synonyms, read_files, skipped, unused = [], {}, [], {}, {"regex": 0, "lookup": 0}
+    for f in files:
+        try:
+            root = yaml.compose("\n".join(text_lines(f)))
+        except yaml.YAMLError as e:
+            raise UserError(f"{f}: not YAML ({str(e).splitlines()[0]})") from None
+        nlu = yaml_key(root, "nlu")
+        if nlu is None:
+            kinds = [k for k in ("stories", "rules", "intents", "responses") if yaml_key(root, k) is not None]
+            if not os.path.isdir(path):
+                raise UserError(f"{f}: no 'nlu:' section (a Rasa NLU file lists its examples under 'nlu:')")
+            skipped[kinds[0] if kinds else "other"] = skipped.get(kinds[0] if kinds else "other", 0) + 1
+            continue
+        read_files.append(f)
+        rasa_entries(f, nlu, examples, synonyms, unused)
+    if not read_files:
+        raise UserError(f"{path}: no Rasa file with an 'nlu:' section")
+    log.info("Rasa data: %d examples from %d NLU file(s)%s; %d regex and %d lookup entries not used", len(examples),
+             len(read_files), "".join(f", {n} {k} file(s) skipped" for k, n in skipped.items()), unused["regex"],
+             unused["lookup"])
+    return Dataset(examples, synonyms, "rasa", read_files)
+
+
+def yaml_key(node, key):
+    """The value node of key in a YAML mapping node, or None."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+
+
+def rasa_entries(path, nlu, examples, synonyms, unused):
+    """The examples and synonyms of one file's nlu: section, appended; each entry is checked and placed by line."""
+    import yaml
+
+    if not isinstance(nlu, yaml.SequenceNode):
+        raise UserError(f"{path}:{nlu.start_mark.line + 1}: 'nlu:' must be a list of entries")
+    for entry in nlu.value:
+        line = entry.start_mark.line + 1
+        data = yaml.safe_load(yaml.serialize(entry))
+        if not isinstance(data, dict):
+            raise UserError(f"{path}:{line}: an nlu entry must be a mapping (intent:, synonym:, regex: or lookup:)")
+        kind = next((k for k in ("intent", "synonym", "regex", "lookup") if k in data), None)
+        if kind is None:
+            raise UserError(f"{path}:{line}: an nlu entry without intent:, synonym:, regex: or lookup:")
+        if kind in unused:
+            unused[kind] += 1
+            continue
+        texts = rasa_examples(data.get("examples"), f"{path}:{line}", str(data[kind]))
+        if kind == "synonym":
+            synonyms.update({t.strip().lower(): str(data["synonym"]) for t, _ in texts})
+            continue
+        for text, n in texts:
+            where = f"{path}:{line + n}"
+            plain, spans, found = parse_or_fail(parse_rasa, text, where)
+            synonyms.update(found)
+            examples.append(Example(plain, {"intent": str(data["intent"])}, spans, None, where))
+
+
+def rasa_examples(block, where, name):
+    """[(example, its line offset from the entry)] of an entry's examples: a block of "- " lines, or a list of
+    strings or of {text, metadata}."""
+    if isinstance(block, str):
+        out = []
+        for n, line in enumerate(block.splitlines(), 1):
+            if line.strip():
+                if not line.lstrip().startswith("- "):
+                    raise UserError(f"{where}: example line '{line.strip()}' of '{name}' does not start with '- '")
+                out.append((line.lstrip()[2:].strip(), n))
+        return out
+    if isinstance(block, list):
+        items = [x.get("text") if isinstance(x, dict) else x for x in block]
+        if all(isinstance(x, str) for x in items):
+            return [(x, n) for n, x in enumerate(items, 1)]
+    raise UserError(f"{where}: '{name}' has no examples (a block of '- ' lines, or a list of {{text: ...}})")
