@@ -38,11 +38,14 @@ def findings(splits, max_length, tokenizer):
     if conflicts:
         errors.append({"kind": "conflict", "message": f"{len(conflicts)} text(s) under two or more intents",
                        "items": conflicts})
-    duplicates = [f'"{text}": ' + ", ".join(x.where for _, x in group) for text, group in by_text.items()
-                  if len(group) > 1 and len({(x.labels["intent"], x.spans) for _, x in group}) == 1]
+    in_split = collections.defaultdict(list)  # a text repeated across splits is a leak, reported below
+    for s, x in examples:
+        in_split[s, x.text.strip(), x.labels["intent"], x.spans].append(x)
+    duplicates = [f'"{text}": ' + ", ".join(x.where for x in group) for (_, text, *_), group in in_split.items()
+                  if len(group) > 1]
     if duplicates:
-        warnings.append({"kind": "duplicate", "message": f"{len(duplicates)} text(s) appear more than once, "
-                                                         "labelled alike", "items": duplicates})
+        warnings.append({"kind": "duplicate", "message": f"{len(duplicates)} text(s) appear more than once in a "
+                                                         "split, labelled alike", "items": duplicates})
     leaks = [f'"{text}": ' + ", ".join(f"{x.where} ({s})" for s, x in group) for text, group in by_text.items()
              if len({s for s, _ in group}) > 1]
     if leaks:

@@ -27,6 +27,7 @@ from experiments import EXPERIMENTS  # noqa: E402
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
+EVALUATION_KEYS = ("run_name", "data", "split", "labels", "test_labels", "test_predictions")
 
 
 def load_results(paths):
@@ -44,6 +45,8 @@ def load_results(paths):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             problems.append(f"skipping {path}: not JSON ({e})")
             continue
+        if isinstance(r, dict) and r.get("kind") == "evaluation":  # --task evaluate's report: drawn on its own
+            missing = [k for k in EVALUATION_KEYS if k not in r]
         if missing:
             problems.append(f"skipping {path}: not a results file (no {', '.join(missing)})")
             continue
@@ -453,8 +456,8 @@ def plot_joint(groups, path):
     plt.close(fig)
 
 
-def plot_slot_f1(r, path):
-    """Per-slot test F1 of one joint run, slots sorted by how often they occur in test."""
+def plot_slot_f1(r, path, title=None):
+    """Per-slot test F1 of one joint run (or evaluation), slots sorted by how often they occur in test."""
     per = sorted(r["test_slot_f1_per_type"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
     fig, ax = plt.subplots(figsize=(7, 1.0 + 0.2 * len(per)))
     y = np.arange(len(per))[::-1]
@@ -462,8 +465,8 @@ def plot_slot_f1(r, path):
     ax.set_yticks(y, [f"{name} ({v['support']})" for name, v in per], fontsize=7)
     ax.set_xlim(0, 100)
     ax.set_xlabel("test F1 (%)")
-    ax.set_title(f"{run_title(r)}, seed {r['config']['seed']}: per-slot F1 (test spans in brackets), most frequent "
-                 "first", fontsize=9)
+    title = title or f"{run_title(r)}, seed {r['config']['seed']}"
+    ax.set_title(f"{title}: per-slot F1 (test spans in brackets), most frequent first", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -509,7 +512,7 @@ def per_class(r):
     return cm, precision, recall, f1, cm.sum(1)
 
 
-def plot_confusion(r, cm, path):
+def plot_confusion(r, cm, path, title=None):
     labels = r["labels"]
     size = max(6, 0.3 * len(labels))
     fig, ax = plt.subplots(figsize=(size, size))
@@ -521,10 +524,35 @@ def plot_confusion(r, cm, path):
                 ax.text(j, i, v, ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{experiment(r)[0]}: test confusion matrix")
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"{experiment(r)[0]}: test confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def per_class_report(r, out_dir, name=None, title=None):
+    """The confusion matrix figure and the per-class scores (markdown) of a run or an evaluation."""
+    name = name or r["run_name"]
+    cm, precision, recall, f1, support = per_class(r)
+    plot_confusion(r, cm, os.path.join(out_dir, f"{name}-confusion.png"), title)
+    rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    rows += [f"| {label} | {100 * p_:.1f} | {100 * r_:.1f} | {100 * f_:.1f} | {n} |"
+             for label, p_, r_, f_, n in zip(r["labels"], precision, recall, f1, support)]
+    seen = (support > 0) | (cm.sum(0) > 0)  # as in training's macro-F1: classes absent from both are skipped
+    rows.append(f"| macro average | {100 * precision[seen].mean():.1f} | {100 * recall[seen].mean():.1f} | "
+                f"{100 * f1[seen].mean():.1f} | {support.sum()} |")
+    with open(os.path.join(out_dir, f"{name}-per-class.md"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    print(f"\nper-class scores of {name}:\n" + "\n".join(rows))
+
+
+def plot_evaluation(e, out_dir):
+    """An evaluation's (--task evaluate) confusion matrix, per-class scores and per-slot F1."""
+    name = f"evaluate-{e['run_name']}-{e['data']['file']}-{e['split']}"
+    title = f"{e['run_name']} on {e['data']['file']} ({e['split']})"
+    per_class_report(e, out_dir, name, f"{title}: confusion matrix")
+    if e.get("test_slot_f1_per_type"):
+        plot_slot_f1(e, os.path.join(out_dir, f"{name}-slots.png"), title)
 
 
 def main(argv=None):
@@ -541,6 +569,11 @@ def main(argv=None):
         print("error: no results files to plot", file=sys.stderr)
         return 1
     os.makedirs(args.out_dir, exist_ok=True)
+    for e in (r for r in runs if r.get("kind") == "evaluation"):
+        plot_evaluation(e, args.out_dir)
+    runs = [r for r in runs if r.get("kind") != "evaluation"]
+    if not runs:
+        return 1 if problems else 0
     runs.sort(key=lambda r: r["run_name"])
     for r in runs:
         plot_run(r, os.path.join(args.out_dir, f"{r['run_name']}.png"))
@@ -580,17 +613,7 @@ def main(argv=None):
         return 1
     r = chosen[0]
     if "test_labels" in r and "test_predictions" in r:
-        cm, precision, recall, f1, support = per_class(r)
-        plot_confusion(r, cm, os.path.join(args.out_dir, f"{r['run_name']}-confusion.png"))
-        rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        rows += [f"| {name} | {100 * p_:.1f} | {100 * r_:.1f} | {100 * f_:.1f} | {n} |"
-                 for name, p_, r_, f_, n in zip(r["labels"], precision, recall, f1, support)]
-        seen = (support > 0) | (cm.sum(0) > 0)  # as in training's macro-F1: classes absent from both are skipped
-        rows.append(f"| macro average | {100 * precision[seen].mean():.1f} | {100 * recall[seen].mean():.1f} | "
-                    f"{100 * f1[seen].mean():.1f} | {support.sum()} |")
-        with open(os.path.join(args.out_dir, f"{r['run_name']}-per-class.md"), "w") as f:
-            f.write("\n".join(rows) + "\n")
-        print(f"\nper-class scores of {r['run_name']}:\n" + "\n".join(rows))
+        per_class_report(r, args.out_dir)
     else:
         print(f"{r['run_name']} has no test predictions: no confusion matrix", file=sys.stderr)
     if "calibration" in r:

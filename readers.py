@@ -426,30 +426,32 @@ def rasa_entries(path, nlu, examples, synonyms, unused):
         if kind in unused:
             unused[kind] += 1
             continue
-        texts = rasa_examples(data.get("examples"), f"{path}:{line}", str(data[kind]))
+        texts = rasa_examples(yaml_key(entry, "examples"), f"{path}:{line}", str(data[kind]))
         if kind == "synonym":
             synonyms.update({t.strip().lower(): str(data["synonym"]) for t, _ in texts})
             continue
         for text, n in texts:
-            where = f"{path}:{line + n}"
+            where = f"{path}:{n}"
             plain, spans, found = parse_or_fail(parse_rasa, text, where)
             synonyms.update(found)
             examples.append(Example(plain, {"intent": str(data["intent"])}, spans, None, where))
 
 
-def rasa_examples(block, where, name):
-    """[(example, its line offset from the entry)] of an entry's examples: a block of "- " lines, or a list of
-    strings or of {text, metadata}."""
-    if isinstance(block, str):
+def rasa_examples(node, where, name):
+    """[(example, its line)] of an entry's examples node: a block of "- " lines, or a list of strings or of
+    {text, metadata}."""
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode) and isinstance(node.value, str):
         out = []
-        for n, line in enumerate(block.splitlines(), 1):
+        for n, line in enumerate(node.value.splitlines(), node.start_mark.line + 2):  # the block opens a line down
             if line.strip():
                 if not line.lstrip().startswith("- "):
                     raise UserError(f"{where}: example line '{line.strip()}' of '{name}' does not start with '- '")
                 out.append((line.lstrip()[2:].strip(), n))
         return out
-    if isinstance(block, list):
-        items = [x.get("text") if isinstance(x, dict) else x for x in block]
-        if all(isinstance(x, str) for x in items):
-            return [(x, n) for n, x in enumerate(items, 1)]
+    if isinstance(node, yaml.SequenceNode):
+        items = [(yaml_key(x, "text") if isinstance(x, yaml.MappingNode) else x) for x in node.value]
+        if all(isinstance(x, yaml.ScalarNode) for x in items):
+            return [(x.value, x.start_mark.line + 1) for x in items]
     raise UserError(f"{where}: '{name}' has no examples (a block of '- ' lines, or a list of {{text: ...}})")

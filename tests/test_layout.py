@@ -20,7 +20,7 @@ def loaded_after(code):
 
 
 def test_using_a_model_imports_nothing_of_training():
-    loaded = loaded_after("import serve, inference, export")
+    loaded = loaded_after("import serve, inference, export, evaluation")
     assert {"serve", "inference", "export", "data", "fileio", "slots", "model"} <= loaded
     assert not loaded & set(TRAINING_ONLY)
 

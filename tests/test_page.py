@@ -12,18 +12,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs Debian's)")
 
 
-@pytest.fixture(scope="module")
-def server(joint_checkpoint, tmp_path_factory):
-    """The app on a free localhost port, serving the tiny joint checkpoint."""
+def serving(checkpoint):
+    """The app on a free localhost port, serving a checkpoint, until the generator is closed."""
     import uvicorn
 
     from conftest import free_port
     from inference import Predictor
     from serve import create_app
 
-    tmp = tmp_path_factory.mktemp("page")
     port = free_port()
-    app = create_app(lambda: Predictor(joint_checkpoint), max_batch=8, max_inputs=4, max_queue=16)
+    app = create_app(lambda: Predictor(checkpoint), max_batch=8, max_inputs=4, max_queue=16)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -31,13 +29,13 @@ def server(joint_checkpoint, tmp_path_factory):
         if srv.started and app.state.serving.predictor:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", tmp
+    yield f"http://127.0.0.1:{port}/"
     srv.should_exit = True
     thread.join(10)
 
 
-@pytest.fixture(scope="module")
-def page(server):
+def browsing(url):
+    """A headless Chromium tab on the page, which records dialogs and requests, until the generator is closed."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -47,11 +45,46 @@ def page(server):
         tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         requests = []
         tab.on("request", lambda r: requests.append(r.url))
-        tab.goto(server[0])
+        tab.goto(url)
         tab.wait_for_function("document.getElementById('model').textContent.includes('intents')")
         tab.dialogs, tab.requests = dialogs, requests
         yield tab
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(joint_checkpoint, tmp_path_factory):
+    """The tiny joint checkpoint served on localhost, and a folder for screenshots."""
+    yield from ((url, tmp_path_factory.mktemp("page")) for url in serving(joint_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    yield from browsing(server[0])
+
+
+def test_label_and_slot_names_from_users_data_render_as_text(tmp_path_factory, tiny_model):
+    """Label names come from users' files now: a hostile intent and slot type show literally, and run nothing."""
+    import main as cli
+    from arguments import parse_args
+
+    tmp = tmp_path_factory.mktemp("hostile")
+    rows = [("wake me up at five", "<b>x</b>", "wake me up at [five](<i>y</i>)"), ("play jazz", "music", "play jazz")]
+    data = tmp / "hostile.csv"
+    data.write_text("text,intent,annotation,split\n" + "".join(f"{t},{i},{a},{s}\n" for s in ("train", "dev", "test")
+                                                              for t, i, a in rows * 4))
+    args = ["--data", str(data), "--model", tiny_model, "--slots", "--epochs", "15", "--lr", "3e-3",
+            "--batch-size", "4", "--cache-dir", str(tmp / "c"), "--out-dir", str(tmp / "r"),
+            "--checkpoint-dir", str(tmp / "ck")]
+    cli.main(args)
+    for url in serving(parse_args(args).run_dir):
+        for tab in browsing(url):
+            parse(tab, "wake me up at five")
+            assert "<b>x</b>" in tab.text_content("#intent") and tab.query_selector("#intent b") is None
+            assert "<b>x</b>" in tab.text_content("#ranking")
+            marks = tab.query_selector_all("#utterance mark")
+            assert [m.get_attribute("data-slot") for m in marks] == ["<i>y</i>"]
+            assert tab.query_selector("#utterance i") is None and tab.dialogs == []
 
 
 def parse(page, text, top_k="3"):
