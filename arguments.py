@@ -239,6 +239,18 @@ class UseConfig(Common):
                                    group=USE_GROUP, type=int)
     address: str | None = setting(None, "with --replicas: join the Ray cluster at HOST:PORT (default: a local "
                                         "instance)", tasks=("serve",), group=USE_GROUP)
+    resolve: bool = setting(True, "resolve slot values: dates, times, durations and numbers by Duckling, synonyms to "
+                                  "their canonical value (--no-resolve: the words only)", tasks=("predict", "serve"),
+                            group=USE_GROUP, action=argparse.BooleanOptionalAction)
+    reference_time: str | None = setting(None, "the time relative expressions resolve against, ISO 8601 (default: "
+                                               "now)", tasks=("predict",), group=USE_GROUP)
+    timezone: str | None = setting(None, "IANA time zone of the reference time (default: the machine's)",
+                                   tasks=("predict", "serve"), group=USE_GROUP)
+    slot_dims: str | None = setting(None, "JSON {slot type: [Duckling dimensions]} (or CSV slot,dimension) over "
+                                          "the built-in map of MASSIVE's types", tasks=("predict", "serve"),
+                                    group=USE_GROUP)
+    synonyms: str | None = setting(None, "CSV text,canonical value (or a JSON object) over the checkpoint's "
+                                         "synonyms", tasks=("predict", "serve"), group=USE_GROUP)
 
     def problem(self):
         """The first thing wrong with these settings, as one line, or None."""

@@ -20,6 +20,7 @@ import torch
 from data import first_subtokens
 from fileio import UserError
 from readers import word_offsets
+from resolver import DIMENSIONS, ContextError, Resolver, context
 from slots import spans, word_predictions
 
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
@@ -115,6 +116,8 @@ class Predictor:
         self.slots = self.meta.get("slots")  # the slot head's names; None without one
         self.crf = self.load_crf()
         self.speller = self.load_speller() if spelling else None
+        # the synonyms of the training data travel in the checkpoint, so the served model answers alike
+        self.resolver = Resolver(synonyms=self.meta.get("synonyms"))
 
     def load_crf(self):
         """The CRF's (S + 2, S) scores (model.SlotCRF) as numpy, read from the checkpoint for every backend; None
@@ -185,16 +188,21 @@ class Predictor:
         """For each utterance its k most probable labels as [{"label", "score"}], best first (see rank)."""
         return self.rank(texts, self.probabilities(texts, batch_size), k, min_confidence)
 
-    def parse(self, texts, k=3, min_confidence=None, batch_size=128):
+    def parse(self, texts, k=3, min_confidence=None, batch_size=128, resolve=True, reference_time=None,
+              timezone=None):
         """For each utterance (its top k labels as top_k gives them, its slots): each slot {"slot", "value",
         "start", "end", "score"} with character offsets into the text as given, so text[start:end] == value, and
-        the mean probability of its words' slot. No slots without a slot head."""
+        the mean probability of its words' slot; with resolve, also its "normalized" and "resolved" values where
+        it has them (resolver.Resolver, relative to reference_time in timezone: ISO 8601 and IANA strings,
+        default now in the machine's zone; resolver.ContextError when malformed). No slots without a slot head."""
         logits, words = self.outputs(texts, batch_size)
         ranked = self.rank(texts, calibrated(logits, self.temperature), k, min_confidence)
         if words is None:
             return [(top, []) for top in ranked]
-        return [(top, spans(text, names, scores, word_offsets(text))) for top, text, (names, scores)
-                in zip(ranked, texts, words)]
+        found = [spans(text, names, scores, word_offsets(text)) for text, (names, scores) in zip(texts, words)]
+        if resolve:
+            found = [self.resolver(text, f, reference_time, timezone) for text, f in zip(texts, found)]
+        return list(zip(ranked, found))
 
     def rank(self, texts, probs, k=3, min_confidence=None):
         """The k best labels of each row of probs; [] for an empty utterance, or below min_confidence (abstain)."""
@@ -230,9 +238,16 @@ def predict(cfg):
     predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, spelling=cfg.spelling)
     if cfg.slots and not predictor.slots:
         raise UserError(f"checkpoint {cfg.checkpoint} has no slot head: train it with --slots to get slots")
+    predictor.resolver = resolver_of(cfg, predictor)
     texts = read_utterances(cfg)
+    try:
+        context(cfg.reference_time, cfg.timezone)  # a bad one is refused whether or not a slot needs it
+    except ContextError as e:
+        raise UserError(str(e)) from None
+    parsed = predictor.parse(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size, cfg.resolve, cfg.reference_time,
+                             cfg.timezone)
     records = []
-    for text, (top, found) in zip(texts, predictor.parse(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size)):
+    for text, (top, found) in zip(texts, parsed):
         records.append({"text": text, "predictions": [{"label": t["label"], "probability": t["score"]} for t in top]})
         if predictor.slots:
             records[-1]["slots"] = found
@@ -241,6 +256,53 @@ def predict(cfg):
         else:
             cells = [f"{t['label']} {t['score']:.3f}" for t in top] or ["(empty)" if not text.strip() else "(abstain)"]
             if found:
-                cells.append(" ".join(f"{x['slot']}={json.dumps(x['value'], ensure_ascii=False)}" for x in found))
+                cells.append(" ".join(shown_slot(x) for x in found))
             print("\t".join([text] + cells))
     return records
+
+
+def shown_slot(x):
+    """A slot as predict's text format shows it: time="five am"->2026-12-06T05:00, city="NYC"=New York City."""
+    out = f"{x['slot']}={json.dumps(x['value'], ensure_ascii=False)}"
+    if "normalized" in x:
+        out += f"={x['normalized']}"
+    r = x.get("resolved")
+    if r:
+        value = (f"{r.get('from', '')[:16]}..{r.get('to', '')[:16]}" if "from" in r or "to" in r
+                 else f"{r['seconds']:g}s" if r["dim"] == "duration" else str(r["value"])[:16])
+        out += f"\u2192{value}{r.get('unit', '') if r['dim'] != 'duration' else ''}"
+    return out
+
+
+def resolver_of(cfg, predictor):
+    """The checkpoint's resolver with the slot-type map (--slot-dims) and synonyms (--synonyms) of the command."""
+    dims = read_table(cfg.slot_dims, "--slot-dims") if cfg.slot_dims else {}
+    unknown = sorted({d for v in dims.values() for d in (v if isinstance(v, list) else [v])} - set(DIMENSIONS))
+    if unknown:
+        raise UserError(f"--slot-dims {cfg.slot_dims}: unknown Duckling dimension {', '.join(unknown)} "
+                        f"(known: {', '.join(DIMENSIONS)})")
+    synonyms = {**(predictor.meta.get("synonyms") or {}), **(read_table(cfg.synonyms, "--synonyms")
+                                                               if cfg.synonyms else {})}
+    return Resolver({k: tuple(v if isinstance(v, list) else [v]) for k, v in dims.items()}, synonyms)
+
+
+def read_table(path, flag):
+    """{key: value} from a JSON object or a two-column CSV (key,value; a key may repeat for a list); UserError
+    otherwise."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if path.lower().endswith(".json"):
+                table = json.load(f)
+                if not isinstance(table, dict):
+                    raise ValueError("not a JSON object")
+                return table
+            out = {}
+            for row in csv.reader(f):
+                if len(row) != 2:
+                    raise ValueError(f"a row of {len(row)} fields, where key,value needs 2")
+                out.setdefault(row[0].strip(), []).append(row[1].strip())
+            return {k: v if len(v) > 1 else v[0] for k, v in out.items()}
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{flag} {path}: {getattr(e, 'strerror', None) or e}") from None

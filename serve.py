@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import time
+import types
 
 import torch
 from fastapi import FastAPI, Request
@@ -29,8 +30,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fileio import UserError
-from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, words_file
+from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, resolver_of, words_file
 from readers import word_offsets
+from resolver import ContextError, Resolver, context
 from slots import spans
 
 log = logging.getLogger("serve")
@@ -62,6 +64,8 @@ class ParseRequest(BaseModel):
     texts: list[str] | None = None
     top_k: int = Field(10, ge=1)
     min_confidence: float | None = Field(None, ge=0, le=1)
+    reference_time: str | None = None  # ISO 8601, what relative expressions resolve against (default: now)
+    timezone: str | None = None  # IANA name (default: the server's --timezone)
 
     @model_validator(mode="after")
     def one_of(self):
@@ -178,8 +182,10 @@ class Serving:
     reaches a replica still loading.
     """
 
-    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start):
+    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start,
+                 resolve=True, timezone=None):
         self.load, self.load_before_start = load, load_before_start
+        self.resolve, self.timezone = resolve, timezone
         self.limits = dict(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, streams=streams)
         self.max_queue = max_queue
         self.predictor = self.batcher = self.error = None
@@ -213,6 +219,12 @@ class Serving:
         loaded.set()
         log.info("serving %s (%s backend)", predictor.name, predictor.backend)
         await self.batcher.run()
+
+    def resolved(self, parsed, req):
+        """parse answers with their slots resolved in the request's context (resolver.ContextError if bad)."""
+        resolver = self.predictor.resolver
+        return [{**p, "slots": resolver(p["text"], p["slots"], req.reference_time, req.timezone or self.timezone)}
+                for p in parsed]
 
     def not_ready(self):
         if self.error:
@@ -277,6 +289,13 @@ async def parse(request: Request):
     req, texts, (probs, words) = got
     ranked = serving.predictor.rank(texts, probs, req.top_k, req.min_confidence)
     parsed = [parse_answer(text, top, w) for text, top, w in zip(texts, ranked, words or [None] * len(texts))]
+    if serving.resolve:
+        try:
+            context(req.reference_time, req.timezone or serving.timezone)  # a bad one is refused with or without slots
+            if any(p["slots"] for p in parsed):  # off the event loop: Duckling's parses are CPU work
+                parsed = await asyncio.get_running_loop().run_in_executor(None, serving.resolved, parsed, req)
+        except ContextError as e:
+            return JSONResponse({"detail": str(e)}, status_code=422)
     return JSONResponse(parsed[0] if req.text is not None else parsed)
 
 
@@ -286,9 +305,11 @@ async def unexpected(request: Request, exc: Exception):  # an answer, not a drop
 
 
 def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False,
-               streams=1):
-    """The app over a Serving state (see there for load and load_before_start)."""
-    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start)
+               streams=1, resolve=True, timezone=None):
+    """The app over a Serving state (see there for load and load_before_start); resolve: /parse resolves slot
+    values, relative to the request's reference time in its zone (default timezone: the machine's)."""
+    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, resolve,
+                      timezone)
     # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
     app = FastAPI(title="MASSIVE parser: intent and slots", lifespan=serving.lifespan, docs_url=None, redoc_url=None)
     app.state.serving = serving
@@ -302,10 +323,18 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
 
 
 def replica_app(checkpoint, backend, base_model, threads, streams, spelling, max_batch, max_wait_ms, max_inputs,
-                max_queue, replica):
-    """The app of one server process or Ray Serve replica, which loads its own model and batches on its own."""
-    return create_app(lambda: Predictor(checkpoint, backend, base_model=base_model, threads=threads, spelling=spelling),
-                      max_batch, max_wait_ms, max_inputs, max_queue, load_before_start=replica, streams=streams)
+                max_queue, replica, resolution):
+    """The app of one server process or Ray Serve replica, which loads its own model and batches on its own.
+    resolution: (resolve or not, the default zone, the command's slot-type map and synonyms)."""
+    resolve, timezone, slot_dims, synonyms = resolution
+
+    def load():
+        predictor = Predictor(checkpoint, backend, base_model=base_model, threads=threads, spelling=spelling)
+        predictor.resolver = Resolver(slot_dims, {**(predictor.meta.get("synonyms") or {}), **synonyms})
+        return predictor
+
+    return create_app(load, max_batch, max_wait_ms, max_inputs, max_queue, load_before_start=replica,
+                      streams=streams, resolve=resolve, timezone=timezone)
 
 
 def serve(cfg):
@@ -320,8 +349,14 @@ def serve(cfg):
     gpu = cfg.backend == "torch" and torch.cuda.is_available()
     streams = cfg.streams or (1 if gpu else max(1, os.cpu_count() // (cfg.replicas or 1)))
     threads = cfg.threads or max(1, os.cpu_count() // ((cfg.replicas or 1) * streams))
+    try:
+        context(None, cfg.timezone)  # a bad --timezone fails here, in one line
+    except ContextError as e:
+        raise UserError(str(e)) from None
+    table = resolver_of(cfg, types.SimpleNamespace(meta={}))  # bad --slot-dims and --synonyms files fail here too
+    resolution = (cfg.resolve, cfg.timezone, table.slot_dims, table.synonyms)
     settings = (os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, streams, cfg.spelling,
-                cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas))
+                cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas), resolution)
 
     def build():  # a plain function: Ray Serve calls it on each replica to build that replica's app
         return replica_app(*settings)

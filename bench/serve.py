@@ -39,13 +39,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(args, batching):
+def start_server(args, batching, resolve=True):
     port = free_port()
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint", args.checkpoint,
            "--backend", args.backend, "--port", str(port), "--threads", str(args.threads),
            "--streams", str(args.streams)]
     cmd += ["--max-wait-ms", str(args.max_wait_ms)] if batching else ["--batch-size", "1", "--max-wait-ms", "0"]
     cmd += ["--replicas", str(args.replicas)] if args.replicas else []
+    cmd += [] if resolve else ["--no-resolve"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -142,6 +143,8 @@ def main():
                    help="what each request asks: /predict (labels) or /parse (labels and slots)")
     p.add_argument("--replicas", type=int, default=None,
                    help="serve as this many Ray Serve replicas (--threads each; batching on only)")
+    p.add_argument("--resolution", action="store_true",
+                   help="/parse with slot values resolved and without, batching on (instead of batching on and off)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
@@ -155,8 +158,10 @@ def main():
     gc.collect()
     gc.freeze()
     rows = []
-    for batching in (True,) if args.replicas else (True, False):
-        proc, url = start_server(args, batching)
+    configs = [(True, False), (True, True)] if args.resolution else [(True, True)] if args.replicas else [
+        (True, True), (False, True)]
+    for batching, resolve in configs:
+        proc, url = start_server(args, batching, resolve)
         try:
             for _ in range(60):  # warm-up, until every replica has loaded its model (one still loading answers 503)
                 if load(url, texts, 4, 40, args.endpoint)["errors"] == 0:
@@ -165,14 +170,15 @@ def main():
             for c in (int(x) for x in args.concurrency.split(",")):
                 load(url, texts, c, args.requests // 5, args.endpoint)  # steady state: the passes' shapes seen before
                 server, client = cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_SELF)
-                row = {"batching": batching, **load(url, texts, c, args.requests, args.endpoint)}
+                row = {"batching": batching, "resolve": resolve, **load(url, texts, c, args.requests, args.endpoint)}
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 # where the cores went: both processes share them, so the client's CPU is not the server's
                 row["server_cpu_ms_per_request"] = 1000 * (cpu_seconds(proc.pid) - server) / args.requests
                 row["client_cpu_ms_per_request"] = 1000 * (after.ru_utime + after.ru_stime - client.ru_utime
                                                            - client.ru_stime) / args.requests
                 rows.append(row)
-                print(f"batching {'on ' if batching else 'off'} concurrency {c:3d}: {row['requests_per_second']:7.1f} "
+                print(f"batching {'on ' if batching else 'off'}{'' if resolve else ', no resolution'} concurrency {c:3d}: "
+                      f"{row['requests_per_second']:7.1f} "
                       f"req/s, p50 {row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, errors {row['errors']}; CPU "
                       f"per request: server {row['server_cpu_ms_per_request']:.2f} ms, client "
                       f"{row['client_cpu_ms_per_request']:.2f} ms")
@@ -184,9 +190,11 @@ def main():
     print(f"the model alone again: {after:.1f} utterances/s; each row against their mean, {alone:.1f}:")
     for row in rows:
         row["of_model_alone"] = row["requests_per_second"] / alone
-        print(f"batching {'on ' if row['batching'] else 'off'} concurrency {row['concurrency']:3d}: "
+        print(f"batching {'on ' if row['batching'] else 'off'}{'' if row['resolve'] else ', no resolution'} "
+              f"concurrency {row['concurrency']:3d}: "
               f"{100 * row['of_model_alone']:.0f}% of the model alone")
-    suffix = ("" if args.endpoint == "predict" else "-parse") + (f"-replicas{args.replicas}" if args.replicas else "")
+    suffix = ("" if args.endpoint == "predict" else "-parse") + (f"-replicas{args.replicas}" if args.replicas else "") + (
+        "-resolution" if args.resolution else "")
     out = args.out or os.path.join(ROOT, "results", "bench", f"serve-{args.backend}{suffix}.json")
     with open(os.path.join(checkpoint_folder(args.checkpoint), "meta.json")) as f:
         run = json.load(f)["run_name"]

@@ -104,7 +104,7 @@ def test_the_page_shows_intent_ranking_and_slot_highlights(page, server):
     assert marks and all(m.get_attribute("data-slot") for m in marks)
     # without the slot names, the highlighted utterance reads as typed
     shown = page.evaluate("""() => { const u = document.getElementById('utterance').cloneNode(true);
-                                     u.querySelectorAll('.slot-name').forEach((e) => e.remove());
+                                     u.querySelectorAll('.slot-name, .slot-value').forEach((e) => e.remove());
                                      return u.textContent; }""")
     assert shown == "wake me up at five am"
     page.screenshot(path=str(server[1] / "try-it.png"), full_page=True)

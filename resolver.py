@@ -1,0 +1,171 @@
+"""Slot values a program can act on: dates, times, durations, numbers and amounts resolved by Duckling, and
+synonyms mapped to their canonical value.
+
+Duckling (Facebook's rule-based parser, BSD) runs in-process from the PyPI
+wheel `pyduckling-native-phihos`, which has the engine compiled in: no
+server. A slot whose type maps to Duckling dimensions (SLOT_DIMS; a slot type
+named like a dimension maps itself) gains `resolved`; a slot whose text is in
+the synonym table gains `normalized`. What cannot be resolved has no key: it
+is never an error. Where the wheel is missing (another platform), resolution
+is skipped with one log line.
+
+Relative expressions depend on the reference time and its zone: each call
+takes them (default: now, in the machine's zone). The whole utterance is parsed
+once and each result attached to the slots it overlaps (STRATEGY;
+docs/resolution.md measures both ways on a hand-written gold set).
+"""
+import datetime
+import functools
+import logging
+import os
+import re
+import zoneinfo
+
+log = logging.getLogger("resolver")
+
+DIMENSIONS = ("time", "duration", "number", "ordinal", "temperature", "amount-of-money", "distance", "volume",
+              "quantity", "credit-card-number", "email", "phone-number", "url")
+# MASSIVE's slot types that Duckling resolves, and the dimensions to look for in them, chosen from
+# bench/resolution.py's coverage of en-US test's gold spans (docs/resolution.md): date 98% (time), time 75% (time,
+# or duration in "a timer for ten minutes"), timeofday 52% ("tonight": an interval), change_amount 25% ("twenty
+# percent"), email_address 89%. Left out: general_frequency (35%, and "every day" is a recurrence that a single time
+# misstates), time_zone (15%, read as numbers), currency_name (0%: "dollars" is no amount), radio_name ("radio 1" is a
+# name, not the number 1), and the names, places and media types, which are words, not values.
+SLOT_DIMS = {
+    "date": ("time",),
+    "time": ("time", "duration"),
+    "timeofday": ("time",),
+    "change_amount": ("number",),
+    "email_address": ("email",),
+}
+TIMEZONES = "/usr/share/zoneinfo"
+
+
+class ContextError(ValueError):
+    """A bad reference time or time zone: the CLI prints it as one line, /parse answers 422."""
+
+
+@functools.cache
+def engine():
+    """The duckling module and its time-zone database, or None (logged once) where the wheel is missing."""
+    try:
+        import duckling
+    except ImportError:
+        log.warning("slot values are not resolved: the Duckling wheel (pip install pyduckling-native-phihos) is not "
+                    "installed for this platform")
+        return None
+    return duckling, duckling.load_time_zones(TIMEZONES)
+
+
+def machine_timezone():
+    """The IANA name of this machine's zone ($TZ, else /etc/localtime's link), else UTC."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if not name and os.path.islink("/etc/localtime"):
+        name = os.path.realpath("/etc/localtime").split("zoneinfo/", 1)[-1]
+    try:
+        zoneinfo.ZoneInfo(name)
+        return name
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+
+
+def context(reference_time=None, timezone=None):
+    """(the reference time as an aware datetime, the IANA zone name) from the request's strings; ContextError when
+    either is malformed. A reference time without an offset is read in the zone."""
+    zone = timezone or machine_timezone()
+    try:
+        tz = zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ContextError(f"timezone '{zone}' is not an IANA time zone name (such as Europe/Berlin)") from None
+    if reference_time is None:
+        return datetime.datetime.now(tz), zone
+    try:
+        when = datetime.datetime.fromisoformat(reference_time)
+    except (TypeError, ValueError):
+        raise ContextError(f"reference_time '{reference_time}' is not an ISO 8601 date and time "
+                           "(such as 2026-12-05T10:00:00+01:00)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=tz)), zone
+
+
+def written(text):
+    """Speech transcripts spell "p. m." and "a. m." (MASSIVE does), which Duckling reads as no time: written as
+    "p.m. " instead, of the same length, so that every offset stays in place."""
+    return re.sub(r"\b([aApP])\. ([mM])\.", r"\1.\2. ", text)
+
+
+def value_of(entity):
+    """Duckling's entity as the answer's `resolved`: times with their grain (intervals with from and to),
+    durations with seconds and the unit said, numbers and amounts with their value and unit."""
+    dim, v = entity["dim"], entity["value"]
+    if v.get("type") == "interval":
+        ends = {k: v[k] for k in ("from", "to") if k in v}
+        out = {"dim": dim, **{k: e["value"] for k, e in ends.items()}}
+        grain = next((e["grain"] for e in ends.values() if "grain" in e), None)
+        unit = next((e["unit"] for e in ends.values() if "unit" in e), None)
+        return {**out, **({"grain": grain} if grain else {}), **({"unit": unit} if unit else {})}
+    if dim == "time":
+        return {"dim": dim, "value": v["value"], "grain": v["grain"]}
+    if dim == "duration":
+        return {"dim": dim, "seconds": v["normalized"]["value"], "value": v["value"], "unit": v["unit"]}
+    return {"dim": dim, "value": v["value"], **({"unit": v["unit"]} if v.get("unit") else {})}
+
+
+class Resolver:
+    """Resolves the predicted slots of utterances: `resolved` from Duckling, `normalized` from synonyms.
+
+    slot_dims: {slot type: dimensions} over SLOT_DIMS; synonyms: {text (lower-cased): canonical value}; locale:
+    Duckling's, from the checkpoint's language; strategy: "utterance" (parse the whole utterance once, attach
+    each result to the slots it overlaps) or "slot" (parse each slot's own text).
+    """
+
+    def __init__(self, slot_dims=None, synonyms=None, locale="EN_US", strategy="utterance"):
+        self.slot_dims = {**SLOT_DIMS, **(slot_dims or {})}
+        self.synonyms = {k.lower(): v for k, v in (synonyms or {}).items()}
+        self.locale, self.strategy = locale, strategy
+
+    def dims_of(self, slot):
+        """The dimensions a slot type maps to: the table's, or the type itself where it names one (a role such as
+        time.start counts as its entity)."""
+        base = slot.split(".", 1)[0]
+        return self.slot_dims.get(slot) or self.slot_dims.get(base) or ((base,) if base in DIMENSIONS else ())
+
+    def __call__(self, text, slots, reference_time=None, timezone=None):
+        """The slots ([{"slot", "value", "start", "end", ...}] of one utterance) with `normalized` and `resolved`
+        added where they apply. ContextError on a malformed reference time or zone."""
+        when, zone = context(reference_time, timezone)
+        out = [dict(s) for s in slots]
+        for s in out:
+            canonical = self.synonyms.get(s["value"].lower())
+            if canonical is not None:
+                s["normalized"] = canonical
+        wanted = [s for s in out if self.dims_of(s["slot"])]
+        if wanted and engine() is not None:
+            self.attach(text, wanted, when, zone)
+        return out
+
+    def attach(self, text, slots, when, zone):
+        duckling, zones = engine()
+        ctx = duckling.Context(duckling.parse_ref_time(zones, zone, int(when.timestamp())),
+                               duckling.parse_locale(self.locale, duckling.default_locale_lang(
+                                   duckling.parse_lang(self.locale.split("_")[0]))))
+        if self.strategy == "utterance":
+            dims = sorted({d for s in slots for d in self.dims_of(s["slot"])})
+            found = duckling.parse(written(text), ctx, duckling.parse_dimensions(dims), False)
+            for s in slots:
+                best = best_overlap(found, s["start"], s["end"], self.dims_of(s["slot"]))
+                if best:
+                    s["resolved"] = value_of(best)
+            return
+        for s in slots:
+            dims = self.dims_of(s["slot"])
+            found = duckling.parse(written(s["value"]), ctx, duckling.parse_dimensions(list(dims)), False)
+            best = best_overlap(found, 0, len(s["value"]), dims)
+            if best:
+                s["resolved"] = value_of(best)
+
+
+def best_overlap(entities, start, end, dims):
+    """The entity of one of dims that overlaps [start, end) the most (the earlier dimension on a tie), or None."""
+    scored = [(min(end, e["end"]) - max(start, e["start"]), -dims.index(e["dim"]), e) for e in entities
+              if e["dim"] in dims and min(end, e["end"]) > max(start, e["start"])]
+    return max(scored, key=lambda x: x[:2])[2] if scored else None
