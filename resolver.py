@@ -54,6 +54,9 @@ def engine():
         log.warning("slot values are not resolved: the Duckling wheel (pip install pyduckling-native-phihos) is not "
                     "installed for this platform")
         return None
+    if not os.path.isdir(TIMEZONES):
+        log.warning("slot values are not resolved: no time-zone database in %s (install tzdata)", TIMEZONES)
+        return None
     return duckling, duckling.load_time_zones(TIMEZONES)
 
 

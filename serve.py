@@ -226,6 +226,15 @@ class Serving:
         return [{**p, "slots": resolver(p["text"], p["slots"], req.reference_time, req.timezone or self.timezone)}
                 for p in parsed]
 
+    async def ranked(self, request, schema, noun, slots):
+        """(request, its texts, each one's top labels, word slots or None) from a shared pass, or the answer that
+        ends it."""
+        got = await self.outputs(request, schema, noun, slots)
+        if isinstance(got, JSONResponse):
+            return got
+        req, texts, (probs, words) = got
+        return req, texts, self.predictor.rank(texts, probs, req.top_k, req.min_confidence), words
+
     def not_ready(self):
         if self.error:
             return JSONResponse({"detail": f"the model could not be loaded: {self.error}"}, status_code=503)
@@ -271,23 +280,20 @@ def info(request: Request):
 
 
 async def predict(request: Request):
-    serving = request.app.state.serving
-    got = await serving.outputs(request, PredictRequest, "inputs", slots=False)
+    got = await request.app.state.serving.ranked(request, PredictRequest, "inputs", slots=False)
     if isinstance(got, JSONResponse):
         return got
-    req, texts, (probs, _) = got
-    ranked = serving.predictor.rank(texts, probs, req.top_k, req.min_confidence)
+    req, texts, ranked, _ = got
     # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
     return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
 
 
 async def parse(request: Request):
     serving = request.app.state.serving
-    got = await serving.outputs(request, ParseRequest, "texts", slots=True)
+    got = await serving.ranked(request, ParseRequest, "texts", slots=True)
     if isinstance(got, JSONResponse):
         return got
-    req, texts, (probs, words) = got
-    ranked = serving.predictor.rank(texts, probs, req.top_k, req.min_confidence)
+    req, texts, ranked, words = got
     parsed = [parse_answer(text, top, w) for text, top, w in zip(texts, ranked, words or [None] * len(texts))]
     if serving.resolve:
         try:

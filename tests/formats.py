@@ -8,20 +8,21 @@ from readers import word_offsets
 SPLIT_DIRS = {"train": "train", "validation": "dev", "test": "test"}
 
 
-def rasa_text(x):
+def annotated(x, bracket):
+    """The example's text with each span written by bracket(value, slot type)."""
     out, pos = "", 0
     for start, end, slot in x.spans:
-        out += x.text[pos:start] + f"[{x.text[start:end]}]({slot})"
+        out += x.text[pos:start] + bracket(x.text[start:end], slot)
         pos = end
     return out + x.text[pos:]
+
+
+def rasa_text(x):
+    return annotated(x, lambda value, slot: f"[{value}]({slot})")
 
 
 def massive_text(x):
-    out, pos = "", 0
-    for start, end, slot in x.spans:
-        out += x.text[pos:start] + f"[{slot} : {x.text[start:end]}]"
-        pos = end
-    return out + x.text[pos:]
+    return annotated(x, lambda value, slot: f"[{slot} : {value}]")
 
 
 def write_rasa(examples, path):

@@ -214,6 +214,13 @@ def test_own_data_trains_and_evaluate_reproduces_what_training_reported(tmp_path
     assert len(errors) == round((1 - report["exact_match"]) * report["examples"])
     assert set(errors[0]) >= {"text", "gold_intent", "predicted_intent", "gold_slots", "predicted_slots"}
     assert json.loads(open(f"{stem}.json").read())["per_slot"]
+    # export gates on the test split training drew from the same data
+    try:
+        cli.main(["--task", "export", "--checkpoint", cfg.run_dir, "--model", tiny_model, "--data", EXAMPLE])
+    except UserError:  # a graph that failed its gate; the report is written either way
+        pass
+    gate = json.load(open(os.path.join(cfg.run_dir, "best", "export.json")))
+    assert gate["split"] == "test" and gate["test_utterances"] == results["environment"]["data"]["split"]["test"]
 
 
 def test_evaluate_counts_labels_the_model_does_not_know_as_wrong(tmp_path, joint_checkpoint, tiny_model):
