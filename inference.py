@@ -270,7 +270,8 @@ def shown_slot(x):
     if r:
         value = (f"{r.get('from', '')[:16]}..{r.get('to', '')[:16]}" if "from" in r or "to" in r
                  else f"{r['seconds']:g}s" if r["dim"] == "duration" else str(r["value"])[:16])
-        out += f"\u2192{value}{r.get('unit', '') if r['dim'] != 'duration' else ''}"
+        unit = r.get("unit") if r["dim"] != "duration" else None
+        out += f"\u2192{value}" + (f" {unit}" if unit else "")
     return out
 
 
