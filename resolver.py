@@ -132,6 +132,10 @@ class Resolver:
         base = slot.split(".", 1)[0]
         return self.slot_dims.get(slot) or self.slot_dims.get(base) or ((base,) if base in DIMENSIONS else ())
 
+    def applies(self, slots):
+        """Whether any of the slots has a value to resolve or a synonym: the others are answered as they are."""
+        return any(self.dims_of(s["slot"]) or s["value"].lower() in self.synonyms for s in slots)
+
     def __call__(self, text, slots, reference_time=None, timezone=None):
         """The slots ([{"slot", "value", "start", "end", ...}] of one utterance) with `normalized` and `resolved`
         added where they apply. ContextError on a malformed reference time or zone."""

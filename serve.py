@@ -224,7 +224,7 @@ class Serving:
         """parse answers with their slots resolved in the request's context (resolver.ContextError if bad)."""
         resolver = self.predictor.resolver
         return [{**p, "slots": resolver(p["text"], p["slots"], req.reference_time, req.timezone or self.timezone)}
-                for p in parsed]
+                if resolver.applies(p["slots"]) else p for p in parsed]
 
     async def ranked(self, request, schema, noun, slots):
         """(request, its texts, each one's top labels, word slots or None) from a shared pass, or the answer that
@@ -298,10 +298,11 @@ async def parse(request: Request):
     if serving.resolve:
         try:
             context(req.reference_time, req.timezone or serving.timezone)  # a bad one is refused with or without slots
-            if any(p["slots"] for p in parsed):  # off the event loop: Duckling's parses are CPU work
-                parsed = await asyncio.get_running_loop().run_in_executor(None, serving.resolved, parsed, req)
         except ContextError as e:
             return JSONResponse({"detail": str(e)}, status_code=422)
+        # on the event loop: Duckling holds the GIL through its 0.3-0.7 ms parses, so a thread would only add its hop
+        # (docs/resolution.md); only answers with slots to resolve or normalize pay for it
+        parsed = serving.resolved(parsed, req)
     return JSONResponse(parsed[0] if req.text is not None else parsed)
 
 

@@ -113,3 +113,15 @@ def test_distributed_resume_refuses_another_world_size(run_args, tmp_path, monke
     with pytest.raises(UserError, match="written with other settings"):
         loop.load_resume_state(parse_args([*args, "--resume", "--weight-decay", "0.1"]), world=1)
     assert loop.load_resume_state(parse_args([*args, "--resume", "--out-dir", str(tmp_path / "elsewhere")]), world=1)
+
+
+def test_distributed_run_on_your_own_data(tiny_model, tmp_path):
+    example = os.path.join(ROOT, "examples", "assistant.yml")
+    res = torchrun(["--data", example, "--model", tiny_model, "--slots", "--epochs", "1", "--cache-dir", "c",
+                    "--out-dir", "results", "--no-save"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (name,) = os.listdir(tmp_path / "results")
+    r = json.load(open(tmp_path / "results" / name))
+    assert r["environment"]["world_size"] == 2 and r["environment"]["data"]["format"] == "rasa"
+    # the drawn split's test utterances, each predicted exactly once
+    assert len(r["test_predictions"]) == len(r["test_slot_predictions"]) == r["environment"]["data"]["split"]["test"]
