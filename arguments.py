@@ -15,6 +15,7 @@ import os
 from typing import NamedTuple
 
 from fileio import UserError
+from readers import data_name
 
 
 class Task(NamedTuple):
@@ -272,11 +273,6 @@ class UseConfig(Common):
 def data_checks(cfg):
     return [(0 <= cfg.val_fraction < 1 and 0 <= cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1,
              "--val-fraction and --test-fraction must be in [0, 1) and leave some data to train on")]
-
-
-def data_name(path):
-    """A data file or folder's name, without its extension (en-US for MASSIVE's release file)."""
-    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
 def default_label(cfg):

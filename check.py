@@ -16,10 +16,9 @@ import logging
 import os
 import statistics
 
-from arguments import data_name
 from data import SPLITS, read_data
 from fileio import UserError, write_json
-from readers import word_offsets
+from readers import data_name, word_offsets
 
 log = logging.getLogger("check")
 SMALL = 5  # an intent with fewer examples than this gets a warning: too few to learn or to test

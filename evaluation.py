@@ -22,11 +22,10 @@ import os
 
 import numpy as np
 
-from arguments import data_name
 from data import describe_data, scored_split, word_names, word_tags
 from fileio import UserError, atomic_write, write_json
 from inference import Predictor
-from readers import word_offsets
+from readers import data_name, word_offsets
 from slots import slot_metrics, spans, to_bio
 from utils import macro_f1
 

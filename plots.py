@@ -548,7 +548,7 @@ def per_class_report(r, out_dir, name=None, title=None):
 
 def plot_evaluation(e, out_dir):
     """An evaluation's (--task evaluate) confusion matrix, per-class scores and per-slot F1."""
-    name = f"evaluate-{e['run_name']}-{e['data']['file']}-{e['split']}"
+    name = os.path.splitext(os.path.basename(e["_path"]))[0]  # evaluate-<run>-<data>-<split>, as evaluate named it
     title = f"{e['run_name']} on {e['data']['file']} ({e['split']})"
     per_class_report(e, out_dir, name, f"{title}: confusion matrix")
     if e.get("test_slot_f1_per_type"):

@@ -43,6 +43,11 @@ class Dataset(NamedTuple):
     files: list  # every file read, in order (the cache key covers their bytes)
 
 
+def data_name(path):
+    """A data file or folder's name, without its extension (en-US for MASSIVE's release file)."""
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
 def detect(path):
     """The format of a file or folder, from its extension or layout; UserError when none fits."""
     if os.path.isdir(path):

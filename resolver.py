@@ -91,9 +91,22 @@ def context(reference_time=None, timezone=None):
 
 
 def written(text):
-    """Speech transcripts spell "p. m." and "a. m." (MASSIVE does), which Duckling reads as no time: written as
-    "p.m. " instead, of the same length, so that every offset stays in place."""
-    return re.sub(r"\b([aApP])\. ([mM])\.", r"\1.\2. ", text)
+    """The text as Duckling gets it, of the same length so that every offset stays in place: speech transcripts'
+    "p. m." and "a. m." (MASSIVE's), which Duckling reads as no time, written as "p.m. "; and NUL characters, which
+    its C strings cannot hold, as spaces."""
+    return re.sub(r"\b([aApP])\. ([mM])\.", r"\1.\2. ", text).replace("\0", " ")
+
+
+def parsed(duckling, text, ctx, dims):
+    """Duckling's entities of text, or none where the engine fails: a value left unresolved, never an error."""
+    try:
+        return duckling.parse(written(text), ctx, duckling.parse_dimensions(list(dims)), False)
+    except BaseException as e:  # the engine's Rust panics are BaseExceptions
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        log.warning("Duckling failed on a %d-character text (%s); its slots stay unresolved", len(text),
+                    type(e).__name__)
+        return []
 
 
 def value_of(entity):
@@ -157,7 +170,7 @@ class Resolver:
                                    duckling.parse_lang(self.locale.split("_")[0]))))
         if self.strategy == "utterance":
             dims = sorted({d for s in slots for d in self.dims_of(s["slot"])})
-            found = duckling.parse(written(text), ctx, duckling.parse_dimensions(dims), False)
+            found = parsed(duckling, text, ctx, dims)
             for s in slots:
                 best = best_overlap(found, s["start"], s["end"], self.dims_of(s["slot"]))
                 if best:
@@ -165,7 +178,7 @@ class Resolver:
             return
         for s in slots:
             dims = self.dims_of(s["slot"])
-            found = duckling.parse(written(s["value"]), ctx, duckling.parse_dimensions(list(dims)), False)
+            found = parsed(duckling, s["value"], ctx, dims)
             best = best_overlap(found, 0, len(s["value"]), dims)
             if best:
                 s["resolved"] = value_of(best)

@@ -102,6 +102,9 @@ def test_the_page_shows_intent_ranking_and_slot_highlights(page, server):
     assert len(page.query_selector_all("#ranking tr")) == 3
     marks = page.query_selector_all("#utterance mark")
     assert marks and all(m.get_attribute("data-slot") for m in marks)
+    # a time slot shows the value it resolves to under it, as text: a date and an hour
+    values = [v.text_content() for v in page.query_selector_all("#utterance mark[data-slot=time] .slot-value")]
+    assert values and all(v[:2] == "20" and v[-5:-3].isdigit() for v in values)
     # without the slot names, the highlighted utterance reads as typed
     shown = page.evaluate("""() => { const u = document.getElementById('utterance').cloneNode(true);
                                      u.querySelectorAll('.slot-name, .slot-value').forEach((e) => e.remove());

@@ -214,6 +214,11 @@ def test_own_data_trains_and_evaluate_reproduces_what_training_reported(tmp_path
     assert len(errors) == round((1 - report["exact_match"]) * report["examples"])
     assert set(errors[0]) >= {"text", "gold_intent", "predicted_intent", "gold_slots", "predicted_slots"}
     assert json.loads(open(f"{stem}.json").read())["per_slot"]
+    import plots  # the report draws: a confusion matrix and per-slot F1
+
+    assert plots.main([f"{stem}.json", "--out-dir", str(tmp_path / "p")]) == 0
+    drawn = sorted(os.listdir(tmp_path / "p"))
+    assert [f for f in drawn if f.endswith(".png")] == [f"{stem.name}-confusion.png", f"{stem.name}-slots.png"]
     # export gates on the test split training drew from the same data
     try:
         cli.main(["--task", "export", "--checkpoint", cfg.run_dir, "--model", tiny_model, "--data", EXAMPLE])

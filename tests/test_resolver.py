@@ -129,3 +129,10 @@ def test_predict_shows_resolved_values_and_a_bad_zone_is_one_line(synonym_checkp
     bad = subprocess.run([*run[:-2], "--timezone", "Mars/Olympus", "hi"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip() == \
         "error: timezone 'Mars/Olympus' is not an IANA time zone name (such as Europe/Berlin)"
+
+
+def test_control_characters_leave_values_unresolved_never_crash():
+    text = "wake\x00 me\x1b up\u202e at five"
+    start = text.index("five")
+    (slot,) = Resolver()(text, [{"slot": "time", "value": "five", "start": start, "end": start + 4}], NOW, ZONE)
+    assert slot["value"] == "five"  # resolved or not, an answer
