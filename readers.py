@@ -259,14 +259,9 @@ def massive_spans(row, where):
         plain, spans = parse_massive(row["annot_utt"])
     except ValueError as e:
         raise UserError(f"{where}: malformed annot_utt: {e}") from None
-    names = ["Other"] * len(plain.split())
     starts = [s for s, _ in word_offsets(plain)]
-    for start, end, slot in spans:
-        for w, s in enumerate(starts):
-            if start <= s < end:
-                names[w] = slot
-    if len(names) != len(row["utt"].split()):
-        raise UserError(f"{where}: malformed annot_utt: annot_utt has {len(names)} words, utt has "
+    if len(starts) != len(row["utt"].split()):
+        raise UserError(f"{where}: malformed annot_utt: annot_utt has {len(starts)} words, utt has "
                         f"{len(row['utt'].split())}")
     for slot in {s for _, _, s in spans}:
         check_type(slot, where)
