@@ -152,6 +152,9 @@ class Config(Common):
                                         implied=("slots", lambda _: 1.0, "1"))
     crf: bool = setting(False, "with --slots: a linear-chain CRF over the words' slot scores, trained on the "
                                "sequence's likelihood and decoded by Viterbi", action="store_true")
+    freeze_embeddings: bool = setting(False, "keep the word-embedding table as pre-trained (position and type "
+                                             "embeddings and the LayerNorm still train): a step then skips the "
+                                             "table's dense gradient and AdamW update", action="store_true")
     fast: bool = setting(True, "dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; --no-fast is "
                                "the study's way (pad to max length, fp32)", action=argparse.BooleanOptionalAction)
     bf16: bool = setting(True, "bf16 autocast in training on CPUs with native bf16 that a timed matmul finds faster; "
@@ -358,6 +361,8 @@ def run_name(cfg):
         parts.append(f"r{cfg.lora_rank}-{cfg.lora_targets}")
     if cfg.slots:
         parts.append(f"slots{cfg.slot_weight:g}" + ("-crf" if cfg.crf else ""))
+    if cfg.freeze_embeddings:
+        parts.append("frozen-emb")
     if not cfg.fast:
         parts.append("slow")
     parts.append(f"s{cfg.seed}")

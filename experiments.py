@@ -117,3 +117,10 @@ EXPERIMENTS.update({
     "joint-lr1e-4-slots4-crf-custom": crf_variant(),
     "joint-lr1e-4-slots4-crf-kd": crf_variant("--distill-weight", "0.5"),
 })
+
+# The speed lever of docs/speed.md that changes the method: the word-embedding table frozen, on the study's baseline
+# and on the joint task's CRF setting, each against its reference of the same seeds.
+EXPERIMENTS.update({
+    "baseline-frozen-emb": ["--task", "baseline", "--freeze-embeddings"],
+    "joint-lr1e-4-slots4-crf-frozen-emb": ["--task", "baseline", *CRF_SETTING, "--freeze-embeddings"],
+})

@@ -19,6 +19,7 @@ import os
 import shutil
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,6 +52,43 @@ def weights_sha256(module):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+class CPUDropout(nn.Dropout):
+    """nn.Dropout whose keep mask comes from numpy's SFC64 generator: on a CPU, torch's bernoulli_ draws every
+    element from a Mersenne Twister, and was a seventh of a training step of the bundled encoder.
+
+    Each element is kept with probability 1 - p (p rounded to 1/65536) and
+    scaled by the inverse of that, as inverted dropout is. Each call seeds the
+    generator from torch's default one, so a run's masks follow from its seed,
+    a resumed run draws what the uninterrupted one would, and each process of a
+    data-parallel run draws its own. Elsewhere than on a CPU it is nn.Dropout.
+    """
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        return x * keep_mask(x.shape, self.p, x.dtype)
+
+
+def keep_mask(shape, p, dtype):
+    """(shape) tensor of dtype: 1 / (1 - p) where an element is kept, with probability 1 - p, else 0."""
+    n = shape.numel()
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    bits = np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]  # uniform 16-bit integers
+    cut = round(p * 65536)
+    keep = torch.from_numpy(bits).view(shape) >= cut - 32768
+    return keep.to(dtype).mul_(65536 / (65536 - cut))
+
+
+def cpu_dropout(module):
+    """Every nn.Dropout of module replaced by a CPUDropout of the same p (the fast path's, on a CPU)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, CPUDropout(child.p))
+        else:
+            cpu_dropout(child)
+    return module
 
 
 def load_tokenizer(name):

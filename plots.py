@@ -87,6 +87,8 @@ def experiment(r):
     if c.get("slots"):
         name += (" + --slots" + (f" --slot-weight {c['slot_weight']:g}" if c["slot_weight"] != 1 else "")
                  + (" --crf" if c.get("crf") else ""))
+    if c.get("freeze_embeddings"):
+        name += " + --freeze-embeddings"
     if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
         name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
     if not c.get("fast", True):

@@ -39,8 +39,8 @@ from data import describe_data, load_dataset, slot_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError, atomic_write, write_json
 from loss import crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
-from model import (HEADS, LR_SCALES, apply_lora, build_model, count_parameters, load_tokenizer, model_name, resolve_model,
-                   save_checkpoint, weights_sha256)
+from model import (HEADS, LR_SCALES, apply_lora, build_model, count_parameters, cpu_dropout, load_tokenizer, model_name,
+                   resolve_model, save_checkpoint, weights_sha256)
 from recipe import other_labels, scenario_from_intent, teacher_probabilities
 from slots import slot_metrics, word_predictions
 from spelling import word_counts
@@ -361,6 +361,10 @@ def build(cfg, data, device):
                       aux_classes=len(data.aux_names) if data.aux_names else None,
                       slot_classes=len(data.slots) if data.slots else None, crf=cfg.crf)
     encoder = {"name": model_name(cfg.model), "weights_sha256": weights_sha256(net.encoder)}
+    if cfg.freeze_embeddings:  # a batch touches a few hundred of the table's rows; its gradient would be dense
+        net.encoder.get_input_embeddings().requires_grad_(False)
+    if cfg.fast and device.type == "cpu":
+        cpu_dropout(net)
     model = apply_lora(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets) if task.adapter else net
     model.to(device)
     # the moving average is what gets evaluated and saved; the optimizer trains the model underneath
@@ -512,10 +516,7 @@ def run_phase(run, index, phase, progress, resume=None):
     resting = [m for name, m in heads.items() if HEADS[name].phase != phase.name and getattr(net, name) is not None]
     for module in resting:  # out of the optimizer, and out of DDP's gradient bookkeeping
         module.requires_grad_(False)
-    groups = build_param_groups(list(model.named_parameters()), phase.lr, cfg.weight_decay, cfg.llrd,
-                                net.encoder.config.num_hidden_layers, LR_SCALES)
-    optim = Optim(*build_optimizer(groups, cfg.eps, cfg.fast, phase.epochs * len(run.loaders["train"]),
-                                   cfg.warmup_ratio))
+    optim = phase_optim(run, phase)
     first = restore_resume_state(run, resume, optim) if resume else 1
     # each phase wraps only what it trains, so DDP never waits for gradients of an idle module
     trained = model if run.world == 1 else torch.nn.parallel.DistributedDataParallel(
@@ -527,6 +528,16 @@ def run_phase(run, index, phase, progress, resume=None):
     del trained  # a DDP wrapper left alive would keep reducing gradients in the next phase
     for module in resting:
         module.requires_grad_(True)
+
+
+def phase_optim(run, phase):
+    """A phase's AdamW over what trains in it, with layer-wise lr decay and model.HEADS' lr scales, and its
+    schedule over the phase's steps."""
+    cfg = run.cfg
+    groups = build_param_groups(list(run.model.named_parameters()), phase.lr, cfg.weight_decay, cfg.llrd,
+                                run.net.encoder.config.num_hidden_layers, LR_SCALES)
+    return Optim(*build_optimizer(groups, cfg.eps, cfg.fast, phase.epochs * len(run.loaders["train"]),
+                                  cfg.warmup_ratio))
 
 
 def run_epoch(run, trained, phase, epoch, optim, progress):

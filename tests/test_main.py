@@ -65,6 +65,22 @@ def test_no_bf16_trains_in_fp32_under_the_same_settings(run_args):
         assert fp32["test_predictions"] == auto["test_predictions"] and fp32["test_loss"] == auto["test_loss"]
 
 
+def test_frozen_word_embeddings_stay_as_pretrained_while_the_rest_trains(run_args, tiny_model):
+    from safetensors.torch import load_file
+
+    res = cli.main(["--task", "baseline", *run_args, "--epochs", "1", "--freeze-embeddings", "--lr", "1e-3"])
+    assert res["run_name"].endswith("-frozen-emb-s42") and res["config"]["freeze_embeddings"] is True
+    env = res["environment"]
+    assert env["parameters_total"] - env["parameters_trainable"] == 30522 * 32  # the table alone: vocab x hidden
+    before = load_file(os.path.join(tiny_model, "model.safetensors"))
+    cfg = parse_args(["--task", "baseline", *run_args, "--epochs", "1", "--freeze-embeddings", "--lr", "1e-3"])
+    after = load_file(os.path.join(cfg.run_dir, "best", "encoder", "model.safetensors"))
+    key = next(k for k in after if k.endswith("word_embeddings.weight"))
+    assert torch.equal(after[key], before[key])
+    position = next(k for k in after if k.endswith("position_embeddings.weight"))
+    assert not torch.equal(after[position], before[position])
+
+
 def test_learns_on_a_separable_toy_set(run_args):
     res = cli.main(["--task", "baseline", *run_args, "--epochs", "15", "--lr", "3e-3", "--batch-size", "4"])
     assert res["test_accuracy"] > res["before_test_accuracy"]

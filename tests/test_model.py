@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import apply_lora, build_model, count_parameters
+from model import CPUDropout, apply_lora, build_model, count_parameters, cpu_dropout
 from utils import build_optimizer, build_param_groups, macro_f1
 
 
@@ -143,3 +143,37 @@ def test_keep_freed_memory_on_glibc():
     from utils import keep_freed_memory
 
     assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_cpu_dropout_keeps_1_minus_p_scaled_and_its_gradient_is_the_mask():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = CPUDropout(0.3)(x)
+    kept = y > 0
+    # 1e6 Bernoulli(0.7) draws: the kept share is within 5 standard deviations (0.00046) of 0.7
+    assert abs(kept.float().mean().item() - 0.7) < 0.0023
+    assert torch.allclose(y[kept], torch.tensor(65536 / (65536 - round(0.3 * 65536))))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * mask)/dx is the scaled mask
+    rows = kept.float().mean(1)  # no pattern across the flat index: every row keeps about 70% too
+    assert rows.min() > 0.62 and rows.max() < 0.78
+
+
+def test_cpu_dropout_follows_torch_seed_and_is_identity_in_eval_and_bf16_stays_bf16():
+    d, x = CPUDropout(0.1), torch.randn(4, 7, 16)
+    torch.manual_seed(1)
+    a = d(x)
+    torch.manual_seed(1)
+    assert torch.equal(d(x), a) and not torch.equal(d(x), a)  # same seed, same mask; the next call draws anew
+    assert d(x.bfloat16()).dtype == torch.bfloat16
+    assert torch.equal(d.eval()(x), x) and torch.equal(CPUDropout(0.0)(x), x)
+
+
+def test_cpu_dropout_replaces_every_dropout_module_and_nothing_else(tiny_model):
+    net = build_model(tiny_model, 3, 0.1, slot_classes=4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    n = sum(type(m) is torch.nn.Dropout for m in net.modules())
+    cpu_dropout(net)
+    assert n > 0 and sum(type(m) is CPUDropout for m in net.modules()) == n
+    assert not any(type(m) is torch.nn.Dropout for m in net.modules())
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
