@@ -155,8 +155,9 @@ class Config(Common):
     freeze_embeddings: bool = setting(False, "keep the word-embedding table as pre-trained (position and type "
                                              "embeddings and the LayerNorm still train): a step then skips the "
                                              "table's dense gradient and AdamW update", action="store_true")
-    fast: bool = setting(True, "dynamic padding, length-grouped batches, bf16 autocast, fused AdamW; --no-fast is "
-                               "the study's way (pad to max length, fp32)", action=argparse.BooleanOptionalAction)
+    fast: bool = setting(True, "dynamic padding, length-grouped batches, bf16 autocast, fused AdamW, dropout masks "
+                               "from numpy on a CPU; --no-fast is the study's way (pad to max length, fp32)",
+                         action=argparse.BooleanOptionalAction)
     bf16: bool = setting(True, "bf16 autocast in training on CPUs with native bf16 that a timed matmul finds faster; "
                                "--no-bf16 trains in fp32 there, to replicate runs from CPUs without it",
                          recorded=False, action=argparse.BooleanOptionalAction)
