@@ -1,7 +1,9 @@
-"""The speed levers that bench/speed.py times beside the default path, and bench/step_profile.py's profile."""
+"""The speed levers that bench/speed.py times beside the default path, bench/step_profile.py's profile and
+bench/alternate.py's alternating timings."""
 import json
 import types
 
+import pytest
 import torch
 
 from model import build_model
@@ -39,3 +41,30 @@ def test_step_profile_lists_the_operators_of_a_training_step(run_args, tmp_path)
     shares = [o["self_ms_per_step"] for o in report["top"]]
     assert shares == sorted(shares, reverse=True)
     assert any(o["name"] in ("aten::mm", "aten::addmm") for o in report["top"])  # the model's matmuls are there
+
+
+def test_alternate_times_a_lever_off_and_on_on_the_same_batches(run_args, tmp_path):
+    alternate = load_bench("alternate")
+    out = tmp_path / "alternate.json"
+    alternate.main([*run_args, "--lever", "freeze-embeddings", "--rounds", "2", "--steps", "2", "--warm-up", "1",
+                    "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert len(report["ms_per_step"]["off"]) == len(report["ms_per_step"]["on"]) == 2
+    assert report["change"] == report["mean_on"] / report["mean_off"] - 1 and 0 <= report["rounds_on_faster"] <= 2
+
+
+def test_alternate_refuses_a_lever_the_run_already_has(run_args):
+    alternate = load_bench("alternate")
+    with pytest.raises(SystemExit, match="leave out --freeze-embeddings"):
+        alternate.main([*run_args, "--lever", "freeze-embeddings", "--freeze-embeddings"])
+
+
+def test_the_dropout_lever_swaps_modules_both_ways(tiny_model):
+    from model import CPUDropout
+
+    alternate = load_bench("alternate")
+    net = build_model(tiny_model, 3, 0.1)
+    alternate.swap_dropout(net, CPUDropout)
+    assert not any(type(m) is torch.nn.Dropout for m in net.modules())
+    alternate.swap_dropout(net, torch.nn.Dropout)
+    assert not any(isinstance(m, CPUDropout) for m in net.modules())
