@@ -56,7 +56,7 @@ def weights_sha256(module):
 
 class CPUDropout(nn.Dropout):
     """nn.Dropout whose keep mask comes from numpy's SFC64 generator: on a CPU, torch's bernoulli_ draws every
-    element from a Mersenne Twister, and was a seventh of a training step of the bundled encoder.
+    element from a Mersenne Twister: a tenth of a training step of the bundled encoder (bench/step_profile.py).
 
     Each element is kept with probability 1 - p (p rounded to 1/65536) and
     scaled by the inverse of that, as inverted dropout is. Each call seeds the
@@ -88,7 +88,6 @@ def cpu_dropout(module):
             setattr(module, name, CPUDropout(child.p))
         else:
             cpu_dropout(child)
-    return module
 
 
 def load_tokenizer(name):
