@@ -81,13 +81,18 @@ def keep_mask(shape, p, dtype):
     return keep.to(dtype).mul_(65536 / (65536 - cut))
 
 
-def cpu_dropout(module):
-    """Every nn.Dropout of module replaced by a CPUDropout of the same p (the fast path's, on a CPU)."""
+def set_dropout(module, cls):
+    """Every dropout module of module (nn.Dropout or CPUDropout) replaced by a cls of the same p."""
     for name, child in module.named_children():
-        if type(child) is nn.Dropout:
-            setattr(module, name, CPUDropout(child.p))
+        if isinstance(child, nn.Dropout):
+            setattr(module, name, cls(child.p))
         else:
-            cpu_dropout(child)
+            set_dropout(child, cls)
+
+
+def cpu_dropout(module):
+    """Every dropout of module a CPUDropout (the fast path's, on a CPU)."""
+    set_dropout(module, CPUDropout)
 
 
 def load_tokenizer(name):

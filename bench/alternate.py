@@ -26,19 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # step_profile, beside this file (after the project)
 from arguments import parse_args  # noqa: E402
 from fileio import write_json  # noqa: E402
-from model import CPUDropout  # noqa: E402
+from model import CPUDropout, set_dropout  # noqa: E402
 from train import phase_optim, phases, set_up, train_epoch  # noqa: E402
 from utils import cpu_model, setup_logging  # noqa: E402
 from step_profile import steps_of  # noqa: E402
-
-
-def swap_dropout(module, cls):
-    """Every dropout module of module (nn.Dropout or CPUDropout) as cls, of the same p."""
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.Dropout):
-            setattr(module, name, cls(child.p))
-        else:
-            swap_dropout(child, cls)
 
 
 def freeze(run, on):
@@ -46,7 +37,7 @@ def freeze(run, on):
 
 
 def numpy_dropout(run, on):
-    swap_dropout(run.net, CPUDropout if on else torch.nn.Dropout)
+    set_dropout(run.net, CPUDropout if on else torch.nn.Dropout)
 
 
 LEVERS = {"freeze-embeddings": freeze, "numpy-dropout": numpy_dropout}
