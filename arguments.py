@@ -14,8 +14,7 @@ import dataclasses
 import os
 from typing import NamedTuple
 
-from fileio import UserError
-from readers import data_name
+from readers import FORMATS, SPLITS
 
 
 class Task(NamedTuple):
@@ -57,7 +56,7 @@ RECIPE = tuple(name for name, t in TASKS.items() if t.recipe)
 CHECKPOINTED = tuple(name for name, t in TASKS.items() if t.checkpoint)
 READS_DATA = (*TRAINING, "export", "evaluate", "check")  # the tasks that read a labelled data set
 SPLITS_DATA = (*TRAINING, "check")  # the tasks that split it; export and evaluate split as the checkpoint's run did
-FORMATS = ("massive", "rasa", "csv", "bio")
+BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what runs a model: its file
 
 
 def setting(default=None, help="", tasks=None, group=None, recorded=True, env=None, implied=None, positional=False,
@@ -108,6 +107,7 @@ class Common:
     slots: bool = setting(False, "also train a slot-filling head (MASSIVE's joint task: intent + slots); for "
                                  "predict, require the checkpoint's slots", tasks=(*TRAINING, "predict"),
                           action="store_true")
+    source: object = dataclasses.field(default=None, metadata=dict(recorded=False))  # data.source_of(), once
 
 
 @dataclasses.dataclass
@@ -214,7 +214,7 @@ class UseConfig(Common):
                                      tasks=CHECKPOINTED)
     split: str | None = setting(None, "the split to score (default: test where the data has splits, else every "
                                       "example)", tasks=("evaluate",), group=USE_GROUP,
-                                choices=("train", "validation", "test"))
+                                choices=SPLITS)
     texts: list | None = setting(None, "utterances to classify", tasks=("predict",), group=USE_GROUP,
                                  positional=True, nargs="*")
     input: str | None = setting(None, "file with one utterance per line ('-' for standard input)",
@@ -222,7 +222,7 @@ class UseConfig(Common):
     top_k: int = setting(3, "labels shown per utterance", tasks=("predict",), group=USE_GROUP, type=int)
     format: str = setting("text", "output format", tasks=("predict",), group=USE_GROUP, choices=("text", "jsonl"))
     backend: str = setting("torch", "what runs the model (onnx backends need --task export first)",
-                           tasks=("predict", "serve"), group=USE_GROUP, choices=("torch", "onnx", "onnx-int8"))
+                           tasks=("predict", "serve"), group=USE_GROUP, choices=tuple(BACKENDS))
     min_confidence: float | None = setting(None, "abstain (no label) below this calibrated probability",
                                            tasks=("predict", "serve"), group=USE_GROUP, type=float)
     spelling: bool = setting(False, "correct words unknown to the model to the nearest training word first "
@@ -281,15 +281,7 @@ def data_checks(cfg):
 
 def default_label(cfg):
     """scenario for MASSIVE data (the study's label), intent for data in any other format."""
-    import readers
-
-    if cfg.data is None:
-        return "scenario"
-    if cfg.data_format:
-        return "scenario" if cfg.data_format == "massive" else "intent"
-    # a missing file is reported when the data is read; its extension may still tell its format
-    known = os.path.exists(cfg.data) or os.path.splitext(cfg.data)[1]
-    return "scenario" if not known or readers.detect(cfg.data) == "massive" else "intent"
+    return "intent" if cfg.source and cfg.source.data.format not in ("massive", "hub") else "scenario"
 
 
 def declarations():
@@ -346,7 +338,7 @@ def run_name(cfg):
     task = TASKS[cfg.task]
     model = os.path.basename(os.path.normpath(cfg.model)) if cfg.model else "minilm"
     # MASSIVE en-US, the study's data, goes unnamed: its run names stay as they were
-    data = [data_name(cfg.data)] if cfg.data and data_name(cfg.data) != "en-US" else []
+    data = [cfg.source.data.name] if cfg.source.data.path and cfg.source.data.name != "en-US" else []
     parts = [cfg.task, cfg.label, *data, model, f"lr{cfg.lr:g}", f"bs{cfg.batch_size}", f"e{cfg.epochs}"]
     if task.recipe:
         parts.append(f"llrd{cfg.llrd:g}-wu{cfg.warmup_ratio:g}")
@@ -399,14 +391,15 @@ def parse_args(argv=None):
         if implied and f.name not in given and values[implied[0]]:
             values[f.name] = implied[1](values[implied[0]])
     cfg = kind(**values)
-    if cfg.label is None:
-        try:
-            cfg.label = default_label(cfg)
-        except UserError as e:
-            parser.error(str(e))
     problem = cfg.problem()
     if problem:
         parser.error(problem)
+    if name in READS_DATA:
+        from data import source_of  # lazily: hashing the data's files is no part of building the parser
+
+        cfg.source = source_of(cfg)
+    if cfg.label is None:
+        cfg.label = default_label(cfg)
     if task.trains:
         cfg.run_name = run_name(cfg)
     return cfg
@@ -423,9 +416,9 @@ def recorded_config(cfg):
     The data file and a local encoder folder are recorded by name; their
     contents are identified by the sha256 values in the results' environment.
     """
-    c = settings(cfg)
-    for key in ("data", "val_data", "test_data"):
-        c[key] = getattr(cfg, key) and os.path.basename(os.path.normpath(getattr(cfg, key)))
+    c, src = settings(cfg), cfg.source
+    for key, located in (("data", src.data), ("val_data", src.validation), ("test_data", src.test)):
+        c[key] = located and located.path and located.file
     c["model"] = cfg.model and (os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model)
     c["teachers"] = cfg.teachers and [os.path.basename(os.path.normpath(t)) for t in cfg.teachers]
     return c

@@ -16,9 +16,9 @@ import logging
 import os
 import statistics
 
-from data import SPLITS, read_data
+from data import read_data
 from fileio import UserError, write_json
-from readers import data_name, word_offsets
+from readers import SPLITS, word_offsets
 
 log = logging.getLogger("check")
 SMALL = 5  # an intent with fewer examples than this gets a warning: too few to learn or to test
@@ -90,12 +90,12 @@ def inconsistent_annotation(examples, longest=4, least=2):
             for value, wheres in sorted(found, key=lambda kv: (-len(kv[1]), kv[0]))]
 
 
-def summary(data, splits, drawn):
+def summary(src, data, splits, drawn):
     """The data's numbers: examples per split, per intent (smallest first) and per slot type."""
     intents = collections.Counter(x.labels["intent"] for s in SPLITS for x in splits[s])
     slots = collections.Counter(slot for s in SPLITS for x in splits[s] for _, _, slot in x.spans)
     counts = sorted(intents.values())
-    return {"format": data.format, "files": len(data.files), "examples": {s: len(splits[s]) for s in SPLITS},
+    return {"format": src.data.format, "files": len(data.files), "examples": {s: len(splits[s]) for s in SPLITS},
             "split": "drawn" if drawn else "the data's own", "intents": dict(intents.most_common()[::-1]),
             "examples_per_intent": {"min": counts[0], "median": statistics.median(counts), "max": counts[-1]},
             "small_intents": sorted(i for i, n in intents.items() if n < SMALL),
@@ -104,7 +104,7 @@ def summary(data, splits, drawn):
 
 def show(cfg, numbers, errors, warnings):
     total = sum(numbers["examples"].values())
-    print(f"data: {data_name(cfg.data) if cfg.data else 'MASSIVE (hub)'} ({numbers['format']}, "
+    print(f"data: {cfg.source.data.name} ({numbers['format']}, "
           f"{numbers['files']} file(s)), {total} examples: "
           + " / ".join(f"{s} {n}" for s, n in numbers["examples"].items()) + f" ({numbers['split']} split)")
     per = numbers["examples_per_intent"]
@@ -127,14 +127,14 @@ def check(cfg):
     """--task check: read, summarise and check the data; returns the report. UserError (exit 1) on errors."""
     from model import load_tokenizer
 
-    report_path = os.path.join(cfg.out_dir, f"check-{data_name(cfg.data) if cfg.data else 'massive'}.json")
+    report_path = os.path.join(cfg.out_dir, f"check-{cfg.source.data.name}.json")
     try:
-        data, splits = read_data(cfg)
+        data, splits = read_data(cfg.source)
     except UserError as e:  # a malformed entry: reported as the data's error, with its file and line
         write_json(report_path, {"errors": [{"kind": "malformed", "message": str(e), "items": []}], "warnings": []})
         raise
     drawn = {x.split for x in data.examples} == {None}
-    numbers = summary(data, splits, drawn)
+    numbers = summary(cfg.source, data, splits, drawn)
     errors, warnings = findings(splits, cfg.max_length, load_tokenizer(cfg.model))
     if numbers["small_intents"]:
         warnings.insert(0, {"kind": "small_intent", "message": f"{len(numbers['small_intents'])} intent(s) with "

@@ -1,18 +1,23 @@
-"""MASSIVE (English) data: read the release file or the hub, tokenize once, cache.
+"""Labelled data, one way: a DataSource (the data, its split settings) -> Examples per split -> Rows with every label
+column -> tokenized features, cached -> the label column a run learns.
 
-The official release is JSON lines with `partition` (train/dev/test), `utt`,
-`scenario`, `intent` and `annot_utt` (the utterance with its slot spans,
-`wake me up at [time : five am]`); `dev` becomes `validation`. With slots,
-every word of `utt.split()` gets one slot name, `Other` outside spans, as
-MASSIVE's own code reads it; the model labels each word at its first
-sub-token, and a word whose first sub-token left truncation cut away (or that
-gives no token at all) has no position and counts as predicted `Other`.
+`source_of` resolves --data, --data-format, --val-data and --test-data once,
+with the split settings; every reader is in readers.py. Splits are the data's
+own, or drawn (seeded, stratified by intent) where it names none. Each
+example becomes a Row with all of its labels (intent, and scenario or any
+other column the data has) and its word labels: MASSIVE's word names, one per
+word of text.split(), "Other" outside spans, or BIO tags where spans of one
+type touch (the slot scheme, recorded in info and in checkpoints). The model
+labels each word at its first sub-token; a word whose first sub-token left
+truncation cut away (or that gives no token at all) has no position and counts
+as predicted `Other`.
 
 Tokenized features are pickled under `assets/cache/` with a key that covers
-everything they depend on (data bytes, tokenizer vocabulary, max length, label
-column, slots or not), so a changed input never reuses a stale cache, and a
-cache that fails its checks is rebuilt. Training batches them (dataloader.py);
-what uses a trained model reads and tokenizes with this module alone.
+everything they depend on (data bytes, tokenizer vocabulary, max length, the
+split settings), so a changed input never reuses a stale cache, and a cache
+that fails its checks is rebuilt. One cache serves every label column and
+runs with or without slots. Training batches them (dataloader.py); what uses
+a trained model reads and tokenizes with this module alone.
 """
 import bisect
 import gzip
@@ -22,36 +27,53 @@ import logging
 import os
 import pickle
 import random
-import types
 from typing import NamedTuple
 
 import readers
-from fileio import UserError, atomic_write, file_sha256
-from readers import word_offsets
+from arguments import default
+from fileio import UserError, atomic_write
+from readers import SPLITS, word_offsets
 from slots import OUTSIDE
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-HUB_ID, HUB_CONFIG = "AmazonScience/massive", "en-US"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+SCHEMES = ("names", "bio")  # MASSIVE's word slot names, or BIO tags (touching_spans)
 
 
-def word_names(text, spans):
-    """MASSIVE's word slot names of a text: one per word of text.split(), the type of the first span it overlaps,
-    "Other" outside spans. Consecutive words of one name read as one span."""
-    out = []
-    for start, end in word_offsets(text):
-        out.append(next((slot for s, e, slot in spans if s < end and start < e), OUTSIDE))
-    return out
+class DataSource(NamedTuple):
+    """The labelled data of a command, resolved once: the data, what replaces its validation and test splits, and
+    how a split is drawn for data without one."""
+    data: readers.Source
+    validation: readers.Source | None  # --val-data
+    test: readers.Source | None  # --test-data
+    val_fraction: float
+    test_fraction: float
+    split_seed: int
+
+    def record(self):
+        """The data as results and reports record it: its name and sha256, never a machine path."""
+        return {"file": self.data.file, "sha256": self.data.sha256}
 
 
-def word_tags(text, spans):
-    """BIO tags of a text's words: each span opens with B-, so two touching spans of one type stay two."""
+def source_of(cfg):
+    """cfg's DataSource; UserError when a file is missing or its format cannot be told."""
+    return DataSource(readers.source(cfg.data, cfg.data_format),
+                      cfg.val_data and readers.source(cfg.val_data), cfg.test_data and readers.source(cfg.test_data),
+                      cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+
+
+def word_labels(text, spans, scheme):
+    """The gold word labels of a text, what training learns and evaluate and export score: one per word of text.split(): with scheme "names" MASSIVE's (the type of the first
+    span a word overlaps, "Other" outside; consecutive words of one name read as one span), with "bio" BIO tags
+    (each span opens with B-, so two touching spans of one type stay two)."""
     out, previous = [], None
     for start, end in word_offsets(text):
         span = next((sp for sp in spans if sp[0] < end and start < sp[1]), None)
-        out.append("O" if span is None else ("I-" if span is previous else "B-") + span[2])
+        if scheme == "names":
+            out.append(OUTSIDE if span is None else span[2])
+        else:
+            out.append("O" if span is None else ("I-" if span is previous else "B-") + span[2])
         previous = span
     return out
 
@@ -62,49 +84,17 @@ def touching_spans(examples):
     return any(a[2] == b[2] and not x.text[a[1]:b[0]].strip() for x in examples for a, b in zip(x.spans, x.spans[1:]))
 
 
-def word_slots(utt, annot):
-    """MASSIVE's word slot names of a row (utt, annot_utt); ValueError when they disagree on the words."""
-    plain, spans = readers.parse_massive(annot)
-    if len(plain.split()) != len(utt.split()):
-        raise ValueError(f"annot_utt has {len(plain.split())} words, utt has {len(utt.split())}")
-    return word_names(plain, spans)
-
-
-def hub_dataset():
-    """MASSIVE en-US from the Hugging Face hub (needs `datasets` and a network), as readers.Dataset."""
-    try:
-        import datasets  # lazily: machines without it can still train from a file
-
-        try:
-            ds = datasets.load_dataset(HUB_ID, HUB_CONFIG)
-        except RuntimeError:  # datasets >= 4 runs no loading scripts; the hub's parquet conversion needs none
-            ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, revision="refs/convert/parquet")
-    except Exception as e:
-        raise UserError(f"could not load {HUB_ID} ({HUB_CONFIG}) from the hub ({type(e).__name__}); "
-                        "offline, pass --data PATH/en-US.jsonl (the MASSIVE release file) or set MASSIVE_DATA") from None
-    names = {k: ds["train"].features[k].names for k in ("intent", "scenario")}  # the hub stores ClassLabel ids
-    examples = []
-    for split in SPLITS:
-        for n, r in enumerate(ds[split]):
-            row = {"utt": r["utt"], "annot_utt": r["annot_utt"]}
-            where = f"hub:{HUB_ID}/{HUB_CONFIG}/{split}:{n}"
-            examples.append(readers.Example(r["utt"], {k: names[k][r[k]] for k in names},
-                                            readers.massive_spans(row, where), split, where))
-    return readers.Dataset(examples, {}, "massive", [])
-
-
-def read_data(cfg, data=None):
-    """(the Dataset of cfg.data, or of the hub without it; {split: [Example]}): the data's own splits, a seeded
-    split stratified by intent where it has none (draw_split), and --val-data / --test-data in place of theirs.
-    data: the Dataset of cfg.data where it was read already."""
-    if data is None:
-        data = readers.read(cfg.data, cfg.data_format) if cfg.data else hub_dataset()
-    replaced = {s: readers.read(p) for s, p in (("validation", cfg.val_data), ("test", cfg.test_data)) if p}
+def read_data(src, data=None):
+    """(the Dataset of src.data; {split: [Example]}): the data's own splits, a seeded split stratified by intent where
+    it has none (draw_split), and src.validation / src.test in place of theirs. data: src.data's Dataset where it
+    was read already."""
+    data = data or readers.read(src.data)
+    replaced = {s: readers.read(other) for s, other in (("validation", src.validation), ("test", src.test)) if other}
     given = {x.split for x in data.examples}
     if given == {None}:
-        fractions = {s: 0.0 if s in replaced else f for s, f in (("validation", cfg.val_fraction),
-                                                                   ("test", cfg.test_fraction))}
-        splits = draw_split(data.examples, fractions, cfg.split_seed)
+        fractions = {s: 0.0 if s in replaced else f for s, f in (("validation", src.val_fraction),
+                                                                   ("test", src.test_fraction))}
+        splits = draw_split(data.examples, fractions, src.split_seed)
     elif None in given:
         where = next(x.where for x in data.examples if x.split is None)
         raise UserError(f"{where}: no split, where other examples of the data name theirs")
@@ -146,60 +136,76 @@ def draw_split(examples, fractions, seed):
     return {s: [x for x, w in zip(examples, where) if w == s] for s in SPLITS}
 
 
-def scored_split(path, data_format, trained, split=None):
+def scored_split(src, trained, split=None):
     """(examples, split name) that a trained model is scored on: the data's own split `split` (default test), or,
     for data without splits, every example ("all") unless split is named: then the split is drawn as the run
     whose recorded config is `trained` drew it."""
-    data = readers.read(path, data_format) if path else hub_dataset()
+    data = readers.read(src.data)
     if {x.split for x in data.examples} == {None} and split is None:
         return data.examples, "all"
-    spec = types.SimpleNamespace(data=path, data_format=data_format, val_data=None, test_data=None,
-                                 val_fraction=trained.get("val_fraction", 0.1),
-                                 test_fraction=trained.get("test_fraction", 0.1),
-                                 split_seed=trained.get("split_seed", 0))
-    return read_data(spec, data)[1][split or "test"], split or "test"
-
-
+    drawn = src._replace(validation=None, test=None, **{k: trained.get(k, default(k))
+                                                        for k in ("val_fraction", "test_fraction", "split_seed")})
+    return read_data(drawn, data)[1][split or "test"], split or "test"
 def split_record(splits):
     """The split as results record it: examples per split and a sha256 of which text went where."""
     digest = hashlib.sha256(json.dumps({s: [x.text for x in splits[s]] for s in SPLITS}).encode()).hexdigest()
     return {**{s: len(splits[s]) for s in SPLITS}, "sha256": digest}
 
 
-def as_rows(splits, label, slots, bio):
-    """{split: [(text, label name)]}, with slots (text, label name, word labels): MASSIVE's word names, or BIO tags
-    where bio. UserError when an example lacks the label column."""
-    rows = {}
-    for s in SPLITS:
-        rows[s] = []
-        for x in splits[s]:
-            if label not in x.labels:
-                columns = sorted({c for xs in splits.values() for y in xs for c in y.labels})
-                raise UserError(f"{x.where}: no '{label}' label; --label chooses from: {', '.join(columns)}")
-            row = (x.text, x.labels[label])
-            rows[s].append(row + ((word_tags if bio else word_names)(x.text, x.spans),) if slots else row)
-    return rows
+class Row(NamedTuple):
+    """One example as features hold it: every label column, the word labels in the data's slot scheme."""
+    text: str
+    labels: dict  # {column: label name}
+    words: list  # one label per word of text.split()
+    where: str  # "file:line", for messages
 
 
-def read_jsonl(path, label, slots=False):
-    """A MASSIVE release file as {split: [(text, label name)]}, with slots (text, label name, word names)."""
-    return as_rows(split_by_partition(readers.read_massive(path)), label, slots, bio=False)
+def as_rows(splits, scheme):
+    """{split: [Row]}, word labels in the slot scheme."""
+    return {s: [Row(x.text, x.labels, word_labels(x.text, x.spans, scheme), x.where) for x in splits[s]]
+            for s in SPLITS}
 
 
-def split_by_partition(data):
-    return {s: [x for x in data.examples if x.split == s] for s in SPLITS}
+def rows_of(src):
+    """(the Dataset, {split: [Example]}, {split: [Row]}, the slot scheme) of a DataSource, read and split once."""
+    data, splits = read_data(src)
+    scheme = "bio" if touching_spans(x for xs in splits.values() for x in xs) else "names"
+    return data, splits, as_rows(splits, scheme), scheme
 
 
-def build_labels(splits):
-    """Sorted label names of train; a validation/test label that train lacks is scored as wrong (the model cannot
-    predict it), with one warning that lists them."""
-    labels = sorted({x[1] for x in splits["train"]})
+def read_rows(path):
+    """{split: [Row]} of a labelled file or folder as training reads it with the default split settings: what the
+    benches score on."""
+    return rows_of(DataSource(readers.source(path), None, None, default("val_fraction"), default("test_fraction"),
+                              default("split_seed")))[2]
+
+
+def build_labels(names):
+    """Sorted label names of train ({split: [name]}); a validation/test label that train lacks is scored as wrong
+    (the model cannot predict it), with one warning that lists them."""
+    labels = sorted(set(names["train"]))
     known = set(labels)
     for s in ("validation", "test"):
-        unseen = sorted({x[1] for x in splits[s]} - known)
+        unseen = sorted(set(names[s]) - known)
         if unseen:
             log.warning("%s has %d label(s) that train lacks, scored as wrong: %s", s, len(unseen), ", ".join(unseen))
     return labels
+
+
+def label_ids(features, column):
+    """(the column's sorted label names in train, {split: [label id]}), -100 for a label train lacks: the model
+    cannot predict it, so it is scored as wrong. UserError when an example lacks the column."""
+    for s in SPLITS:
+        names = features[s]["columns"].get(column)
+        missing = next((i for i, name in enumerate(names or []) if name is None), None)
+        if names is None or missing is not None:
+            where = features[s]["where"][missing or 0]
+            columns = sorted({c for f in features.values() for c in f["columns"]})
+            raise UserError(f"{where}: no '{column}' label; --label chooses from: {', '.join(columns)}")
+    names = {s: features[s]["columns"][column] for s in SPLITS}
+    labels = build_labels(names)
+    index = {y: i for i, y in enumerate(labels)}
+    return labels, {s: [index.get(name, -100) for name in names[s]] for s in SPLITS}
 
 
 def tokenizer_fingerprint(tokenizer):
@@ -208,36 +214,13 @@ def tokenizer_fingerprint(tokenizer):
                                       if hasattr(tokenizer, "do_lower_case") else None, vocab]).encode()).hexdigest()
 
 
-def describe_data(path):
-    """The data as results record it: its name and a sha256 over the files it holds, never a machine path."""
-    if path is None:
-        return {"file": f"hub:{HUB_ID}/{HUB_CONFIG}", "sha256": None}
-    return {"file": os.path.basename(os.path.normpath(path)), "sha256": data_sha256(path)}
-
-
-def data_sha256(path, data_format=None):
-    """sha256 of a data file, or over the names (relative to it) and bytes of the files a folder holds."""
-    if not os.path.isdir(path):
-        return file_sha256(path)
-    h = hashlib.sha256()
-    for f in readers.files_of(path, data_format):
-        h.update(os.path.relpath(f, path).encode())
-        h.update(file_sha256(f).encode())
-    return h.hexdigest()
-
-
-def cache_key(cfg, tokenizer, slots=False):
-    """Everything the features depend on: each data file's bytes and format, the split's settings, the tokenizer,
-    the max length, the label column, slots or not."""
-    def source(path, data_format):
-        if path and not os.path.exists(path):
-            raise UserError(f"data not found: {path}")
-        return [data_format or readers.detect(path), data_sha256(path, data_format)] if path else None
-
-    sources = [source(cfg.data, cfg.data_format) if cfg.data else f"hub:{HUB_ID}/{HUB_CONFIG}",
-               source(cfg.val_data, None), source(cfg.test_data, None)]
-    parts = [CACHE_VERSION, sources, cfg.val_fraction,
-             cfg.test_fraction, cfg.split_seed, tokenizer_fingerprint(tokenizer), cfg.max_length, cfg.label, slots]
+def cache_key(src, tokenizer, max_length):
+    """Everything the features depend on: each data file's bytes and format, the split's settings, the tokenizer and
+    the max length."""
+    sources = [[src.data.format, src.data.sha256] if src.data.path else src.data.file,
+               *([s.format, s.sha256] if s else None for s in (src.validation, src.test))]
+    parts = [CACHE_VERSION, sources, src.val_fraction, src.test_fraction, src.split_seed,
+             tokenizer_fingerprint(tokenizer), max_length]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -267,19 +250,18 @@ def first_subtokens(tokenizer, texts, max_length):
     return out
 
 
-def tokenize(splits, labels, tokenizer, max_length):
-    """{split: {"input_ids": [[int]], "labels": [int], "texts": [str]}}, unpadded; with slots also
-    "slot_words" (the slot name of each word) and "slot_positions" (first_subtokens)."""
+def tokenize(rows, tokenizer, max_length):
+    """{split: {"input_ids": [[int]], "texts": [str], "columns": {column: [label name or None]}, "where": [str],
+    "slot_words": [[word label]]}}, unpadded; with a fast tokenizer also "slot_positions" (first_subtokens)."""
     tokenizer.truncation_side = "left"  # the study keeps the end of long utterances
-    index = {y: i for i, y in enumerate(labels)}
+    columns = sorted({c for rs in rows.values() for r in rs for c in r.labels})
     out = {}
     for s in SPLITS:
-        texts = [x[0] for x in splits[s]]
-        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        # a label train lacks is -100: the model cannot predict it, so it is scored as wrong
-        out[s] = {"input_ids": ids, "labels": [index.get(x[1], -100) for x in splits[s]], "texts": texts}
-        if splits[s] and len(splits[s][0]) == 3:
-            out[s]["slot_words"] = [x[2] for x in splits[s]]
+        texts = [r.text for r in rows[s]]
+        out[s] = {"input_ids": tokenizer(texts, truncation=True, max_length=max_length)["input_ids"], "texts": texts,
+                  "columns": {c: [r.labels.get(c) for r in rows[s]] for c in columns},
+                  "where": [r.where for r in rows[s]], "slot_words": [r.words for r in rows[s]]}
+        if tokenizer.is_fast:
             out[s]["slot_positions"] = first_subtokens(tokenizer, texts, max_length)
     return out
 
@@ -289,7 +271,7 @@ def slot_labels(features):
     return sorted({name for words in features["train"]["slot_words"] for name in words})
 
 
-def load_cache(path, key, fields=("labels", "features")):
+def load_cache(path, key, fields):
     """A cached blob (a dict with "key" and fields; gzip-compressed where path ends in .gz), or None (with a
     warning) when the file is missing, corrupt or foreign."""
     if not os.path.exists(path):
@@ -308,32 +290,35 @@ def load_cache(path, key, fields=("labels", "features")):
 
 class Loaded(NamedTuple):
     labels: list  # the sorted label names of train
-    features: dict  # {split: tokenized columns} (tokenize)
-    info: dict  # the data's format, split record (split_record), slot scheme and synonyms
+    features: dict  # {split: tokenized columns of the run: input_ids, texts, labels (ids), with slots their words}
+    info: dict  # the data's format, split record (split_record), slot scheme, label columns and synonyms
+    cached: dict  # {split: every cached column (tokenize)}: every label column the data has, for label_ids
 
 
 def load_dataset(cfg, tokenizer, slots=False):
-    """Labels, tokenized splits and what the data says of itself for cfg.data (any format readers.py reads, or the
-    hub when None), cached; with slots, each split also has its word labels and their first sub-tokens."""
-    key = cache_key(cfg, tokenizer, slots)
-    name = os.path.splitext(os.path.basename(os.path.normpath(cfg.data)))[0] if cfg.data else "massive"
-    path = os.path.join(cfg.cache_dir, f"{name}-{cfg.label}{'-slots' if slots else ''}-{key[:16]}.pkl")
-    blob = load_cache(path, key, ("labels", "features", "info"))
+    """Labels, tokenized splits and what the data says of itself for cfg.source (any format readers.py reads),
+    cached; with slots, each split also has its word labels and their first sub-tokens."""
+    src = cfg.source
+    key = cache_key(src, tokenizer, cfg.max_length)
+    path = os.path.join(cfg.cache_dir, f"{src.data.name}-{key[:16]}.pkl")
+    blob = load_cache(path, key, ("features", "info"))
     if blob is None:
-        data, splits = read_data(cfg)
-        bio = touching_spans(x for xs in splits.values() for x in xs)
-        rows = as_rows(splits, cfg.label, slots, bio)
-        labels = build_labels(rows)
+        data, splits, rows, scheme = rows_of(src)
         columns = set.intersection(*(set(x.labels) for xs in splits.values() for x in xs))
-        info = {"format": data.format, "split": split_record(splits), "slot_scheme": "bio" if bio else "names",
+        info = {"format": src.data.format, "split": split_record(splits), "slot_scheme": scheme,
                 "label_columns": sorted(columns), "synonyms": data.synonyms}
-        blob = {"key": key, "labels": labels, "features": tokenize(rows, labels, tokenizer, cfg.max_length),
-                "info": info}
+        blob = {"key": key, "features": tokenize(rows, tokenizer, cfg.max_length), "info": info}
         atomic_write(path, lambda f: pickle.dump(blob, f))
         log.info("cached tokenized features in %s", path)
     else:
         log.info("loaded tokenized features from %s", path)
-    return Loaded(blob["labels"], blob["features"], blob["info"])
+    cached = blob["features"]
+    labels, ids = label_ids(cached, cfg.label)
+    if slots and "slot_positions" not in cached["train"]:
+        raise UserError("slot filling needs a fast tokenizer (character offsets of each token)")
+    features = {s: {"input_ids": cached[s]["input_ids"], "labels": ids[s], "texts": cached[s]["texts"],
+                    **({k: cached[s][k] for k in ("slot_words", "slot_positions")} if slots else {})} for s in SPLITS}
+    return Loaded(labels, features, blob["info"], cached)
 
 
 def load_features(cfg, tokenizer, slots=False):

@@ -35,14 +35,15 @@ class Features(torch.utils.data.Dataset):
 
     augment(i) -> (token ids, token slot labels or None), with probability p: utterance i is perturbed and
     tokenized anew. Its random draws come from the `random` module, whose state a resumed run restores. With
-    slots, the gold word slots, their first sub-tokens and the model's slot names, which evaluation scores against.
+    slots, the gold word slots, their first sub-tokens, the model's slot names and the data's slot scheme, which
+    evaluation scores with.
     """
 
-    def __init__(self, split, extras=None, augment=None, p=0.0, slot_names=None):
+    def __init__(self, split, extras=None, augment=None, p=0.0, slot_names=None, slot_scheme=None):
         self.ids, self.labels = split["input_ids"], split["labels"]
         self.extras, self.augment, self.p = extras or {}, augment, p
         self.slot_words, self.slot_positions = split.get("slot_words"), split.get("slot_positions")
-        self.slot_names = slot_names
+        self.slot_names, self.slot_scheme = slot_names, slot_scheme
 
     def __len__(self):
         return len(self.ids)
@@ -79,9 +80,9 @@ class PadSlots:
 
 
 def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_length=128, extras=None, augment=0.0,
-                slot_names=None):
+                slot_names=None, slot_scheme=None):
     """Batches of padded tensors (extras: further per-example columns, as tensors under their names; token-level
-    "slot_labels" padded with -100). slot_names: the model's, for scoring slots in evaluation.
+    "slot_labels" padded with -100). slot_names, slot_scheme: the model's, for scoring slots in evaluation.
 
     fast: pad each batch to its longest member; training batches are grouped by
     length (random mega-batches, re-drawn every epoch) and evaluation batches are
@@ -100,7 +101,7 @@ def make_loader(split, tokenizer, batch_size, train, seed=0, fast=True, max_leng
         ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
         return ids, token_labels(len(ids), words, first_subtokens(tokenizer, [text], max_length)[0], index)
 
-    data = Features(split, extras, noisy if augment else None, augment, slot_names)
+    data = Features(split, extras, noisy if augment else None, augment, slot_names, slot_scheme)
     if fast:
         collate = DataCollatorWithPadding(tokenizer)
     else:

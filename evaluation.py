@@ -6,10 +6,10 @@ The data is read in any format (readers.py). Data with splits is scored on
 its test split (--split chooses another); data without splits on every
 example, unless --split names one: then it is drawn as the checkpoint's
 training drew it (data.scored_split), so the numbers equal those training
-reported for its best checkpoint. The metrics are training's: intent accuracy
-and macro-F1, and with a slot head seqeval's slot F1 and exact match; beside
-them per-intent and per-slot precision, recall, F1 and support, and the most
-frequent confusions. A label or slot type the model does not know is counted
+reported for its best checkpoint. The metrics are training's, from the same
+scorer (metrics.score): intent accuracy and macro-F1, and with a slot head
+seqeval's slot F1 and exact match; beside them per-intent and per-slot
+precision, recall, F1 and support, and the most frequent confusions. A label or slot type the model does not know is counted
 wrong and listed. Writes evaluate-<run>-<data>-<split>.json under --out-dir,
 which plots.py draws (a confusion matrix and per-slot F1), and beside it
 errors.jsonl: every utterance it got wrong, with the gold and predicted
@@ -20,87 +20,62 @@ import json
 import logging
 import os
 
-import numpy as np
-
-from data import describe_data, scored_split, word_names, word_tags
+from data import scored_split, word_labels
 from fileio import UserError, atomic_write, write_json
 from inference import Predictor
-from readers import data_name, word_offsets
-from slots import slot_metrics, spans, to_bio
-from utils import macro_f1
+from metrics import score
 
 log = logging.getLogger("evaluate")
 CONFUSIONS = 10  # the most frequent (gold, predicted) intent pairs reported
-
-
-def prf(tp, predicted, gold):
-    """Precision, recall and F1 from true positives and the predicted and gold counts."""
-    p, r = tp / predicted if predicted else 0.0, tp / gold if gold else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": gold}
-
-
-def per_intent(gold, pred):
-    names = sorted(set(gold) | set(pred))
-    tp = collections.Counter(g for g, p in zip(gold, pred) if g == p)
-    g, p = collections.Counter(gold), collections.Counter(pred)
-    return {n: prf(tp[n], p[n], g[n]) for n in names}
-
-
-def per_slot(gold_bio, pred_bio):
-    from seqeval.metrics import classification_report
-
-    report = classification_report(gold_bio, pred_bio, output_dict=True, zero_division=0)
-    return {name: {"precision": float(r["precision"]), "recall": float(r["recall"]), "f1": float(r["f1-score"]),
-                   "support": int(r["support"])} for name, r in report.items() if not name.endswith(" avg")}
 
 
 def gold_spans(x):
     return [{"slot": slot, "value": x.text[s:e], "start": s, "end": e} for s, e, slot in x.spans]
 
 
-def evaluate(cfg):
-    """--task evaluate: the numbers, printed and returned; the report and errors.jsonl written."""
-    predictor = Predictor(cfg.checkpoint, base_model=cfg.model)
-    trained = predictor.meta["config"]
-    label = trained["label"]
-    examples, split = scored_split(cfg.data, cfg.data_format, trained, cfg.split)
+def gold_of(predictor, examples):
+    """(texts, gold label ids, the names of those ids, gold word labels or None) of examples for a checkpoint: a
+    gold label the model does not know gets an id after the model's own; UserError when an example lacks the
+    checkpoint's label column."""
+    label = predictor.meta["config"]["label"]
     missing = next((x for x in examples if label not in x.labels), None)
     if missing:
         raise UserError(f"{missing.where}: no '{label}' label, which {predictor.name} predicts")
-    texts, gold = [x.text for x in examples], [x.labels[label] for x in examples]
+    gold = [x.labels[label] for x in examples]
+    names = predictor.labels + sorted(set(gold) - set(predictor.labels))
+    index = {name: i for i, name in enumerate(names)}
+    words = [word_labels(x.text, x.spans, predictor.slot_scheme) for x in examples] if predictor.slots else None
+    return [x.text for x in examples], [index[g] for g in gold], names, words
+
+
+def evaluate(cfg):
+    """--task evaluate: the numbers, printed and returned; the report and errors.jsonl written."""
+    predictor = Predictor(cfg.checkpoint, base_model=cfg.model)
+    examples, split = scored_split(cfg.source, predictor.meta["config"], cfg.split)
+    texts, gold, names, gold_word_labels = gold_of(predictor, examples)
     logits, words = predictor.outputs(texts, cfg.batch_size)
-    pred = [predictor.labels[i] for i in logits.argmax(1)]
-    index = {name: i for i, name in enumerate(predictor.labels)}
-    unknown = sorted(set(gold) - set(index))
-    right = [g == p for g, p in zip(gold, pred)]
-    report = {"kind": "evaluation", "run_name": predictor.name, "data": describe_data(cfg.data), "split": split,
-              "examples": len(examples), "intent_accuracy": float(np.mean(right)),
-              "intent_macro_f1": macro_f1([index[p] for p in pred], [index.get(g, -1) for g in gold],
-                                          len(predictor.labels)),
-              "per_intent": per_intent(gold, pred), "unknown_labels": unknown,
-              "confusions": [[g, p, n] for (g, p), n in collections.Counter(
+    pred = logits.argmax(1).tolist()
+    slots = words is not None and gold_word_labels is not None
+    scores = score(pred, gold, len(predictor.labels), (gold_word_labels, [n for n, _ in words]) if slots else None,
+                   predictor.slot_scheme, names)
+    unknown = names[len(predictor.labels):]
+    report = {"kind": "evaluation", "run_name": predictor.name, "data": cfg.source.record(), "split": split,
+              "examples": len(examples), "intent_accuracy": scores["accuracy"], "intent_macro_f1": scores["macro_f1"],
+              "per_intent": scores["per_label"], "unknown_labels": unknown,
+              "confusions": [[names[g], names[p], n] for (g, p), n in collections.Counter(
                   (g, p) for g, p in zip(gold, pred) if g != p).most_common(CONFUSIONS)],
               # plots.py's confusion matrix: the model's labels, then those only the data has
-              "labels": predictor.labels + unknown,
-              "test_labels": [index[g] if g in index else len(index) + unknown.index(g) for g in gold],
-              "test_predictions": [index[p] for p in pred]}
-    exact = right
-    if predictor.slots and words is not None:
-        bio = any(name.startswith(("B-", "I-")) for name in predictor.slots)
-        gold_words = [(word_tags if bio else word_names)(x.text, x.spans) for x in examples]
-        predicted = [names for names, _ in words]
-        m = slot_metrics(gold_words, predicted, right)
-        exact = m["exact_match_correct"]
-        known = {s.split("-", 1)[-1] for s in predictor.slots}
-        report.update(slot_f1=m["slot_f1"], exact_match=m["exact_match"],
-                      per_slot=per_slot([to_bio(g) for g in gold_words], [to_bio(p) for p in predicted]),
-                      test_slot_f1_per_type=m["slot_f1_per_type"],
+              "labels": names, "gold_labels": gold, "predictions": pred}
+    exact = [g == p for g, p in zip(gold, pred)]
+    if slots:
+        exact = scores["exact_match_correct"]
+        known = {s[2:] if predictor.slot_scheme == "bio" else s for s in predictor.slots}
+        report.update(slot_f1=scores["slot_f1"], exact_match=scores["exact_match"], per_slot=scores["per_slot"],
+                      slot_f1_per_type=scores["slot_f1_per_type"],
                       unknown_slot_types=sorted({s for x in examples for _, _, s in x.spans} - known))
-    stem = os.path.join(cfg.out_dir, f"evaluate-{predictor.name}-{data_name(cfg.data) if cfg.data else 'massive'}-"
-                                     f"{split}")
-    errors = [{"text": x.text, "where": x.where, "gold_intent": g, "predicted_intent": p,
-               "gold_slots": gold_spans(x),
-               "predicted_slots": spans(x.text, *words[i], word_offsets(x.text)) if words else []}
+    stem = os.path.join(cfg.out_dir, f"evaluate-{predictor.name}-{cfg.source.data.name}-{split}")
+    errors = [{"text": x.text, "where": x.where, "gold_intent": names[g], "predicted_intent": names[p],
+               "gold_slots": gold_spans(x), "predicted_slots": predictor.spans(x.text, *words[i]) if words else []}
               for i, (x, g, p, ok) in enumerate(zip(examples, gold, pred, exact)) if not ok]
     lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
     atomic_write(stem + "-errors.jsonl", lambda f: f.write(lines.encode()))

@@ -22,12 +22,13 @@ import shutil
 import numpy as np
 import torch
 
-from data import scored_split, word_names, word_tags
-from fileio import UserError
+from arguments import BACKENDS
+from data import scored_split
+from evaluation import gold_of
+from fileio import UserError, write_json
 from inference import Predictor, checkpoint_folder
+from metrics import score
 from model import checkpoint_layout, load_checkpoint
-from slots import slot_metrics
-from fileio import write_json
 from utils import use_bf16
 
 log = logging.getLogger("export")
@@ -35,6 +36,7 @@ GATE_DROP = 0.3  # accuracy points
 GATE_SLOT_DROP = 0.5  # slot F1 and exact-match points
 GATE_AGREEMENT = 0.985
 Z_ONE_SIDED = 1.645  # the one-sided 95% normal quantile
+GRAPHS = {backend: name for backend, name in BACKENDS.items() if name}  # what export writes, by backend
 
 
 class Outputs(torch.nn.Module):
@@ -94,16 +96,16 @@ def to_int8(fp32_path, path, encoder_config, keep=KEEP_FP32):
 
 def scores(predictor, texts, gold, batch_size):
     """(per utterance: top-1 and whether it was right, exact match where there are slots; the backend's accuracy,
-    and with slots its slot F1 and exact match) on the scored split."""
+    and with slots its slot F1 and exact match) on the scored split. gold: (label ids, word labels or None), as
+    evaluation.gold_of gives them."""
     logits, words = predictor.outputs(texts, batch_size)
     pred = logits.argmax(1)
-    right = pred == gold["labels"]
-    out, exact = {"accuracy": float(right.mean())}, None
-    if words is not None:
-        m = slot_metrics(gold["slots"], [names for names, _ in words], right)
-        out.update(slot_f1=m["slot_f1"], exact_match=m["exact_match"])
-        exact = np.array(m["exact_match_correct"])
-    return {"top1": pred, "right": right, "exact": exact}, out
+    slots = words is not None and gold[1] is not None
+    m = score(pred, gold[0], len(predictor.labels), (gold[1], [names for names, _ in words]) if slots else None,
+              predictor.slot_scheme)
+    out = {"accuracy": m["accuracy"], **({"slot_f1": m["slot_f1"], "exact_match": m["exact_match"]} if slots else {})}
+    exact = np.array(m["exact_match_correct"]) if slots else None
+    return {"top1": pred, "right": pred == np.array(gold[0]), "exact": exact}, out
 
 
 def paired_drop(reference, other):
@@ -142,15 +144,17 @@ def export(cfg):
     # the reference is the fp32 model, the weights as trained and exported: not the bf16 backend of a CPU with
     # native bf16, which approximates them as the int8 graph does (its agreement is reported beside)
     torch_predictor = Predictor(path, "torch", base_model=cfg.model, fp32=True)
-    test, split = scored_split(cfg.data, cfg.data_format, torch_predictor.meta["config"], "test")
-    texts, gold = gold_of(torch_predictor, test)
+    test, split = scored_split(cfg.source, torch_predictor.meta["config"], "test")
+    texts, label_ids, _, words = gold_of(torch_predictor, test)
+    gold = (label_ids, words)
     staging = os.path.join(path, ".export")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
-        model = to_onnx(os.path.join(staging, "model.onnx"), path, cfg.model)
+        fp32, int8 = (os.path.join(staging, GRAPHS[b]) for b in ("onnx", "onnx-int8"))
+        model = to_onnx(fp32, path, cfg.model)
         config = (model.encoder if hasattr(model, "encoder") else model.base_model.encoder).config
-        to_int8(os.path.join(staging, "model.onnx"), os.path.join(staging, "model.int8.onnx"), config)
+        to_int8(fp32, int8, config)
         per_ref, torch_scores = scores(torch_predictor, texts, gold, cfg.batch_size)
         report = {"test_utterances": len(texts), "split": split, "torch": torch_scores,
                   "torch_accuracy": torch_scores["accuracy"],
@@ -161,7 +165,7 @@ def export(cfg):
             per, report["torch-bf16"] = scores(Predictor(path, "torch", base_model=cfg.model), texts, gold,
                                                cfg.batch_size)
             report["torch-bf16"]["agreement"] = float((per["top1"] == per_ref["top1"]).mean())
-        for backend, name in (("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
+        for backend, name in GRAPHS.items():
             onnx_file = os.path.join(staging, name)
             per, row = scores(Predictor(path, backend, onnx_file=onnx_file), texts, gold, cfg.batch_size)
             row.update(agreement=float((per["top1"] == per_ref["top1"]).mean()),
@@ -176,30 +180,17 @@ def export(cfg):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def gold_of(predictor, examples):
-    """The texts, and the gold label ids (-1: a label the model does not know) and word labels of the checkpoint."""
-    label, index = predictor.meta["config"]["label"], {y: i for i, y in enumerate(predictor.labels)}
-    missing = next((x for x in examples if label not in x.labels), None)
-    if missing:
-        raise UserError(f"{missing.where}: no '{label}' label, which {predictor.name} predicts")
-    bio = bool(predictor.slots) and any(s.startswith(("B-", "I-")) for s in predictor.slots)
-    slots = [(word_tags if bio else word_names)(x.text, x.spans) for x in examples] if predictor.slots else None
-    return [x.text for x in examples], {"labels": np.array([index.get(x.labels[label], -1) for x in examples]),
-                                        "slots": slots}
-
-
 def put_in_place(path, staging, report):
     """The graphs that passed the gate moved into the checkpoint, and export.json; UserError naming those that
     failed (after the others are in place)."""
     write_json(os.path.join(path, "export.json"), report)  # the numbers, whether or not the gate passed
-    names = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
-    for backend, name in names.items():
+    for backend, name in GRAPHS.items():
         if report[backend]["passed"]:
             os.replace(os.path.join(staging, name), os.path.join(path, name))
             log.info("wrote %s", os.path.join(path, name))
-    failed = [b for b in names if not report[b]["passed"]]
+    failed = [b for b in GRAPHS if not report[b]["passed"]]
     if failed:
         raise UserError(f"export failed the accuracy gate ({', '.join(failed)}): see {path}/export.json; "
-                        f"{'only the graphs that passed were' if len(failed) < len(names) else 'nothing was'} "
+                        f"{'only the graphs that passed were' if len(failed) < len(GRAPHS) else 'nothing was'} "
                         "put in place")
     return report

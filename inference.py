@@ -8,22 +8,36 @@ saved before calibration existed).
     from inference import Predictor
     p = Predictor("checkpoints/<run name>")                    # or backend="onnx" / "onnx-int8" after export
     p.top_k(["wake me up at seven"], k=3)                      # [[{"label": "alarm", "score": 0.98}, ...]]
+    p.parse(["wake me up at seven"])                           # [(top labels, slots with their values)]
+
+Using a model is preprocess -> forward -> postprocess, as transformers'
+pipelines split it: `outputs` tokenizes and runs batches (what a server
+batches across requests), and `postprocess` turns their outputs into each
+utterance's answer (ranking, slots and their spans, resolved values), for
+`parse`, `predict`, `/parse` and the try-it page alike.
 """
 import json
 import os
 import sys
 import threading
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from arguments import BACKENDS
 from data import first_subtokens
 from fileio import UserError
-from readers import word_offsets
 from resolver import DIMENSIONS, ContextError, Resolver, context
 from slots import spans, word_predictions
 
-BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+class Resolution(NamedTuple):
+    """How slot values are resolved: settings of a command, checked once (resolution_of) and given to Predictor."""
+    resolve: bool = True  # False: the words only
+    timezone: str | None = None  # IANA name of the default zone (None: the machine's)
+    slot_dims: dict = {}  # {slot type: (Duckling dimensions)} over resolver.SLOT_DIMS
+    synonyms: dict = {}  # {text: canonical value} over the checkpoint's
 
 
 def calibrated(logits, temperature):
@@ -59,11 +73,13 @@ class Predictor:
     putting it in place). spelling: correct words unknown to the model first
     (spelling.py), with the training words the checkpoint saved; `speller` can
     also be set to any spelling.Speller. fp32: the torch backend keeps the
-    weights as trained, in fp32, also on a CPU with native bf16.
+    weights as trained, in fp32, also on a CPU with native bf16. resolution:
+    how slot values are resolved (default: resolved, with the checkpoint's
+    synonyms, in the machine's zone).
     """
 
     def __init__(self, checkpoint, backend="torch", base_model=None, threads=None, onnx_file=None, spelling=False,
-                 fp32=False):
+                 fp32=False, resolution=Resolution()):
         from model import load_checkpoint
         from transformers import AutoTokenizer
 
@@ -114,10 +130,15 @@ class Predictor:
         self.temperature = self.meta.get("temperature", 1.0)
         self.name = self.meta["run_name"]
         self.slots = self.meta.get("slots")  # the slot head's names; None without one
+        # the data's slot scheme; a checkpoint saved before it was recorded has BIO tags where its names carry them
+        self.slot_scheme = self.meta.get("slot_scheme") or (
+            "bio" if any(name.startswith(("B-", "I-")) for name in self.slots or ()) else "names")
         self.crf = self.load_crf()
         self.speller = self.load_speller() if spelling else None
         # the synonyms of the training data travel in the checkpoint, so the served model answers alike
-        self.resolver = Resolver(synonyms=self.meta.get("synonyms"))
+        self.resolver = (Resolver(resolution.slot_dims, {**(self.meta.get("synonyms") or {}), **resolution.synonyms})
+                         if resolution.resolve else None)
+        self.timezone = resolution.timezone
 
     def load_crf(self):
         """The CRF's (S + 2, S) scores (model.SlotCRF) as numpy, read from the checkpoint for every backend; None
@@ -188,21 +209,37 @@ class Predictor:
         """For each utterance its k most probable labels as [{"label", "score"}], best first (see rank)."""
         return self.rank(texts, self.probabilities(texts, batch_size), k, min_confidence)
 
-    def parse(self, texts, k=3, min_confidence=None, batch_size=128, resolve=True, reference_time=None,
-              timezone=None):
-        """For each utterance (its top k labels as top_k gives them, its slots): each slot {"slot", "value",
-        "start", "end", "score"} with character offsets into the text as given, so text[start:end] == value, and
-        the mean probability of its words' slot; with resolve, also its "normalized" and "resolved" values where
-        it has them (resolver.Resolver, relative to reference_time in timezone: ISO 8601 and IANA strings,
-        default now in the machine's zone; resolver.ContextError when malformed). No slots without a slot head."""
+    def parse(self, texts, k=3, min_confidence=None, batch_size=128, reference_time=None, timezone=None):
+        """postprocess's answers for raw utterances, resolved relative to reference_time in timezone (ISO 8601 and
+        IANA strings, default now in the Predictor's zone; resolver.ContextError when malformed)."""
+        when = self.context(reference_time, timezone)
         logits, words = self.outputs(texts, batch_size)
-        ranked = self.rank(texts, calibrated(logits, self.temperature), k, min_confidence)
+        return self.postprocess(texts, calibrated(logits, self.temperature), words, k, min_confidence, when)
+
+    def context(self, reference_time=None, timezone=None):
+        """The time context (an aware reference time, its zone) of one request or run, checked once; None where
+        nothing is resolved. resolver.ContextError when malformed."""
+        return context(reference_time, timezone or self.timezone) if self.resolver else None
+
+    def postprocess(self, texts, probs, words, k=3, min_confidence=None, when=None):
+        """Each utterance's answer from the forward step's outputs (probs: calibrated (N, C); words: each
+        utterance's word slots and probabilities, or None): (its top k labels as rank gives them, its slots). Each
+        slot is {"slot", "value", "start", "end", "score"}, with character offsets into the text as given, so
+        text[start:end] == value, and the mean probability of its words' slot; resolved, it also has its
+        "normalized" and "resolved" values where it has them (resolver.Resolver, in the time context `when`,
+        default now). No slots without a slot head."""
+        ranked = self.rank(texts, probs, k, min_confidence)
         if words is None:
             return [(top, []) for top in ranked]
-        found = [spans(text, names, scores, word_offsets(text)) for text, (names, scores) in zip(texts, words)]
-        if resolve:
-            found = [self.resolver(text, f, reference_time, timezone) for text, f in zip(texts, found)]
+        found = [self.spans(text, names, scores) for text, (names, scores) in zip(texts, words)]
+        if self.resolver is not None:
+            when = when or self.context()
+            found = [self.resolver(text, f, when) for text, f in zip(texts, found)]
         return list(zip(ranked, found))
+
+    def spans(self, text, names, scores):
+        """One utterance's predicted slots from its word slots and their probabilities (slots.spans)."""
+        return spans(text, names, scores, self.slot_scheme)
 
     def rank(self, texts, probs, k=3, min_confidence=None):
         """The k best labels of each row of probs; [] for an empty utterance, or below min_confidence (abstain)."""
@@ -235,17 +272,19 @@ def read_utterances(cfg):
 def predict(cfg):
     """--task predict: each utterance's top-k labels with calibrated probabilities, and its slots where the
     checkpoint has a slot head; printed, and returned as records."""
-    predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, spelling=cfg.spelling)
+    resolution = resolution_of(cfg)  # bad files and zones fail before the model loads
+    predictor = Predictor(cfg.checkpoint, cfg.backend, base_model=cfg.model, spelling=cfg.spelling,
+                          resolution=resolution)
     if cfg.slots and not predictor.slots:
         raise UserError(f"checkpoint {cfg.checkpoint} has no slot head: train it with --slots to get slots")
-    predictor.resolver = resolver_of(cfg, predictor)
-    texts = read_utterances(cfg)
     try:
-        context(cfg.reference_time, cfg.timezone)  # a bad one is refused whether or not a slot needs it
+        when = predictor.context(cfg.reference_time)  # a bad one is refused whether or not a slot needs it
     except ContextError as e:
         raise UserError(str(e)) from None
-    parsed = predictor.parse(texts, cfg.top_k, cfg.min_confidence, cfg.batch_size, cfg.resolve, cfg.reference_time,
-                             cfg.timezone)
+    texts = read_utterances(cfg)
+    logits, words = predictor.outputs(texts, cfg.batch_size)
+    parsed = predictor.postprocess(texts, calibrated(logits, predictor.temperature), words, cfg.top_k,
+                                   cfg.min_confidence, when)
     records = []
     for text, (top, found) in zip(texts, parsed):
         records.append({"text": text, "predictions": [{"label": t["label"], "probability": t["score"]} for t in top]})
@@ -275,16 +314,20 @@ def shown_slot(x):
     return out
 
 
-def resolver_of(cfg, predictor):
-    """The checkpoint's resolver with the slot-type map (--slot-dims) and synonyms (--synonyms) of the command."""
+def resolution_of(cfg):
+    """The Resolution of predict's or serve's settings: --no-resolve, --timezone, the slot-type map (--slot-dims) and
+    synonyms (--synonyms); UserError on a bad file or zone."""
     dims = read_table(cfg.slot_dims, "--slot-dims") if cfg.slot_dims else {}
     unknown = sorted({d for v in dims.values() for d in (v if isinstance(v, list) else [v])} - set(DIMENSIONS))
     if unknown:
         raise UserError(f"--slot-dims {cfg.slot_dims}: unknown Duckling dimension {', '.join(unknown)} "
                         f"(known: {', '.join(DIMENSIONS)})")
-    synonyms = {**(predictor.meta.get("synonyms") or {}), **(read_table(cfg.synonyms, "--synonyms")
-                                                               if cfg.synonyms else {})}
-    return Resolver({k: tuple(v if isinstance(v, list) else [v]) for k, v in dims.items()}, synonyms)
+    try:
+        context(None, cfg.timezone)
+    except ContextError as e:
+        raise UserError(str(e)) from None
+    return Resolution(cfg.resolve, cfg.timezone, {k: tuple(v if isinstance(v, list) else [v]) for k, v in dims.items()},
+                      read_table(cfg.synonyms, "--synonyms") if cfg.synonyms else {})
 
 
 def read_table(path, flag):

@@ -116,7 +116,7 @@ HEADS = {
     "aux_head": Head("classify", saved=False),  # a second label, only while training
     "projection": Head("contrastive", saved=False),
 }
-LR_SCALES = {name: h.lr_scale for name, h in HEADS.items() if h.lr_scale != 1}  # utils.build_param_groups' scales
+LR_SCALES = {name: h.lr_scale for name, h in HEADS.items() if h.lr_scale != 1}  # optim.build_param_groups' scales
 
 
 def mlp_head(hidden, n_classes):

@@ -27,7 +27,10 @@ from experiments import EXPERIMENTS  # noqa: E402
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
 REQUIRED = ("run_name", "task", "config", "environment", "history", "test_loss", "test_accuracy")
-EVALUATION_KEYS = ("run_name", "data", "split", "labels", "test_labels", "test_predictions")
+EVALUATION_KEYS = ("run_name", "data", "split", "labels", "gold_labels", "predictions")
+# what evaluation reports named their scored split's columns before the names held for any split
+EVALUATION_RENAMED = {"test_labels": "gold_labels", "test_predictions": "predictions",
+                      "test_slot_f1_per_type": "slot_f1_per_type"}
 
 
 def load_results(paths):
@@ -46,6 +49,7 @@ def load_results(paths):
             problems.append(f"skipping {path}: not JSON ({e})")
             continue
         if isinstance(r, dict) and r.get("kind") == "evaluation":  # --task evaluate's report: drawn on its own
+            r = {EVALUATION_RENAMED.get(k, k): v for k, v in r.items()}
             missing = [k for k in EVALUATION_KEYS if k not in r]
         if missing:
             problems.append(f"skipping {path}: not a results file (no {', '.join(missing)})")
@@ -458,17 +462,17 @@ def plot_joint(groups, path):
     plt.close(fig)
 
 
-def plot_slot_f1(r, path, title=None):
-    """Per-slot test F1 of one joint run (or evaluation), slots sorted by how often they occur in test."""
-    per = sorted(r["test_slot_f1_per_type"].items(), key=lambda kv: (-kv[1]["support"], kv[0]))
+def plot_slot_f1(per_type, path, title):
+    """Per-slot F1 ({slot type: f1, support}) of one joint run's test or an evaluation's split, slots sorted by how
+    often they occur."""
+    per = sorted(per_type.items(), key=lambda kv: (-kv[1]["support"], kv[0]))
     fig, ax = plt.subplots(figsize=(7, 1.0 + 0.2 * len(per)))
     y = np.arange(len(per))[::-1]
     ax.barh(y, [100 * v["f1"] for _, v in per], color="tab:blue")
     ax.set_yticks(y, [f"{name} ({v['support']})" for name, v in per], fontsize=7)
     ax.set_xlim(0, 100)
-    ax.set_xlabel("test F1 (%)")
-    title = title or f"{run_title(r)}, seed {r['config']['seed']}"
-    ax.set_title(f"{title}: per-slot F1 (test spans in brackets), most frequent first", fontsize=9)
+    ax.set_xlabel("F1 (%)")
+    ax.set_title(f"{title}: per-slot F1 (spans in brackets), most frequent first", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -502,9 +506,9 @@ def plot_reliability(r, path, bins=15):
     plt.close(fig)
 
 
-def per_class(r):
+def per_class(labels, gold, pred):
     """Confusion matrix (rows: true, columns: predicted) and per-class precision, recall, F1, support."""
-    labels, gold, pred = r["labels"], np.array(r["test_labels"]), np.array(r["test_predictions"])
+    gold, pred = np.array(gold), np.array(pred)
     cm = np.zeros((len(labels), len(labels)), dtype=int)
     np.add.at(cm, (gold, pred), 1)
     tp = np.diag(cm).astype(float)
@@ -514,8 +518,7 @@ def per_class(r):
     return cm, precision, recall, f1, cm.sum(1)
 
 
-def plot_confusion(r, cm, path, title=None):
-    labels = r["labels"]
+def plot_confusion(labels, cm, path, title):
     size = max(6, 0.3 * len(labels))
     fig, ax = plt.subplots(figsize=(size, size))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -526,20 +529,19 @@ def plot_confusion(r, cm, path, title=None):
                 ax.text(j, i, v, ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title or f"{experiment(r)[0]}: test confusion matrix")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def per_class_report(r, out_dir, name=None, title=None):
-    """The confusion matrix figure and the per-class scores (markdown) of a run or an evaluation."""
-    name = name or r["run_name"]
-    cm, precision, recall, f1, support = per_class(r)
-    plot_confusion(r, cm, os.path.join(out_dir, f"{name}-confusion.png"), title)
+def per_class_report(labels, gold, pred, out_dir, name, title):
+    """The confusion matrix figure and the per-class scores (markdown) of a run's test or an evaluation's split."""
+    cm, precision, recall, f1, support = per_class(labels, gold, pred)
+    plot_confusion(labels, cm, os.path.join(out_dir, f"{name}-confusion.png"), title)
     rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     rows += [f"| {label} | {100 * p_:.1f} | {100 * r_:.1f} | {100 * f_:.1f} | {n} |"
-             for label, p_, r_, f_, n in zip(r["labels"], precision, recall, f1, support)]
+             for label, p_, r_, f_, n in zip(labels, precision, recall, f1, support)]
     seen = (support > 0) | (cm.sum(0) > 0)  # as in training's macro-F1: classes absent from both are skipped
     rows.append(f"| macro average | {100 * precision[seen].mean():.1f} | {100 * recall[seen].mean():.1f} | "
                 f"{100 * f1[seen].mean():.1f} | {support.sum()} |")
@@ -552,9 +554,9 @@ def plot_evaluation(e, out_dir):
     """An evaluation's (--task evaluate) confusion matrix, per-class scores and per-slot F1."""
     name = os.path.splitext(os.path.basename(e["_path"]))[0]  # evaluate-<run>-<data>-<split>, as evaluate named it
     title = f"{e['run_name']} on {e['data']['file']} ({e['split']})"
-    per_class_report(e, out_dir, name, f"{title}: confusion matrix")
-    if e.get("test_slot_f1_per_type"):
-        plot_slot_f1(e, os.path.join(out_dir, f"{name}-slots.png"), title)
+    per_class_report(e["labels"], e["gold_labels"], e["predictions"], out_dir, name, f"{title}: confusion matrix")
+    if e.get("slot_f1_per_type"):
+        plot_slot_f1(e["slot_f1_per_type"], os.path.join(out_dir, f"{name}-slots.png"), title)
 
 
 def main(argv=None):
@@ -604,7 +606,8 @@ def main(argv=None):
             md += ("\n\nIntent accuracy, each joint experiment paired against intent-only runs of the same settings "
                    "without the slot head (what the slot objective does to intent):\n\n" + comparison_table(rows))
         best = max((r for r in runs if r["config"].get("slots")), key=lambda r: r["best_val_exact_match"])
-        plot_slot_f1(best, os.path.join(args.out_dir, f"{best['run_name']}-slots.png"))
+        plot_slot_f1(best["test_slot_f1_per_type"], os.path.join(args.out_dir, f"{best['run_name']}-slots.png"),
+                     f"{run_title(best)}, seed {best['config']['seed']}, test")
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(md + "\n")
     print(md)
@@ -615,7 +618,8 @@ def main(argv=None):
         return 1
     r = chosen[0]
     if "test_labels" in r and "test_predictions" in r:
-        per_class_report(r, args.out_dir)
+        per_class_report(r["labels"], r["test_labels"], r["test_predictions"], args.out_dir, r["run_name"],
+                         f"{experiment(r)[0]}: test confusion matrix")
     else:
         print(f"{r['run_name']} has no test predictions: no confusion matrix", file=sys.stderr)
     if "calibration" in r:

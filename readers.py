@@ -1,5 +1,8 @@
-"""Utterance data in the formats NLU teams keep: MASSIVE JSON lines, Rasa NLU YAML, CSV/TSV, BIO benchmark folders.
+"""Utterance data in the formats NLU teams keep: MASSIVE JSON lines, Rasa NLU YAML, CSV/TSV, BIO benchmark folders,
+and MASSIVE from the Hugging Face hub.
 
+A data set is located once (source()): its format, the files a read looks
+at, the name results and run names give it, and a sha256 over its bytes.
 Every reader gives the same Examples: the text as written, its labels
 ({"intent": ..., and any other label column, such as MASSIVE's scenario}),
 its slot spans as (start, end, slot type) character offsets with their
@@ -12,17 +15,20 @@ and what is wrong; nothing is read past it.
 """
 import csv
 import glob
+import hashlib
 import json
 import logging
 import os
 import re
 from typing import NamedTuple
 
-from fileio import UserError
+from fileio import UserError, file_sha256
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("massive", "rasa", "csv", "bio")
+FORMATS = ("massive", "rasa", "csv", "bio")  # what --data-format names; the hub is read without a path
+SPLITS = ("train", "validation", "test")
+HUB_ID, HUB_CONFIG = "AmazonScience/massive", "en-US"
 SPLIT_NAMES = {"train": "train", "dev": "validation", "valid": "validation", "validation": "validation",
                "test": "test"}  # as the data may name them
 RESERVED = ("O", "Other")  # the outside label of BIO and of MASSIVE's word names
@@ -39,13 +45,41 @@ class Example(NamedTuple):
 class Dataset(NamedTuple):
     examples: list
     synonyms: dict  # {text as annotated, lower-cased: canonical value}
-    format: str
     files: list  # every file read, in order (the cache key covers their bytes)
 
 
-def data_name(path):
-    """A data file or folder's name, without its extension (en-US for MASSIVE's release file)."""
-    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+class Source(NamedTuple):
+    """One data set, located: what a read looks at and what identifies it, never re-derived from the path."""
+    path: str | None  # the file or folder as given; None: MASSIVE from the hub
+    format: str  # one of FORMATS, or "hub"
+    file: str  # what results record: the file or folder's own name (en-US.jsonl), or the hub's id
+    name: str  # run names, caches and reports: the same without its extension (en-US), or "massive"
+    files: tuple  # every file a read looks at, in order
+    sha256: str | None  # over the names (relative to a folder) and bytes of those files; None for the hub
+
+
+HUB = Source(None, "hub", f"hub:{HUB_ID}/{HUB_CONFIG}", "massive", (), None)
+
+
+def source(path, data_format=None):
+    """The Source of a data file or folder (HUB for None) in data_format, or the format detect() finds; UserError
+    when it is missing or its format cannot be told."""
+    if path is None:
+        return HUB
+    if not os.path.exists(path):
+        raise UserError(f"data not found: {path}")
+    fmt = data_format or detect(path)
+    files = tuple(files_of(path, fmt))
+    if os.path.isdir(path):
+        h = hashlib.sha256()
+        for f in files:
+            h.update(os.path.relpath(f, path).encode())
+            h.update(file_sha256(f).encode())
+        digest = h.hexdigest()
+    else:
+        digest = file_sha256(path)
+    name = os.path.basename(os.path.normpath(path))
+    return Source(path, fmt, name, os.path.splitext(name)[0], files, digest)
 
 
 def detect(path):
@@ -65,9 +99,8 @@ def detect(path):
     return formats[ext]
 
 
-def files_of(path, data_format=None):
-    """Every file a read of path would look at, in order (without reading them): what a cache key must cover."""
-    fmt = data_format or detect(path)
+def files_of(path, fmt):
+    """Every file a read of path in format fmt would look at, in order (without reading them)."""
     if not os.path.isdir(path):
         return [path]
     if fmt == "bio":
@@ -76,12 +109,13 @@ def files_of(path, data_format=None):
     return sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.y*ml"), recursive=True))
 
 
-def read(path, data_format=None):
-    """The Dataset at path (a file or folder) in data_format, or the format detect() finds."""
-    if not os.path.exists(path):
-        raise UserError(f"data not found: {path}")
-    fmt = data_format or detect(path)
-    return {"massive": read_massive, "rasa": read_rasa, "csv": read_csv, "bio": read_bio}[fmt](path)
+def read(src):
+    """The Dataset of a Source."""
+    if src.format == "hub":
+        return read_hub()
+    if src.format == "rasa":
+        return read_rasa(src.path, src.files)
+    return {"massive": read_massive, "csv": read_csv, "bio": read_bio}[src.format](src.path)
 
 
 def text_lines(path):
@@ -204,20 +238,6 @@ def word_offsets(text):
     return spans
 
 
-def spans_of_words(text, slots):
-    """Spans of a text from one slot name per word of text.split() ("Other" outside), consecutive equal names forming
-    one span (MASSIVE's reading)."""
-    words, spans, i = word_offsets(text), [], 0
-    while i < len(slots):
-        j = i
-        while j + 1 < len(slots) and slots[j + 1] == slots[i]:
-            j += 1
-        if slots[i] != "Other":
-            spans.append((words[i][0], words[j][1], slots[i]))
-        i = j + 1
-    return tuple(spans)
-
-
 # ---- the formats ----
 
 def read_massive(path):
@@ -247,7 +267,7 @@ def read_massive(path):
         if "annot_utt" in row:
             spans = massive_spans(row, where)
         examples.append(Example(row["utt"], labels, spans, split and SPLIT_NAMES[split], where))
-    return Dataset(examples, {}, "massive", [path])
+    return Dataset(examples, {}, [path])
 
 
 def massive_spans(row, where):
@@ -307,7 +327,7 @@ def read_csv(path):
             raise UserError(f"{where}: unknown split '{split}' (expected train, dev, valid or test)")
         labels = {c: cell[c].strip() for c in label_columns if cell[c].strip()}
         examples.append(Example(text, labels, spans, split and SPLIT_NAMES[split], where))
-    return Dataset(examples, synonyms, "csv", [path])
+    return Dataset(examples, synonyms, [path])
 
 
 def parse_or_fail(parse, annotated, where):
@@ -344,7 +364,7 @@ def read_bio(folder):
                 raise UserError(f"{paths[2]}:{n}: empty label")
             examples.append(Example(text, {"intent": intent.strip()}, spans, SPLIT_NAMES[d], where))
         files += paths
-    return Dataset(examples, {}, "bio", files)
+    return Dataset(examples, {}, files)
 
 
 def bio_example(line, tag_line, where):
@@ -370,13 +390,13 @@ def bio_example(line, tag_line, where):
     return text, tuple(spans)
 
 
-def read_rasa(path):
-    """Rasa NLU training data (2.x and 3.x YAML), a file or a folder searched recursively: `nlu:` entries only; the
-    other files' kinds (stories, rules, domain) and regex/lookup entries are counted in the log."""
+def read_rasa(path, files=None):
+    """Rasa NLU training data (2.x and 3.x YAML), a file or a folder searched recursively (files: its YAML files,
+    as files_of lists them): `nlu:` entries only; the other files' kinds (stories, rules, domain) and regex/lookup
+    entries are counted in the log."""
     import yaml  # lazily: only Rasa data needs PyYAML
 
-    files = (sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.y*ml"), recursive=True))
-             if os.path.isdir(path) else [path])
+    files = files_of(path, "rasa") if files is None else files
     examples, synonyms, read_files, skipped, unused = [], {}, [], {}, {"regex": 0, "lookup": 0}
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it: 10x faster
     for f in files:
@@ -399,7 +419,7 @@ def read_rasa(path):
     log.info("Rasa data: %d examples from %d NLU file(s)%s; %d regex and %d lookup entries not used", len(examples),
              len(read_files), "".join(f", {n} {k} file(s) skipped" for k, n in skipped.items()), unused["regex"],
              unused["lookup"])
-    return Dataset(examples, synonyms, "rasa", read_files)
+    return Dataset(examples, synonyms, read_files)
 
 
 def yaml_key(node, key):
@@ -457,3 +477,26 @@ def rasa_examples(node, where, name):
         if all(isinstance(x, yaml.ScalarNode) for x in items):
             return [(x.value, x.start_mark.line + 1) for x in items]
     raise UserError(f"{where}: '{name}' has no examples (a block of '- ' lines, or a list of {{text: ...}})")
+
+
+def read_hub():
+    """MASSIVE en-US from the Hugging Face hub (needs `datasets` and a network)."""
+    try:
+        import datasets  # lazily: machines without it can still train from a file
+
+        try:
+            ds = datasets.load_dataset(HUB_ID, HUB_CONFIG)
+        except RuntimeError:  # datasets >= 4 runs no loading scripts; the hub's parquet conversion needs none
+            ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, revision="refs/convert/parquet")
+    except Exception as e:
+        raise UserError(f"could not load {HUB_ID} ({HUB_CONFIG}) from the hub ({type(e).__name__}); "
+                        "offline, pass --data PATH/en-US.jsonl (the MASSIVE release file) or set MASSIVE_DATA") from None
+    names = {k: ds["train"].features[k].names for k in ("intent", "scenario")}  # the hub stores ClassLabel ids
+    examples = []
+    for split in SPLITS:
+        for n, r in enumerate(ds[split]):
+            row = {"utt": r["utt"], "annot_utt": r["annot_utt"]}
+            where = f"hub:{HUB_ID}/{HUB_CONFIG}/{split}:{n}"
+            examples.append(Example(r["utt"], {k: names[k][r[k]] for k in names}, massive_spans(row, where), split,
+                                    where))
+    return Dataset(examples, {}, [])

@@ -1,6 +1,5 @@
 """The accuracy recipe's helpers beside the loop: the other label's targets, the teachers' probabilities (cached), and
 scenario accuracy from an intent model (one intent-to-scenario map, for training and bench/ensemble.py alike)."""
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from scipy.special import softmax
 
-from data import load_cache, load_features
+from data import label_ids, load_cache
 from fileio import UserError, atomic_write
 from inference import Predictor, checkpoint_folder
 from loss import crf_log_marginals
@@ -22,12 +21,11 @@ from slots import OUTSIDE
 log = logging.getLogger("recipe")
 
 
-def other_labels(cfg, tokenizer, features):
-    """The other label's names and its id for every training utterance (intent for scenario, and back)."""
-    other = dataclasses.replace(cfg, label="intent" if cfg.label == "scenario" else "scenario")
-    names, other_features = load_features(other, tokenizer)
-    assert other_features["train"]["texts"] == features["train"]["texts"]  # one file, read in one order
-    return names, other_features["train"]["labels"]
+def other_labels(cfg, cached):
+    """The other label's names and its id for every training utterance (intent for scenario, and back), from the
+    cached features of every label column (data.Loaded.cached)."""
+    names, ids = label_ids(cached, "intent" if cfg.label == "scenario" else "scenario")
+    return names, ids["train"]
 
 
 def teacher_probabilities(cfg, labels, train, slots=None):
@@ -145,11 +143,11 @@ def coarse_accuracy(probs, parent, coarse_labels):
     return float(np.mean(coarse_probabilities(probs, parent, n).argmax(1) == np.asarray(coarse_labels)))
 
 
-def scenario_from_intent(cfg, tokenizer, intents, features, probs):
-    """Scenario test accuracy of an intent model (intents: its labels; probs: (N, F) on test), each scenario's
-    probability the sum of its intents'."""
-    scenarios, scenario = load_features(dataclasses.replace(cfg, label="scenario"), tokenizer)
-    pairs = [(intents[i], scenarios[s]) for i, s in zip(features["train"]["labels"], scenario["train"]["labels"])]
-    acc = coarse_accuracy(probs, scenario_of_intents(pairs, intents, scenarios), scenario["test"]["labels"])
+def scenario_from_intent(intents, features, cached, probs):
+    """Scenario test accuracy of an intent model (intents: its labels; features: its run's; probs: (N, F) on test),
+    each scenario's probability the sum of its intents'; cached: every label column (data.Loaded.cached)."""
+    scenarios, scenario = label_ids(cached, "scenario")
+    pairs = [(intents[i], scenarios[s]) for i, s in zip(features["train"]["labels"], scenario["train"])]
+    acc = coarse_accuracy(probs, scenario_of_intents(pairs, intents, scenarios), scenario["test"])
     log.info("scenario accuracy of this intent model (intent probabilities summed per scenario): %.4f", acc)
     return acc

@@ -10,7 +10,7 @@ is never an error. Where the wheel is missing (another platform), resolution
 is skipped with one log line.
 
 Relative expressions depend on the reference time and its zone: each call
-takes them (default: now, in the machine's zone). The whole utterance is parsed
+takes them, as context() checked them (default: now, in the machine's zone). The whole utterance is parsed
 once and each result attached to the slots it overlaps (STRATEGY;
 docs/resolution.md measures both ways on a hand-written gold set).
 """
@@ -145,14 +145,11 @@ class Resolver:
         base = slot.split(".", 1)[0]
         return self.slot_dims.get(slot) or self.slot_dims.get(base) or ((base,) if base in DIMENSIONS else ())
 
-    def applies(self, slots):
-        """Whether any of the slots has a value to resolve or a synonym: the others are answered as they are."""
-        return any(self.dims_of(s["slot"]) or s["value"].lower() in self.synonyms for s in slots)
-
-    def __call__(self, text, slots, reference_time=None, timezone=None):
+    def __call__(self, text, slots, when=None):
         """The slots ([{"slot", "value", "start", "end", ...}] of one utterance) with `normalized` and `resolved`
-        added where they apply. ContextError on a malformed reference time or zone."""
-        when, zone = context(reference_time, timezone)
+        added where they apply, relative to when: (reference time, zone) as context() gives them, checked once per
+        request (default: now, in the machine's zone)."""
+        when, zone = when or context()
         out = [dict(s) for s in slots]
         for s in out:
             canonical = self.synonyms.get(s["value"].lower())

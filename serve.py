@@ -13,7 +13,8 @@ run passes side by side (each with --threads intra-op threads; on a CPU one
 single-threaded stream per core by default); the event loop only parses,
 queues and answers. Errors are answers, never a crash: 422 for a malformed or
 empty request, 413 above --max-inputs utterances, 503 while the model loads or
-when more than --max-queue utterances wait.
+when more than --max-queue utterances wait. Answers come from the Predictor's
+postprocess, as predict's do.
 """
 import asyncio
 import concurrent.futures
@@ -22,18 +23,17 @@ import logging
 import os
 import signal
 import time
-import types
+from typing import NamedTuple
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from arguments import BACKENDS
 from fileio import UserError
-from inference import BACKENDS, Predictor, calibrated, checkpoint_folder, resolver_of, words_file
-from readers import word_offsets
-from resolver import ContextError, Resolver, context
-from slots import spans
+from inference import Predictor, Resolution, calibrated, checkpoint_folder, resolution_of, words_file
+from resolver import ContextError
 
 log = logging.getLogger("serve")
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "try-it.html")  # GET /: the try-it page
@@ -83,17 +83,29 @@ class Overloaded(Exception):
     pass
 
 
+class Refused(Exception):
+    """A request answered with an error status and its reason: raised anywhere, answered by the app's handler."""
+
+    def __init__(self, status, detail, retry=False):
+        super().__init__(detail)
+        self.status, self.detail, self.retry = status, detail, retry
+
+    def answer(self):
+        return JSONResponse({"detail": self.detail}, status_code=self.status,
+                            headers={"Retry-After": "1"} if self.retry else None)
+
+
 async def read_request(request, schema):
-    """(the body as schema, None) or (None, a 422 answer with the reasons). The body is read as JSON whatever content
-    type it declares: `curl -d`, how most people first try an API, sends application/x-www-form-urlencoded."""
+    """The body as schema; Refused (422) with the reasons. The body is read as JSON whatever content type it
+    declares: `curl -d`, how most people first try an API, sends application/x-www-form-urlencoded."""
     body = await request.body()
     try:
-        return schema.model_validate_json(body.decode("utf-8")), None
+        return schema.model_validate_json(body.decode("utf-8"))
     except UnicodeDecodeError as e:
-        return None, JSONResponse({"detail": f"the body is not UTF-8 ({e.reason} at byte {e.start})"}, status_code=422)
+        raise Refused(422, f"the body is not UTF-8 ({e.reason} at byte {e.start})") from None
     except ValidationError as e:  # malformed JSON, wrong types: each error's place and reason
-        detail = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
-        return None, JSONResponse({"detail": detail}, status_code=422)
+        raise Refused(422, [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+                            for err in e.errors()]) from None
 
 
 class Batcher:
@@ -163,14 +175,13 @@ class Batcher:
             free.release()
 
 
-def parse_answer(text, top, words):
-    """One utterance's /parse answer, after Rasa's /model/parse: intent (null when abstaining), intent_ranking, and
-    slots with character offsets into the text as sent."""
+def rasa_answer(text, top, found):
+    """One utterance's /parse answer from the Predictor's postprocess, after Rasa's /model/parse: intent (null when
+    abstaining), intent_ranking, and slots with character offsets into the text as sent."""
     ranking = [{"name": t["label"], "confidence": t["score"]} for t in top]
-    found = spans(text, *words, word_offsets(text)) if words else []
-    return {"text": text, "intent": ranking[0] if ranking else None, "intent_ranking": ranking,
-            "slots": [{"slot": s["slot"], "value": s["value"], "start": s["start"], "end": s["end"],
-                       "confidence": s["score"]} for s in found]}
+    slots = [{"slot": x["slot"], "value": x["value"], "start": x["start"], "end": x["end"], "confidence": x["score"],
+              **{k: x[k] for k in ("normalized", "resolved") if k in x}} for x in found]
+    return {"text": text, "intent": ranking[0] if ranking else None, "intent_ranking": ranking, "slots": slots}
 
 
 class Serving:
@@ -182,10 +193,8 @@ class Serving:
     reaches a replica still loading.
     """
 
-    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start,
-                 resolve=True, timezone=None):
+    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start):
         self.load, self.load_before_start = load, load_before_start
-        self.resolve, self.timezone = resolve, timezone
         self.limits = dict(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, streams=streams)
         self.max_queue = max_queue
         self.predictor = self.batcher = self.error = None
@@ -220,44 +229,36 @@ class Serving:
         log.info("serving %s (%s backend)", predictor.name, predictor.backend)
         await self.batcher.run()
 
-    def resolved(self, parsed, req):
-        """parse answers with their slots resolved in the request's context (resolver.ContextError if bad)."""
-        resolver = self.predictor.resolver
-        return [{**p, "slots": resolver(p["text"], p["slots"], req.reference_time, req.timezone or self.timezone)}
-                if resolver.applies(p["slots"]) else p for p in parsed]
-
-    async def ranked(self, request, schema, noun, slots):
-        """(request, its texts, each one's top labels, word slots or None) from a shared pass, or the answer that
-        ends it."""
-        got = await self.outputs(request, schema, noun, slots)
-        if isinstance(got, JSONResponse):
-            return got
-        req, texts, (probs, words) = got
-        return req, texts, self.predictor.rank(texts, probs, req.top_k, req.min_confidence), words
-
-    def not_ready(self):
+    def ready(self):
+        """The Predictor; Refused (503) while it loads or after it failed to."""
         if self.error:
-            return JSONResponse({"detail": f"the model could not be loaded: {self.error}"}, status_code=503)
-        return JSONResponse({"detail": "the model is loading"}, status_code=503, headers={"Retry-After": "1"})
-
-    async def outputs(self, request, schema, noun, slots):
-        """(request, its texts, (probabilities, word slots)) from a shared pass, or the answer that ends it."""
-        req, invalid = await read_request(request, schema)
-        if invalid:
-            return invalid
+            raise Refused(503, f"the model could not be loaded: {self.error}")
         if self.predictor is None:
-            return self.not_ready()
+            raise Refused(503, "the model is loading", retry=True)
+        return self.predictor
+
+    async def answers(self, request, schema, noun, slots):
+        """(the request, the Predictor's postprocessed answer of each of its texts) from a shared forward pass;
+        Refused when the request, its time context or the load cannot be answered."""
+        req = await read_request(request, schema)
+        predictor = self.ready()
         texts = req.texts_list()
         if len(texts) > self.limits["max_inputs"]:
-            return JSONResponse({"detail": f"{len(texts)} {noun}; at most {self.limits['max_inputs']} per request"},
-                                status_code=413)
+            raise Refused(413, f"{len(texts)} {noun}; at most {self.limits['max_inputs']} per request")
+        try:  # a bad one is refused with or without slots to resolve
+            when = predictor.context(req.reference_time, req.timezone) if slots else None
+        except ContextError as e:
+            raise Refused(422, str(e)) from None
         try:
-            return req, texts, await self.batcher.outputs(texts, slots)
+            probs, words = await self.batcher.outputs(texts, slots)
         except Overloaded:
-            return JSONResponse({"detail": "too many utterances waiting; retry shortly"}, status_code=503,
-                                headers={"Retry-After": "1"})
+            raise Refused(503, "too many utterances waiting; retry shortly", retry=True) from None
         except Exception as e:
-            return JSONResponse({"detail": f"the model failed: {type(e).__name__}"}, status_code=503)
+            raise Refused(503, f"the model failed: {type(e).__name__}") from None
+        # on the event loop: Duckling holds the GIL through its 0.3-0.7 ms parses, so a thread would only add its hop
+        # (docs/resolution.md)
+        # a pass that also carried a /parse request has word slots for every request in it: only /parse's are read
+        return req, predictor.postprocess(texts, probs, words if slots else None, req.top_k, req.min_confidence, when)
 
 
 def try_it(request: Request):
@@ -265,45 +266,33 @@ def try_it(request: Request):
 
 
 def health(request: Request):
-    serving = request.app.state.serving
-    return {"status": "ok"} if serving.predictor else serving.not_ready()
+    request.app.state.serving.ready()
+    return {"status": "ok"}
 
 
 def info(request: Request):
     serving = request.app.state.serving
-    p = serving.predictor
-    if p is None:
-        return serving.not_ready()
+    p = serving.ready()
     return {"model": p.name, "encoder": p.meta["config"]["model"] or "all-MiniLM-L6-v2 (bundled)",
             "backend": p.backend, "labels": p.labels, "max_length": p.max_length, "temperature": p.temperature,
             "spelling": p.speller is not None, "slots": p.slots or [], **serving.limits}
 
 
 async def predict(request: Request):
-    got = await request.app.state.serving.ranked(request, PredictRequest, "inputs", slots=False)
-    if isinstance(got, JSONResponse):
-        return got
-    req, texts, ranked, _ = got
+    req, parsed = await request.app.state.serving.answers(request, PredictRequest, "inputs", slots=False)
+    ranked = [top for top, _ in parsed]
     # plain JSON types already: a JSONResponse skips FastAPI's per-request encoding walk
     return JSONResponse(ranked[0] if isinstance(req.inputs, str) else ranked)
 
 
 async def parse(request: Request):
-    serving = request.app.state.serving
-    got = await serving.ranked(request, ParseRequest, "texts", slots=True)
-    if isinstance(got, JSONResponse):
-        return got
-    req, texts, ranked, words = got
-    parsed = [parse_answer(text, top, w) for text, top, w in zip(texts, ranked, words or [None] * len(texts))]
-    if serving.resolve:
-        try:
-            context(req.reference_time, req.timezone or serving.timezone)  # a bad one is refused with or without slots
-        except ContextError as e:
-            return JSONResponse({"detail": str(e)}, status_code=422)
-        # on the event loop: Duckling holds the GIL through its 0.3-0.7 ms parses, so a thread would only add its hop
-        # (docs/resolution.md); only answers with slots to resolve or normalize pay for it
-        parsed = serving.resolved(parsed, req)
-    return JSONResponse(parsed[0] if req.text is not None else parsed)
+    req, parsed = await request.app.state.serving.answers(request, ParseRequest, "texts", slots=True)
+    answers = [rasa_answer(text, top, found) for text, (top, found) in zip(req.texts_list(), parsed)]
+    return JSONResponse(answers[0] if req.text is not None else answers)
+
+
+def refused(request: Request, exc: Refused):
+    return exc.answer()
 
 
 async def unexpected(request: Request, exc: Exception):  # an answer, not a dropped connection
@@ -312,11 +301,9 @@ async def unexpected(request: Request, exc: Exception):  # an answer, not a drop
 
 
 def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False,
-               streams=1, resolve=True, timezone=None):
-    """The app over a Serving state (see there for load and load_before_start); resolve: /parse resolves slot
-    values, relative to the request's reference time in its zone (default timezone: the machine's)."""
-    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, resolve,
-                      timezone)
+               streams=1):
+    """The app over a Serving state (see there for load and load_before_start)."""
+    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start)
     # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
     app = FastAPI(title="MASSIVE parser: intent and slots", lifespan=serving.lifespan, docs_url=None, redoc_url=None)
     app.state.serving = serving
@@ -325,23 +312,36 @@ def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=40
     app.get("/info")(info)
     app.post("/predict")(predict)
     app.post("/parse")(parse)
+    app.exception_handler(Refused)(refused)
     app.exception_handler(Exception)(unexpected)
     return app
 
 
-def replica_app(checkpoint, backend, base_model, threads, streams, spelling, max_batch, max_wait_ms, max_inputs,
-                max_queue, replica, resolution):
-    """The app of one server process or Ray Serve replica, which loads its own model and batches on its own.
-    resolution: (resolve or not, the default zone, the command's slot-type map and synonyms)."""
-    resolve, timezone, slot_dims, synonyms = resolution
+class Settings(NamedTuple):
+    """What one server process or Ray Serve replica is built from: its model, its batching and limits, and how it
+    resolves slot values."""
+    checkpoint: str
+    backend: str
+    base_model: str | None
+    threads: int
+    streams: int
+    spelling: bool
+    max_batch: int
+    max_wait_ms: float
+    max_inputs: int
+    max_queue: int
+    replica: bool  # start-up waits for the model (Ray Serve routes only to started replicas)
+    resolution: Resolution
 
+
+def replica_app(settings):
+    """The app of one server process or Ray Serve replica, which loads its own model and batches on its own."""
     def load():
-        predictor = Predictor(checkpoint, backend, base_model=base_model, threads=threads, spelling=spelling)
-        predictor.resolver = Resolver(slot_dims, {**(predictor.meta.get("synonyms") or {}), **synonyms})
-        return predictor
+        return Predictor(settings.checkpoint, settings.backend, base_model=settings.base_model, threads=settings.threads,
+                         spelling=settings.spelling, resolution=settings.resolution)
 
-    return create_app(load, max_batch, max_wait_ms, max_inputs, max_queue, load_before_start=replica,
-                      streams=streams, resolve=resolve, timezone=timezone)
+    return create_app(load, settings.max_batch, settings.max_wait_ms, settings.max_inputs, settings.max_queue,
+                      load_before_start=settings.replica, streams=settings.streams)
 
 
 def serve(cfg):
@@ -356,17 +356,12 @@ def serve(cfg):
     gpu = cfg.backend == "torch" and torch.cuda.is_available()
     streams = cfg.streams or (1 if gpu else max(1, os.cpu_count() // (cfg.replicas or 1)))
     threads = cfg.threads or max(1, os.cpu_count() // ((cfg.replicas or 1) * streams))
-    try:
-        context(None, cfg.timezone)  # a bad --timezone fails here, in one line
-    except ContextError as e:
-        raise UserError(str(e)) from None
-    table = resolver_of(cfg, types.SimpleNamespace(meta={}))  # bad --slot-dims and --synonyms files fail here too
-    resolution = (cfg.resolve, cfg.timezone, table.slot_dims, table.synonyms)
-    settings = (os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, streams, cfg.spelling,
-                cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas), resolution)
+    settings = Settings(os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, streams, cfg.spelling,
+                        cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas),
+                        resolution_of(cfg))  # bad --timezone, --slot-dims and --synonyms fail here, in one line
 
     def build():  # a plain function: Ray Serve calls it on each replica to build that replica's app
-        return replica_app(*settings)
+        return replica_app(settings)
 
     log.info("listening on http://%s:%d (%s, %d model streams of %d threads each, batches up to %d utterances or "
              "%g ms)", cfg.host, cfg.port, f"{cfg.replicas} Ray Serve replicas" if cfg.replicas else "one process",

@@ -33,7 +33,7 @@ import time
 
 from arguments import complete_config, parse_args, recorded_config
 from experiments import EXPERIMENTS, STUDY_GRID
-from data import data_sha256
+from fileio import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -95,6 +95,8 @@ def plan(args, passthrough):
             except SystemExit:
                 why = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
                 raise StudyError(f"{name}: {why}") from None
+            except UserError as e:  # the data cannot be located
+                raise StudyError(str(e)) from None
             runs.append((name, seed, argv, cfg))
     names = [cfg.run_name for *_, cfg in runs]
     if len(set(names)) != len(names):
@@ -102,14 +104,14 @@ def plan(args, passthrough):
     return runs
 
 
-def status(cfg, data_sha):
+def status(cfg):
     """'done' when results hold these settings and this data, 'todo' when absent; StudyError on a clash."""
     if not os.path.exists(cfg.results_path):
         return "todo"
     try:
         with open(cfg.results_path) as f:
             r = json.load(f)
-        same = complete_config(r["config"]) == recorded_config(cfg) and r["environment"]["data"]["sha256"] == data_sha
+        same = complete_config(r["config"]) == recorded_config(cfg) and r["environment"]["data"]["sha256"] == cfg.source.data.sha256
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         same = False
     if not same:
@@ -214,8 +216,7 @@ def main(argv=None):
             print(shlex.join(["python", "main.py", *run_argv]))
         return 0
     check_address(args.address)
-    data_sha = data_sha256(args.data) if args.data else None
-    todo = [(a, cfg) for _, _, a, cfg in runs if status(cfg, data_sha) == "todo"]
+    todo = [(a, cfg) for _, _, a, cfg in runs if status(cfg) == "todo"]
     print(f"study: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
     start = time.monotonic()
     outcome = run_grid(todo, args) if todo else {}

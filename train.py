@@ -35,18 +35,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from arguments import TASKS, complete_config, recorded_config, settings
-from data import describe_data, load_dataset, slot_labels
+from data import load_dataset, slot_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError, atomic_write, write_json
 from loss import crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl, token_cross_entropy
 from model import (HEADS, LR_SCALES, apply_lora, build_model, count_parameters, cpu_dropout, load_tokenizer, model_name,
                    resolve_model, save_checkpoint, weights_sha256)
 from recipe import other_labels, scenario_from_intent, teacher_probabilities
-from slots import slot_metrics, word_predictions
+from metrics import score
+from slots import word_predictions
 from spelling import word_counts
 from stats import ece, fit_temperature, nll
-from utils import (autocast, build_optimizer, build_param_groups, cpu_attention, environment, fast_process_settings,
-                   macro_f1, set_seed, use_bf16)
+from optim import build_optimizer, build_param_groups
+from utils import autocast, cpu_attention, environment, fast_process_settings, set_seed, use_bf16
 
 log = logging.getLogger("train")
 EVAL_BATCH = 128  # sorted by length; on a 2-core CPU larger batches fall out of cache and run slower
@@ -149,13 +150,6 @@ def phases(cfg):
 
 # ---- evaluation ----
 
-def label_metrics(logits, labels):
-    """Accuracy, macro-F1, predictions and logits of the utterance head; logits (N, C) in the split's order."""
-    preds = logits.argmax(-1).tolist()
-    return {"accuracy": sum(p == y for p, y in zip(preds, labels)) / len(labels),
-            "macro_f1": macro_f1(preds, labels, logits.shape[-1]), "predictions": preds, "logits": logits.numpy()}
-
-
 def summary(metrics):
     """The numbers of an evaluation that history rows and results record: numbers and tables of numbers, not the
     per-utterance lists and arrays."""
@@ -197,17 +191,17 @@ def evaluate(model, loader, device, amp, accel=None):
     model.train(was_training)
     order = torch.tensor(loader.dataset.indices)  # evaluation loaders may sort rows by length
     data = loader.dataset.dataset
-    metrics = {"loss": loss.item() / len(data.labels), **label_metrics(in_order(torch.cat(all_logits), order),
-                                                                       data.labels)}
+    logits = in_order(torch.cat(all_logits), order)
+    preds, words = logits.argmax(-1).tolist(), None
     if all_slots and all_slots[0] is not None:
         width = max(s.shape[1] for s in all_slots)
         token_logits = in_order(torch.cat([F.pad(s, (0, 0, 0, width - s.shape[1])) for s in all_slots]), order)
         crf = crf.float().cpu().numpy() if crf is not None else None
-        predicted = [word_predictions(t, pos, data.slot_names, crf)[0]
-                     for t, pos in zip(token_logits.numpy(), data.slot_positions)]
-        correct = [p == y for p, y in zip(metrics["predictions"], data.labels)]
-        metrics.update(slot_metrics(data.slot_words, predicted, correct))
-    return metrics
+        words = (data.slot_words, [word_predictions(t, pos, data.slot_names, crf)[0]
+                                   for t, pos in zip(token_logits.numpy(), data.slot_positions)])
+    scores = score(preds, data.labels, logits.shape[-1], words, data.slot_scheme)
+    return {"loss": loss.item() / len(data.labels), "accuracy": scores.pop("accuracy"),
+            "macro_f1": scores.pop("macro_f1"), "predictions": preds, "logits": logits.numpy(), **scores}
 
 
 def in_order(rows, order):
@@ -273,6 +267,7 @@ class Data(NamedTuple):
     aux_names: list | None  # the other label's names, with --aux-weight
     slots: list | None  # the slot head's names, None without one
     info: dict  # what the data says of itself: format, split, slot scheme, synonyms (data.load_dataset)
+    cached: dict  # every label column of every split (data.Loaded.cached)
 
 
 class Models(NamedTuple):
@@ -335,13 +330,13 @@ def load_data(cfg):
         tokenizer = load_tokenizer(cfg.model)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load encoder '{resolve_model(cfg.model)}': {str(e).splitlines()[0]}") from None
-    labels, features, info = load_dataset(cfg, tokenizer, slots=cfg.slots)
+    labels, features, info, cached = load_dataset(cfg, tokenizer, slots=cfg.slots)
     for i in (0, 1):
         ids = features["train"]["input_ids"][i]
         log.info("example: %r -> %s", tokenizer.decode(ids), labels[features["train"]["labels"][i]])
     extras, aux_names, slots = {}, None, None
     if cfg.aux_weight:
-        aux_names, extras["aux_labels"] = other_labels(cfg, tokenizer, features)
+        aux_names, extras["aux_labels"] = other_labels(cfg, cached)
     if cfg.slots:
         slots = slot_labels(features)
         extras["slot_labels"] = token_slot_labels(features["train"], slots)
@@ -350,7 +345,7 @@ def load_data(cfg):
         extras["teacher_probs"], teacher_slots = teacher_probabilities(cfg, labels, features["train"], slots)
         if teacher_slots is not None:
             extras["teacher_slot_probs"] = teacher_slots
-    return Data(tokenizer, labels, features, extras, aux_names, slots, info)
+    return Data(tokenizer, labels, features, extras, aux_names, slots, info, cached)
 
 
 def build(cfg, data, device):
@@ -378,7 +373,7 @@ def make_loaders(cfg, data, accel):
                                     cfg.max_length, data.extras, cfg.augment, data.slots)}
     for split in ("validation", "test"):
         loaders[split] = make_loader(data.features[split], data.tokenizer, EVAL_BATCH, False, cfg.seed, cfg.fast,
-                                     cfg.max_length, slot_names=data.slots)
+                                     cfg.max_length, slot_names=data.slots, slot_scheme=data.info["slot_scheme"])
     generator = loaders["train"].generator
     if accel.num_processes > 1:  # accelerate splits each batch of the plain sampler's order: no second sharding
         loaders = {split: accel.prepare_data_loader(x) for split, x in loaders.items()}
@@ -602,7 +597,7 @@ def numbers_line(metrics):
 
 def environment_record(run):
     total, trainable = run.models.parameters
-    data = {**describe_data(run.cfg.data), "format": run.data.info["format"], "split": run.data.info["split"]}
+    data = {**run.cfg.source.record(), "format": run.data.info["format"], "split": run.data.info["split"]}
     return {**environment(run.device), "encoder": run.models.encoder, "data": data, "bf16": run.amp,
             "world_size": run.world, "backend": run.backend, "parameters_total": total,
             "parameters_trainable": trainable, "trainable_percent": 100 * trainable / total}
@@ -623,7 +618,7 @@ def results_record(run, progress, final):
     scenario = {}
     if cfg.label == "intent" and "scenario" in run.data.info["label_columns"]:
         scenario["best_test_scenario_accuracy_from_intent"] = scenario_from_intent(
-            cfg, run.data.tokenizer, run.data.labels, run.data.features, softmax(best_test["logits"], axis=1))
+            run.data.labels, run.data.features, run.data.cached, softmax(best_test["logits"], axis=1))
     return {
         "run_name": cfg.run_name,
         "task": cfg.task,
@@ -653,7 +648,7 @@ def save(run, results):
                 "best_epoch": results["best_epoch"], "best_test_accuracy": results["best_test_accuracy"],
                 "max_length": cfg.max_length, "temperature": results["calibration"]["temperature"],
                 "adapter": TASKS[cfg.task].adapter, "heads": [n for n in run.net.heads() if HEADS[n].saved],
-                **({"slots": run.data.slots} if run.data.slots else {}),
+                **({"slots": run.data.slots, "slot_scheme": run.data.info["slot_scheme"]} if run.data.slots else {}),
                 **({"synonyms": run.data.info["synonyms"]} if run.data.info["synonyms"] else {})}
         save_checkpoint(run.model, run.data.tokenizer, meta, os.path.join(cfg.run_dir, "best"),
                         words=word_counts(run.data.features["train"]["texts"]))

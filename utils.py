@@ -1,18 +1,16 @@
-"""Small pure helpers: seeding, logging, device and precision settings, parameter groups, optimizer and schedule,
-metrics. Training and inference both use them; this module imports neither."""
+"""Small helpers that training and using a model share: seeding, logging, device and precision settings, and the
+environment a run records. It imports nothing of either, nor transformers' training modules."""
 import contextlib
 import ctypes
 import functools
 import logging
 import platform
 import random
-import re
 import time
 
 import numpy as np
 import torch
 import transformers
-from transformers import get_linear_schedule_with_warmup
 
 log = logging.getLogger(__name__)
 
@@ -108,64 +106,6 @@ def fast_process_settings(device):
         keep_freed_memory()
     elif device.type == "cuda":
         use_tf32()
-
-
-def layer_depth(name, n_layers):
-    """0 for embeddings, i + 1 for encoder layer i, n_layers + 1 for everything above (head, projection)."""
-    if "embeddings" in name:
-        return 0
-    m = re.search(r"\.layer\.(\d+)\.", name)
-    return int(m.group(1)) + 1 if m else n_layers + 1
-
-
-def build_param_groups(named_params, lr, weight_decay, llrd, n_layers, scales=None):
-    """AdamW groups with layer-wise LR decay: the top encoder layer and the heads at lr, x llrd per layer below;
-    the parameters of a module named in scales ({module name: multiple}, model.HEADS' lr_scale) at that multiple
-    of lr, without weight decay, in a group of their own.
-
-    Biases and LayerNorm weights get no weight decay. Only parameters that require
-    grad are included, each in exactly one group.
-    """
-    groups = {}
-    for name, p in named_params:
-        if not p.requires_grad:
-            continue
-        depth = min(layer_depth(name, n_layers), n_layers)  # the head shares the top layer's lr
-        decay = 0.0 if p.ndim < 2 else weight_decay
-        key, group_lr = (depth, decay), lr * llrd ** (n_layers - depth)
-        scale = next((s for module, s in (scales or {}).items() if module in name.split(".")), None)
-        if scale is not None:
-            key, group_lr, decay = (n_layers + 1, scale), lr * scale, 0.0
-        if key not in groups:
-            groups[key] = {"params": [], "names": [], "lr": group_lr, "weight_decay": decay}
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    out = [groups[k] for k in sorted(groups, reverse=True)]
-    for g in out:
-        log.info("param group: %3d tensors, %9d params, lr %.3g, weight decay %g",
-                 len(g["params"]), sum(p.numel() for p in g["params"]), g["lr"], g["weight_decay"])
-    return out
-
-
-def build_optimizer(groups, eps, fused, total_steps, warmup_ratio):
-    """AdamW (fused kernel on the fast path) and a linear schedule with optional warmup."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    opt = torch.optim.AdamW(groups, eps=eps, fused=fused or None, foreach=None if fused else True)
-    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total_steps), total_steps)
-    return opt, sched
-
-
-def macro_f1(preds, labels, n_classes):
-    """Unweighted mean F1 over the classes present in labels or preds."""
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    f1s = []
-    for c in range(n_classes):
-        tp = np.sum((preds == c) & (labels == c))
-        fp = np.sum((preds == c) & (labels != c))
-        fn = np.sum((preds != c) & (labels == c))
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s)) if f1s else 0.0
 
 
 def environment(device):

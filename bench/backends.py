@@ -17,8 +17,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import read_jsonl  # noqa: E402
-from inference import BACKENDS, Predictor  # noqa: E402
+from data import read_rows  # noqa: E402
+from arguments import BACKENDS  # noqa: E402
+from inference import Predictor  # noqa: E402
 from fileio import write_json  # noqa: E402
 
 
@@ -33,9 +34,9 @@ def main():
     for backend in BACKENDS:
         predictor = Predictor(args.checkpoint, backend, threads=args.threads)
         name = predictor.name
-        test = read_jsonl(args.data, predictor.meta["config"]["label"])["test"]
+        test, label = read_rows(args.data)["test"], predictor.meta["config"]["label"]
         index = {y: i for i, y in enumerate(predictor.labels)}
-        texts, gold = [t for t, _ in test], np.array([index[y] for _, y in test])
+        texts, gold = [r.text for r in test], np.array([index[r.labels[label]] for r in test])
         predictor.logits(texts)  # warm-up
         passes = []
         for _ in range(2):

@@ -23,33 +23,33 @@ from scipy.special import softmax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import build_labels, read_jsonl  # noqa: E402
+from data import build_labels, read_rows  # noqa: E402
 from fileio import UserError  # noqa: E402
 from inference import Predictor  # noqa: E402
 from recipe import coarse_probabilities, scenario_of_intents  # noqa: E402
 from fileio import write_json  # noqa: E402
 
 
-def training_pairs(data):
+def training_pairs(rows):
     """(intent, scenario) of every training utterance."""
-    return [(intent, scenario) for (_, intent), (_, scenario) in zip(read_jsonl(data, "intent")["train"],
-                                                                     read_jsonl(data, "scenario")["train"])]
+    return [(r.labels["intent"], r.labels["scenario"]) for r in rows["train"]]
 
 
 def measure(checkpoints, data, scenario=False):
     """{member run name: validation accuracy} and the mean-probability ensemble's accuracy."""
-    members, probs, labels, label = {}, [], None, None
+    members, probs, labels, label, rows = {}, [], None, None, read_rows(data)
     for checkpoint in checkpoints:
         predictor = Predictor(checkpoint)
         own = predictor.meta["config"]["label"]
         if labels is None:
             label = "scenario" if scenario else own
-            labels = build_labels(read_jsonl(data, "scenario")) if scenario else predictor.labels
-            texts, gold = zip(*read_jsonl(data, label)["validation"])
+            labels = (build_labels({s: [r.labels["scenario"] for r in rs] for s, rs in rows.items()}) if scenario
+                      else predictor.labels)
+            texts, gold = [r.text for r in rows["validation"]], [r.labels[label] for r in rows["validation"]]
             gold = np.array([labels.index(y) for y in gold])
         member = softmax(predictor.logits(list(texts)), axis=1)
         if scenario and own == "intent":
-            member = coarse_probabilities(member, scenario_of_intents(training_pairs(data), predictor.labels, labels),
+            member = coarse_probabilities(member, scenario_of_intents(training_pairs(rows), predictor.labels, labels),
                                           len(labels))
         elif predictor.labels != labels:
             raise UserError(f"{checkpoint} was trained on other labels than {checkpoints[0]}"

@@ -52,8 +52,7 @@ def tiny_setup(folder):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from conftest import write_massive
+    from tiny import write_massive
     from model import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(None))

@@ -14,11 +14,10 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import read_jsonl  # noqa: E402
+from data import read_rows  # noqa: E402
 from export import KEEP_FP32, scores, to_int8, to_onnx  # noqa: E402
 from inference import Predictor, checkpoint_folder  # noqa: E402
 from fileio import write_json  # noqa: E402
@@ -64,10 +63,10 @@ def main(argv=None):
     path = checkpoint_folder(args.checkpoint)
     reference_model = Predictor(path, "torch", fp32=True)
     slots = bool(reference_model.slots)
-    val = read_jsonl(args.data, reference_model.meta["config"]["label"], slots)["validation"]
+    val, label = read_rows(args.data)["validation"], reference_model.meta["config"]["label"]
     index = {y: i for i, y in enumerate(reference_model.labels)}
-    texts = [x[0] for x in val]
-    gold = {"labels": np.array([index[x[1]] for x in val]), "slots": [x[2] for x in val] if slots else None}
+    texts = [r.text for r in val]
+    gold = ([index[r.labels[label]] for r in val], [r.words for r in val] if slots else None)
     reference, fp32 = scores(reference_model, texts, gold, args.batch_size)
     reference = reference["top1"]
     print("fp32 torch: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in fp32.items()))

@@ -18,7 +18,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 from arguments import parse_args  # noqa: E402
 from check import findings  # noqa: E402
 from data import load_dataset, read_data  # noqa: E402
@@ -69,7 +68,7 @@ def main():
         for fmt, flags in write_all(examples, folder).items():
             cfg = parse_args([*flags, "--label", "intent", "--cache-dir", os.path.join(folder, f"cache-{fmt}")])
             t = time.perf_counter()
-            _, splits = read_data(cfg)
+            _, splits = read_data(cfg.source)
             read_s = time.perf_counter() - t
             findings(splits, cfg.max_length, tok)
             check_s = time.perf_counter() - t

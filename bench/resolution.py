@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from fileio import write_json  # noqa: E402
 from readers import read_massive  # noqa: E402
-from resolver import DIMENSIONS, Resolver, engine  # noqa: E402
+from resolver import DIMENSIONS, Resolver, context, engine  # noqa: E402
 from utils import cpu_model  # noqa: E402
 
 GOLD = os.path.join(ROOT, "assets", "resolution", "gold-en-US.jsonl")
@@ -73,12 +73,12 @@ def gold_accuracy(strategy):
     """(share right, {slot type: [right, n]}, the rows it got wrong) of a strategy on the gold set."""
     with open(GOLD) as f:
         header, *rows = [json.loads(line) for line in f if line.strip()]
-    resolver = Resolver(strategy=strategy)
+    resolver, when = Resolver(strategy=strategy), context(header["reference_time"], header["timezone"])
     right, per, wrong = 0, collections.defaultdict(lambda: [0, 0]), []
     for row in rows:
         slots = [{"slot": s["slot"], "value": row["text"][s["start"]:s["end"]], "start": s["start"], "end": s["end"]}
                  for s in row["slots"]]
-        got = resolver(row["text"], slots, header["reference_time"], header["timezone"])
+        got = resolver(row["text"], slots, when)
         for s, g in zip(row["slots"], got):
             ok = same(g.get("resolved"), s.get("resolved"))
             right += ok

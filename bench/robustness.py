@@ -25,10 +25,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import read_jsonl  # noqa: E402
+from data import read_rows  # noqa: E402
 from inference import Predictor  # noqa: E402
 from noise import KINDS, perturbed_copies  # noqa: E402
-from slots import slot_metrics  # noqa: E402
+from metrics import score  # noqa: E402
 from spelling import Speller, whole_words  # noqa: E402
 from fileio import write_json  # noqa: E402
 from utils import cpu_model  # noqa: E402
@@ -39,12 +39,12 @@ SEED = 0  # of the perturbed copies
 def measure(checkpoint, data, backend, out_dir, spelling=False):
     predictor = Predictor(checkpoint, backend)
     joint = predictor.slots is not None
-    splits = read_jsonl(data, predictor.meta["config"]["label"], slots=joint)
+    rows = read_rows(data)
     if spelling:  # the words a checkpoint trained on this file saves, so older checkpoints can be measured too
-        predictor.speller = Speller.from_texts([row[0] for row in splits["train"]], whole_words(predictor.tokenizer))
-    texts, gold, *names = zip(*splits["test"])
-    gold = np.array([predictor.labels.index(y) for y in gold])
-    copies = {"clean": (list(texts), list(names[0])), **perturbed_copies(texts, SEED, names[0])} if joint else \
+        predictor.speller = Speller.from_texts([r.text for r in rows["train"]], whole_words(predictor.tokenizer))
+    texts, names = [r.text for r in rows["test"]], [r.words for r in rows["test"]]
+    gold = np.array([predictor.labels.index(r.labels[predictor.meta["config"]["label"]]) for r in rows["test"]])
+    copies = {"clean": (texts, names), **perturbed_copies(texts, SEED, names)} if joint else \
         {kind: (copy, None) for kind, copy in {"clean": list(texts), **perturbed_copies(texts, SEED)}.items()}
     accuracy, changed, slot_f1, exact_match, clean = {}, {}, {}, {}, None
     for kind, (copy, gold_names) in copies.items():
@@ -53,7 +53,8 @@ def measure(checkpoint, data, backend, out_dir, spelling=False):
         clean = pred if clean is None else clean
         accuracy[kind], changed[kind] = float(np.mean(pred == gold)), float(np.mean(pred != clean))
         if joint:
-            metrics = slot_metrics(gold_names, [n for n, _ in predicted_names], pred == gold)
+            metrics = score(pred, gold, len(predictor.labels), (gold_names, [n for n, _ in predicted_names]),
+                            predictor.slot_scheme)
             slot_f1[kind], exact_match[kind] = metrics["slot_f1"], metrics["exact_match"]
     suffix = "-spelling" if spelling else ""
     print(f"{predictor.name}{suffix}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in accuracy.items()))

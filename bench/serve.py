@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import read_jsonl  # noqa: E402
+from data import read_rows  # noqa: E402
 from inference import checkpoint_folder  # noqa: E402
 from fileio import write_json  # noqa: E402
 from utils import cpu_model  # noqa: E402
@@ -147,7 +147,7 @@ def main():
                    help="/parse with slot values resolved and without, batching on (instead of batching on and off)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    texts = [t for t, _ in read_jsonl(args.data, "scenario")["test"]]
+    texts = [r.text for r in read_rows(args.data)["test"]]
     # the model alone, before and after the server's rows: a shared machine's speed drifts by 20% within a run, so
     # each ratio is to the mean of the two
     before = model_alone(args, texts, slots=args.endpoint == "parse")

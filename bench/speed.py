@@ -46,8 +46,9 @@ from train import EVAL_BATCH, Optim, classify_step, evaluate, train_epoch  # noq
 from model import (LR_SCALES, Classifier, build_model, cpu_dropout, load_tokenizer, model_name,  # noqa: E402
                    resolve_model, save_checkpoint)
 from fileio import write_json  # noqa: E402
-from utils import (build_optimizer, build_param_groups, cpu_attention, cpu_model, fast_process_settings,  # noqa: E402
-                   keep_freed_memory, set_seed, setup_logging, use_bf16, use_tf32)
+from optim import build_optimizer, build_param_groups  # noqa: E402
+from utils import (cpu_attention, cpu_model, fast_process_settings, keep_freed_memory, set_seed,  # noqa: E402
+                   setup_logging, use_bf16, use_tf32)
 
 
 def sync(device):

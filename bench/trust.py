@@ -21,7 +21,8 @@ from scipy.stats import mannwhitneyu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import read_jsonl  # noqa: E402
+from arguments import BACKENDS  # noqa: E402
+from data import read_rows  # noqa: E402
 from inference import Predictor  # noqa: E402
 from fileio import write_json  # noqa: E402
 
@@ -39,14 +40,14 @@ def main():
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="MASSIVE release file")
     p.add_argument("--ood", default=os.path.join(ROOT, "assets", "ood", "ood.txt"))
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
     args = p.parse_args()
     predictor = Predictor(args.checkpoint, args.backend)
-    splits = read_jsonl(args.data, predictor.meta["config"]["label"])
+    rows, label = read_rows(args.data), predictor.meta["config"]["label"]
     index = {y: i for i, y in enumerate(predictor.labels)}
     t = predictor.temperature
 
-    val_texts, val_gold = zip(*splits["validation"])
+    val_texts, val_gold = [r.text for r in rows["validation"]], [r.labels[label] for r in rows["validation"]]
     val_probs = predictor.probabilities(list(val_texts))
     right = val_probs.argmax(1) == np.array([index[y] for y in val_gold])
     conf = val_probs.max(1)
@@ -59,7 +60,7 @@ def main():
 
     with open(args.ood, encoding="utf-8") as f:
         ood = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    test_texts = [x for x, _ in splits["test"]]
+    test_texts = [r.text for r in rows["test"]]
     scores = {}
     for name, texts in (("test", test_texts), ("ood", ood)):
         logits = predictor.logits(texts)

@@ -2,23 +2,21 @@ import json
 import logging
 import os
 import pickle
-import types
 
 import pytest
 import torch
 
-from conftest import write_massive
-from data import build_labels, load_features, read_jsonl
+from tiny import write_massive
+from arguments import parse_args
+from data import build_labels, load_features, read_rows
 from dataloader import make_loader
 from fileio import UserError
 from model import load_tokenizer
+from readers import read_hub, read_massive
 
 
-def cfg_for(data, tmp_path, **kw):
-    return types.SimpleNamespace(**{"data": str(data), "label": "scenario", "max_length": 128,
-                                    "cache_dir": str(tmp_path / "c"), "data_format": None, "val_data": None,
-                                    "test_data": None, "val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0,
-                                    **kw})
+def cfg_for(data, tmp_path, *flags):
+    return parse_args(["--data", str(data), "--cache-dir", str(tmp_path / "c"), *flags])
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +25,13 @@ def tok():
 
 
 def test_reads_release_format(data_file):
-    splits = read_jsonl(data_file, "scenario")
-    assert [len(splits[s]) for s in ("train", "validation", "test")] == [36, 12, 12]
-    assert splits["validation"][0] == ("wake me up at five am", "alarm")
-    assert build_labels(splits) == ["alarm", "music", "weather"]
-
-
-def test_intent_labels(data_file):
-    assert build_labels(read_jsonl(data_file, "intent"))[0] == "alarm_query"
+    rows = read_rows(data_file)
+    assert [len(rows[s]) for s in ("train", "validation", "test")] == [36, 12, 12]
+    first = rows["validation"][0]
+    assert (first.text, first.labels["scenario"], first.words) == ("wake me up at five am", "alarm",
+                                                                   ["Other"] * 4 + ["time", "time"])
+    assert build_labels({s: [r.labels["scenario"] for r in rows[s]] for s in rows}) == ["alarm", "music", "weather"]
+    assert build_labels({s: [r.labels["intent"] for r in rows[s]] for s in rows})[0] == "alarm_query"
 
 
 @pytest.mark.parametrize("line, message", [
@@ -49,12 +46,12 @@ def test_bad_lines_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(good + "\n" + line + "\n")
     with pytest.raises(UserError, match=message):
-        read_jsonl(str(path), "scenario")
+        read_massive(str(path))
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="data not found"):
-        load_features(cfg_for(tmp_path / "nope.jsonl", tmp_path), None)
+        cfg_for(tmp_path / "nope.jsonl", tmp_path)
 
 
 def test_a_missing_label_column_or_split_is_one_line(tmp_path, tok):
@@ -84,7 +81,7 @@ def test_left_truncation_keeps_the_end(tmp_path, tok):
     with open(path, "a") as f:
         f.write(json.dumps({"partition": "train", "utt": "one two three four five six seven eight", "scenario": "alarm",
                             "intent": "alarm_set"}) + "\n")
-    labels, feats = load_features(cfg_for(path, tmp_path, max_length=5), tok)
+    labels, feats = load_features(cfg_for(path, tmp_path, "--max-length", "5"), tok)
     ids = feats["train"]["input_ids"][-1]
     assert len(ids) == 5
     assert tok.decode(ids) == "[CLS] six seven eight [SEP]"
@@ -98,13 +95,14 @@ def test_cache_reused_and_keyed(tmp_path, tok, data_file, caplog):
     assert len(files) == 1
     assert load_features(cfg, tok)[1] == feats
     assert "loaded tokenized features" in caplog.text
-    # every input the features depend on gives a different cache file
-    load_features(cfg_for(data_file, tmp_path, max_length=8), tok)
-    load_features(types.SimpleNamespace(**{**vars(cfg), "label": "intent"}), tok)
+    # every input the features depend on gives a different cache file; one file serves every label column
+    load_features(cfg_for(data_file, tmp_path, "--max-length", "8"), tok)
+    intent = cfg_for(data_file, tmp_path, "--label", "intent")
+    assert load_features(intent, tok, slots=True)[0][0] == "alarm_query" and len(os.listdir(cfg.cache_dir)) == 2
     with open(data_file, "a") as f:
         f.write(json.dumps({"partition": "train", "utt": "snooze", "scenario": "alarm", "intent": "alarm_set"}) + "\n")
-    assert len(load_features(cfg, tok)[1]["train"]["labels"]) == 37
-    assert len(os.listdir(cfg.cache_dir)) == 4
+    assert len(load_features(cfg_for(data_file, tmp_path), tok)[1]["train"]["labels"]) == 37
+    assert len(os.listdir(cfg.cache_dir)) == 3
 
 
 @pytest.mark.parametrize("garbage", [b"not a pickle", pickle.dumps({"key": "someone else's", "features": {}}),
@@ -117,8 +115,8 @@ def test_corrupt_or_foreign_cache_is_rebuilt(tmp_path, tok, data_file, caplog, g
         f.write(garbage)
     assert load_features(cfg, tok) == (labels, feats)
     assert "ignoring cache" in caplog.text
-    with open(path, "rb") as f:
-        assert pickle.load(f)["features"] == feats  # repaired on disk
+    with open(path, "rb") as f:  # repaired on disk
+        assert pickle.load(f)["features"]["train"]["input_ids"] == feats["train"]["input_ids"]
 
 
 def test_dynamic_padding_and_length_grouping(tmp_path, tok, data_file):
@@ -152,9 +150,7 @@ def test_eval_loader_is_sorted_and_complete(tmp_path, tok, data_file):
 
 
 def test_offline_without_file_says_how_to_point_at_one(monkeypatch):
-    from data import hub_dataset
-
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="pass --data PATH/en-US.jsonl"):
-        hub_dataset()
+        read_hub()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from model import CPUDropout, apply_lora, build_model, count_parameters, cpu_dropout
-from utils import build_optimizer, build_param_groups, macro_f1
+from metrics import macro_f1
+from optim import build_optimizer, build_param_groups
 
 
 @pytest.fixture

@@ -93,7 +93,7 @@ def test_longer_runs_pair_with_the_study_baseline(tmp_path):
 
 def test_per_class_scores(tmp_path):
     run = json.loads(open(fake_run(tmp_path)).read())
-    cm, precision, recall, f1, support = plots.per_class(run)
+    cm, precision, recall, f1, support = plots.per_class(run["labels"], run["test_labels"], run["test_predictions"])
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 2]]
     assert precision.tolist() == [1.0, 0.5, 1.0] and recall.tolist() == [0.5, 1.0, 1.0]
     assert f1[0] == pytest.approx(2 / 3) and support.tolist() == [2, 1, 2]

@@ -14,7 +14,7 @@ from data import draw_split, load_dataset
 from fileio import UserError
 from formats import write_bio, write_csv, write_rasa
 from model import load_tokenizer
-from readers import Example, read, read_massive
+from readers import Example, read, read_massive, source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "assistant.yml")
@@ -47,8 +47,9 @@ def test_rasa_reads_every_entity_syntax_roles_synonyms_and_retrieval_intents(tmp
     caplog.set_level(logging.INFO)
     path = tmp_path / "nlu.yml"
     path.write_text(RASA)
-    data = read(str(path))
-    assert data.format == "rasa" and [x.text for x in data.examples] == [
+    located = source(str(path))
+    data = read(located)
+    assert located.format == "rasa" and [x.text for x in data.examples] == [
         "fly from Boston to NYC", "flights to Paris please", "how much is it", "what does it cost"]
     assert spans_of(data.examples[0]) == [("Boston", "city.from"), ("NYC", "city")]
     assert spans_of(data.examples[1]) == [("Paris", "city.to")]
@@ -64,7 +65,7 @@ def test_a_rasa_folder_is_searched_and_its_other_files_skipped(tmp_path, caplog)
     (tmp_path / "data" / "deep" / "nlu.yaml").write_text(RASA)
     (tmp_path / "data" / "stories.yml").write_text("stories:\n- story: hi\n  steps: []\n")
     (tmp_path / "data" / "domain.yml").write_text("intents:\n- greet\n")
-    data = read(str(tmp_path / "data"))
+    data = read(source(str(tmp_path / "data")))
     assert len(data.examples) == 4 and len(data.files) == 1
     assert "1 stories file(s) skipped" in caplog.text and "1 intents file(s) skipped" in caplog.text
 
@@ -75,14 +76,14 @@ def test_csv_with_bom_crlf_both_bracket_styles_and_splits(tmp_path):
                      "wake me at five,alarm_set,alarm,wake me at [time : five],train\r\n"
                      "fly to Rome,book,travel,fly to [Rome](city),dev\r\n"
                      "\"hello, you\",greet,general,,test\r\n".encode("utf-8"))
-    data = read(str(path))
+    data = read(source(str(path)))
     assert [(x.text, x.split) for x in data.examples] == [("wake me at five", "train"), ("fly to Rome", "validation"),
                                                           ("hello, you", "test")]
     assert spans_of(data.examples[0]) == [("five", "time")] and spans_of(data.examples[1]) == [("Rome", "city")]
     assert data.examples[1].labels == {"intent": "book", "scenario": "travel"}
     tsv = tmp_path / "data.tsv"
     tsv.write_text("text\tintent\nplay jazz\tplay_music\n")
-    assert read(str(tsv)).examples[0].labels == {"intent": "play_music"}
+    assert read(source(str(tsv))).examples[0].labels == {"intent": "play_music"}
 
 
 def test_bio_keeps_touching_spans_apart_and_multi_intent_labels(tmp_path):
@@ -91,13 +92,13 @@ def test_bio_keeps_touching_spans_apart_and_multi_intent_labels(tmp_path):
         (tmp_path / split / "seq.in").write_text("flights from boston to denver and dallas\n")
         (tmp_path / split / "seq.out").write_text("O O B-fromloc O B-toloc O I-toloc\n")
         (tmp_path / split / "label").write_text("atis_flight#atis_airfare\n")
-    data = read(str(tmp_path))
+    data = read(source(str(tmp_path)))
     x = data.examples[0]
     assert x.labels["intent"] == "atis_flight#atis_airfare" and x.split == "train"
     # an I- tag after O opens a span, as seqeval reads it
     assert spans_of(x) == [("boston", "fromloc"), ("denver", "toloc"), ("dallas", "toloc")]
     (tmp_path / "train" / "seq.out").write_text("O O B-fromloc O B-toloc B-toloc O\n")
-    assert spans_of(read(str(tmp_path)).examples[0])[1:] == [("denver", "toloc"), ("and", "toloc")]
+    assert spans_of(read(source(str(tmp_path))).examples[0])[1:] == [("denver", "toloc"), ("and", "toloc")]
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -115,29 +116,29 @@ def test_bio_keeps_touching_spans_apart_and_multi_intent_labels(tmp_path):
 def test_bad_files_are_one_line_naming_file_and_line(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(UserError, match=message):
-        read(str(tmp_path / name))
+        read(source(str(tmp_path / name)))
 
 
 def test_bad_bio_folders_and_encodings(tmp_path):
     with pytest.raises(UserError, match="no data found"):
-        read(str(tmp_path))  # an empty folder
+        read(source(str(tmp_path)))  # an empty folder
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "seq.in").write_text("a b\nc\n")
     (tmp_path / "train" / "seq.out").write_text("O O\nO\n")
     (tmp_path / "train" / "label").write_text("x\n")
     with pytest.raises(UserError, match="different line counts"):
-        read(str(tmp_path))
+        read(source(str(tmp_path)))
     (tmp_path / "train" / "label").write_text("x\ny\n")
     (tmp_path / "train" / "seq.out").write_text("O\nO\n")
     with pytest.raises(UserError, match=r"seq\.out:1: 1 tags for 2 words"):
-        read(str(tmp_path))
+        read(source(str(tmp_path)))
     (tmp_path / "train" / "seq.out").write_text("O X-city\nO\n")
     with pytest.raises(UserError, match=r"seq\.out:1: illegal tag 'X-city'"):
-        read(str(tmp_path))
+        read(source(str(tmp_path)))
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,intent\ncaf\xe9,order\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin\.csv: not UTF-8"):
-        read(str(latin))
+        read(source(str(latin)))
 
 
 def test_massive_converted_to_every_format_gives_the_same_examples_and_features(tmp_path, data_file):

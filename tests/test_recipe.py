@@ -8,7 +8,7 @@ import torch
 
 import main as cli
 import recipe
-from conftest import write_massive
+from tiny import write_massive
 from arguments import complete_config, parse_args, recorded_config
 from data import load_features, slot_labels
 from dataloader import make_loader
@@ -232,7 +232,7 @@ def test_ensemble_bench_bad_input(run_args, tmp_path, capsys):
 def test_ensemble_bench_scores_intent_models_on_scenario(run_args, tmp_path):
     from scipy.special import softmax
 
-    from data import read_jsonl
+    from data import read_rows
     from inference import Predictor
 
     bench = load_bench("ensemble")
@@ -246,7 +246,8 @@ def test_ensemble_bench_scores_intent_models_on_scenario(run_args, tmp_path):
     assert not (out / "ensemble-scenario.json").exists()
     # the intent model's scenario accuracy, summed here by the intent names' <scenario>_ prefix
     predictor = Predictor(folders[1])
-    texts, gold = zip(*read_jsonl(run_args[3], "scenario")["validation"])
+    validation = read_rows(run_args[3])["validation"]
+    texts, gold = [r.text for r in validation], [r.labels["scenario"] for r in validation]
     probs = softmax(predictor.logits(list(texts)), axis=1)
     scenarios = sorted({i.split("_")[0] for i in predictor.labels})
     summed = [[sum(p[i] for i, name in enumerate(predictor.labels) if name.startswith(s + "_")) for s in scenarios]

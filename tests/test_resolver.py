@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(engine() is None, reason="the Duckling wheel is 
 def resolve(text, value, slot, strategy="utterance"):
     start = text.index(value)
     found = Resolver(strategy=strategy)(text, [{"slot": slot, "value": value, "start": start,
-                                                "end": start + len(value)}], NOW, ZONE)
+                                                "end": start + len(value)}], context(NOW, ZONE))
     return found[0].get("resolved")
 
 
@@ -98,10 +98,10 @@ def test_a_rasa_synonym_reaches_parse_through_the_checkpoint(synonym_checkpoint)
     from fastapi.testclient import TestClient
 
     from conftest import wait_until_healthy
-    from inference import Predictor
+    from inference import Predictor, Resolution
     from serve import create_app
 
-    app = create_app(lambda: Predictor(synonym_checkpoint), timezone=ZONE)
+    app = create_app(lambda: Predictor(synonym_checkpoint, resolution=Resolution(timezone=ZONE)))
     with TestClient(app) as c:
         wait_until_healthy(c)
         got = c.post("/parse", content=json.dumps({"text": "turn on the lounge lights", "reference_time": NOW}))
@@ -134,5 +134,6 @@ def test_predict_shows_resolved_values_and_a_bad_zone_is_one_line(synonym_checkp
 def test_control_characters_leave_values_unresolved_never_crash():
     text = "wake\x00 me\x1b up\u202e at five"
     start = text.index("five")
-    (slot,) = Resolver()(text, [{"slot": "time", "value": "five", "start": start, "end": start + 4}], NOW, ZONE)
+    (slot,) = Resolver()(text, [{"slot": "time", "value": "five", "start": start, "end": start + 4}],
+                         context(NOW, ZONE))
     assert slot["value"] == "five"  # resolved or not, an answer

@@ -21,7 +21,7 @@ from serve import create_app
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model):
     """A confident checkpoint: the tiny model fitted to the toy set (so int8 keeps its top-1)."""
-    from conftest import write_massive
+    from tiny import write_massive
 
     tmp = tmp_path_factory.mktemp("trained")
     data = write_massive(tmp / "en-US.jsonl")

@@ -11,14 +11,16 @@ import torch
 import main as cli
 import train as loop
 from arguments import parse_args
-from conftest import ANNOTATED, interrupt_at_epoch, plain
-from data import first_subtokens, load_features, slot_labels, word_names, word_slots
+from conftest import interrupt_at_epoch
+from tiny import ANNOTATED, plain
+from data import first_subtokens, load_features, slot_labels, word_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError
 from loss import token_cross_entropy
 from model import load_tokenizer
-from readers import parse_massive
-from slots import slot_metrics, spans, to_bio, word_predictions
+from metrics import score
+from readers import massive_spans, parse_massive
+from slots import spans, to_bio, word_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +41,7 @@ def tok():
     ("what's the weather", ["Other", "Other", "Other"]),                             # no span at all
 ])
 def test_annotation_gives_one_slot_name_per_word(annot, names):
-    assert word_names(*parse_massive(annot)) == names
+    assert word_labels(*parse_massive(annot), "names") == names
 
 
 @pytest.mark.parametrize("annot, message", [
@@ -55,9 +57,10 @@ def test_malformed_annotations_are_named(annot, message):
 
 
 def test_word_count_must_match_the_utterance():
-    assert word_slots("wake me at five", "wake me at [time : five]") == ["Other"] * 3 + ["time"]
-    with pytest.raises(ValueError, match="annot_utt has 4 words, utt has 3"):
-        word_slots("wake me five", "wake me at [time : five]")
+    row = {"utt": "wake me at five", "annot_utt": "wake me at [time : five]"}
+    assert word_labels(row["utt"], massive_spans(row, "f:1"), "names") == ["Other"] * 3 + ["time"]
+    with pytest.raises(UserError, match="f:1: malformed annot_utt: annot_utt has 4 words, utt has 3"):
+        massive_spans({**row, "utt": "wake me five"}, "f:1")
 
 
 @pytest.mark.parametrize("bad", ["wake me at [time : five", "wake me at [time five]", "wake me up at [time : five]"])
@@ -110,9 +113,15 @@ def test_typing_noise_keeps_each_word_on_its_slot(tok, data_file, tmp_path):
 
 
 def test_bio_merges_consecutive_names_as_massive_does():
-    assert to_bio(["Other", "time", "time", "date", "date", "Other", "time"]) == \
+    assert to_bio(["Other", "time", "time", "date", "date", "Other", "time"], "names") == \
         ["O", "B-time", "I-time", "B-date", "I-date", "O", "B-time"]
-    assert to_bio(["person", "person"]) == ["B-person", "I-person"]  # adjacent spans of one type merge
+    assert to_bio(["person", "person"], "names") == ["B-person", "I-person"]  # adjacent spans of one type merge
+    # BIO tags keep two touching spans apart; a word cut by truncation, predicted Other, is O
+    assert to_bio(["B-city", "B-city", "Other"], "bio") == ["B-city", "B-city", "O"]
+
+
+def slot_metrics(gold, pred, intent_correct):
+    return score([0] * len(gold), [0 if ok else 1 for ok in intent_correct], 2, (gold, pred))
 
 
 def test_slot_metrics_on_hand_built_sequences():
@@ -146,10 +155,7 @@ def test_words_without_a_first_subtoken_are_predicted_other():
 
 def test_spans_slice_the_text_as_typed():
     text = "  wake me up at  five am this week"
-    from readers import word_offsets
-
-    found = spans(text, ["Other"] * 4 + ["time", "time", "date", "date"], [1.0] * 4 + [0.9, 0.7, 0.8, 0.8],
-                  word_offsets(text))
+    found = spans(text, ["Other"] * 4 + ["time", "time", "date", "date"], [1.0] * 4 + [0.9, 0.7, 0.8, 0.8], "names")
     assert [(s["slot"], s["value"], s["score"]) for s in found] == [("time", "five am", 0.8), ("date", "this week", 0.8)]
     assert all(text[s["start"]:s["end"]] == s["value"] for s in found)
 
@@ -185,7 +191,7 @@ def test_end_to_end_with_slots(run_args, tmp_path, task, extra):
     assert results["best_epoch"] == best["epoch"] and results["best_val_exact_match"] == best["val_exact_match"]
     with open(os.path.join(cfg.run_dir, "best", "meta.json")) as f:
         meta = json.load(f)
-    assert "time" in meta["slots"] and "Other" in meta["slots"]
+    assert "time" in meta["slots"] and "Other" in meta["slots"] and meta["slot_scheme"] == "names"
     records = cli.main(["--task", "predict", "--checkpoint", cfg.run_dir, "--model", cfg.model, "--format", "jsonl",
                         "  wake me up at five am", "play some jazz"])
     for r in records:
@@ -203,7 +209,7 @@ def test_a_checkpoint_reproduces_its_slot_scores(run_args, tmp_path):
     rows = [json.loads(line) for line in open(run_args[3]) if json.loads(line)["partition"] == "test"]
     found = predictor.parse([r["utt"] for r in rows])
     words = predictor.outputs([r["utt"] for r in rows])[1]
-    gold = [word_slots(r["utt"], r["annot_utt"]) for r in rows]
+    gold = [word_labels(r["utt"], massive_spans(r, ""), "names") for r in rows]
     intents = [top[0]["label"] == r["intent"] for (top, _), r in zip(found, rows)]
     assert slot_metrics(gold, [w for w, _ in words], intents)["exact_match"] == results["best_test_exact_match"]
 
@@ -226,7 +232,7 @@ def test_a_crf_trains_saves_and_decodes_alike_in_every_backend(run_args, task, e
     texts = [r["utt"] for r in rows]
     intents = [top[0]["label"] == r["intent"] for (top, _), r in zip(predictor.parse(texts), rows)]
     words = [w for w, _ in predictor.outputs(texts)[1]]
-    gold = [word_slots(r["utt"], r["annot_utt"]) for r in rows]
+    gold = [word_labels(r["utt"], massive_spans(r, ""), "names") for r in rows]
     # prediction decodes as evaluation did: the checkpoint gives back its recorded exact match
     again = slot_metrics(gold, words, intents)
     assert (again["slot_f1"], again["exact_match"]) == (results["best_test_slot_f1"], results["best_test_exact_match"])
@@ -307,8 +313,7 @@ def test_the_hub_path_reads_the_same_slots(monkeypatch, data_file):
 
     hub = {s: Split([{**r, **{k: names[k].index(r[k]) for k in names}} for r in rs]) for s, rs in by_split.items()}
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: hub))
-    from data import hub_dataset
-    from readers import read_massive
+    from readers import HUB, read, read_massive
 
-    read = lambda d: [(x.text, x.labels, x.spans, x.split) for x in d.examples]  # noqa: E731
-    assert read(hub_dataset()) == read(read_massive(data_file))
+    examples = lambda d: [(x.text, x.labels, x.spans, x.split) for x in d.examples]  # noqa: E731
+    assert examples(read(HUB)) == examples(read_massive(data_file))
