@@ -167,6 +167,8 @@ class Config(Common):
     checkpoint_dir: str = setting("checkpoints", "runs are saved in CHECKPOINT_DIR/<run name>/", recorded=False)
     resume: bool = setting(False, "continue an interrupted run from its last completed epoch", recorded=False,
                            action="store_true")
+    experiment: str | None = setting(None, "the name of the experiment this run belongs to, written into its results "
+                                           "(study.py names each run's)", recorded=False)
     run_name: str = dataclasses.field(default="", metadata=dict(recorded=False))  # run_name(), once valid
 
     @property
@@ -209,7 +211,7 @@ class Config(Common):
 
 @dataclasses.dataclass
 class UseConfig(Common):
-    """predict, export or serve: a trained checkpoint and how to use it."""
+    """check, evaluate, predict, export or serve: a data set, or a trained checkpoint and how to use it."""
     checkpoint: str | None = setting(None, "a run's checkpoint folder (CHECKPOINT_DIR/<run name>)", group=USE_GROUP,
                                      tasks=CHECKPOINTED)
     split: str | None = setting(None, "the split to score (default: test where the data has splits, else every "
@@ -434,6 +436,12 @@ def complete_config(recorded):
 def default(name, task="baseline"):
     """A setting's default for a task, as parse_args gives it."""
     return TASKS[task].defaults.get(name, declarations()[name][0].default)
+
+
+def implied(name, on=True):
+    """The default a setting takes when the setting it follows is on with the value `on` (--slot-weight's with
+    --slots: 1)."""
+    return declarations()[name][0].metadata["implied"][1](on)
 
 
 # The accuracy recipe's settings at their off values: which techniques a recorded run turned on.

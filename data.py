@@ -38,7 +38,6 @@ from slots import OUTSIDE
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 3
-SCHEMES = ("names", "bio")  # MASSIVE's word slot names, or BIO tags (touching_spans)
 
 
 class DataSource(NamedTuple):

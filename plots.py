@@ -11,6 +11,7 @@ run (--run, default the most accurate) a confusion matrix, per-class precision,
 recall and F1, and a reliability diagram before and after temperature scaling.
 """
 import argparse
+import functools
 import json
 import os
 import re
@@ -22,7 +23,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arguments import RECIPE_SETTINGS, TASKS, complete_config, default, parse_args, recorded_config  # noqa: E402
+from arguments import (RECIPE_SETTINGS, TASKS, complete_config, default, implied, parse_args,  # noqa: E402
+                       recorded_config)
 from experiments import EXPERIMENTS  # noqa: E402
 from stats import holm, paired_bootstrap, paired_t, t_interval  # noqa: E402
 
@@ -89,11 +91,12 @@ def experiment(r):
     if on:  # the accuracy recipe's techniques, as their flags
         name += " + " + " ".join(flag(k, v) for k, v in on.items())
     if c.get("slots"):
-        name += (" + --slots" + (f" --slot-weight {c['slot_weight']:g}" if c["slot_weight"] != 1 else "")
+        name += (" + --slots" + (f" --slot-weight {c['slot_weight']:g}" if c["slot_weight"] != implied("slot_weight")
+                                 else "")
                  + (" --crf" if c.get("crf") else ""))
     if c.get("freeze_embeddings"):
         name += " + --freeze-embeddings"
-    if c["epochs"] != 10:  # the study's epoch count; anything else is worth saying
+    if c["epochs"] != default("epochs", task):  # the study's epoch count; anything else is worth saying
         name += f", {c['epochs']} epoch{'s' if c['epochs'] > 1 else ''}"
     if not c.get("fast", True):
         name += ", study's way"
@@ -102,20 +105,20 @@ def experiment(r):
 
 
 def short_name(r):
-    """The study.py experiment a run belongs to ("recipe", "recipe-no-ema", ...), with the lr and epochs it ran
-    with where they are not the experiment's own; the readable long name where no experiment matches."""
+    """The experiment a run belongs to ("recipe", "recipe-no-ema", ...): the one its results name (study.py writes
+    it), else, for older results, the closest of experiments.py's; with the lr and epochs it ran with where they
+    are not the experiment's own. The readable long name where no experiment matches."""
     c = complete_config(r["config"])
     best = None
-    for name, flags in EXPERIMENTS.items():
-        try:
-            # an experiment that distils takes its teachers from the command line: the run's own, if it had any
-            if "--distill-weight" in flags and not c["teachers"]:
-                continue
-            teachers = ["--teachers", ",".join(c["teachers"])] if "--distill-weight" in flags else []
-            expected = recorded_config(parse_args([*flags, *teachers, "--label", c["label"], "--seed", str(c["seed"])]))
-        except (SystemExit, KeyError):
+    for name in [r["experiment"]] if r.get("experiment") in EXPERIMENTS else EXPERIMENTS:
+        # an experiment that distils takes its teachers from the command line: the run's own, if it had any
+        distils = "--distill-weight" in EXPERIMENTS[name]
+        if distils and not c["teachers"]:
             continue
-        differ = {k for k in expected if k in c and k not in ("data", "model") and expected[k] != c[k]}
+        expected = expected_config(name, c["label"], tuple(c["teachers"] or ()) if distils else ())
+        if expected is None:
+            continue
+        differ = {k for k in expected if k in c and k not in ("data", "model", "seed") and expected[k] != c[k]}
         if best is None or len(differ) < len(best[1]):
             best = (name, differ)
     if best is None:
@@ -127,6 +130,17 @@ def short_name(r):
     others = [flag(k, c[k]) if not isinstance(c[k], (list, type(None))) else f"--{k} ({len(c[k] or [])})"
               for k in sorted(differ - {"lr", "epochs"})]
     return name + schedule + "".join(" " + o for o in others)
+
+
+@functools.cache
+def expected_config(name, label, teachers):
+    """The recorded config an experiment's flags give (None where they do not parse for this label): parsed once
+    per experiment, label and teachers, not once per run."""
+    try:
+        return recorded_config(parse_args([*EXPERIMENTS[name], *(["--teachers", ",".join(teachers)] if teachers else []),
+                                           "--label", label]))
+    except SystemExit:
+        return None
 
 
 def run_title(r):

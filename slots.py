@@ -7,8 +7,8 @@ name form one span (MASSIVE's BIO conversion), so "B-" starts a span where the
 name changes. Data whose spans of one type can touch (ATIS) labels words with
 BIO tags instead ("B-city", "I-city", "O"), which keep such spans apart; an
 "I-" tag after "O" or after another type opens a span, as seqeval reads it.
-The data's slot scheme (data.SCHEMES) says which of the two a model's labels
-are: recorded in its checkpoint, never guessed from the labels.
+The data's slot scheme, "names" or "bio" (data.word_labels), says which of
+the two a model's labels are: recorded in its checkpoint, never guessed.
 """
 import numpy as np
 
@@ -18,7 +18,7 @@ OUTSIDE = "Other"
 
 
 def to_bio(labels, scheme):
-    """Word labels in a slot scheme (data.SCHEMES) as BIO: names ["Other", "time", "time", "date"] -> ["O", "B-time",
+    """Word labels in a slot scheme ("names" or "bio") as BIO: names ["Other", "time", "time", "date"] -> ["O", "B-time",
     "I-time", "B-date"]; BIO tags stay as they are, "Other" (a word cut by truncation) becoming "O"."""
     if scheme == "bio":
         return ["O" if label == OUTSIDE else label for label in labels]

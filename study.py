@@ -85,7 +85,7 @@ def plan(args, passthrough):
     for name in experiments:
         for seed in seeds:
             label = ["--label", args.label] if args.label else []
-            argv = [*EXPERIMENTS[name], *label, "--seed", str(seed), *passthrough]
+            argv = [*EXPERIMENTS[name], *label, "--seed", str(seed), "--experiment", name, *passthrough]
             if args.data:
                 argv += ["--data", args.data]
             err = io.StringIO()

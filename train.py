@@ -621,6 +621,7 @@ def results_record(run, progress, final):
             run.data.labels, run.data.features, run.data.cached, softmax(best_test["logits"], axis=1))
     return {
         "run_name": cfg.run_name,
+        **({"experiment": cfg.experiment} if cfg.experiment else {}),
         "task": cfg.task,
         "config": recorded_config(cfg),
         "environment": environment_record(run),

@@ -24,7 +24,7 @@ from data import load_dataset, read_data  # noqa: E402
 from fileio import write_json  # noqa: E402
 from formats import massive_text, write_bio, write_csv, write_rasa  # noqa: E402
 from model import load_tokenizer  # noqa: E402
-from readers import read_massive  # noqa: E402
+from readers import SPLITS, read_massive  # noqa: E402
 from utils import cpu_model  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def write_all(examples, folder):
         for x in examples:
             f.write(json.dumps({"utt": x.text, "annot_utt": massive_text(x), "intent": x.labels["intent"],
                                 "scenario": x.labels["scenario"], "partition": partition[x.split]}) + "\n")
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         write_rasa([x for x in examples if x.split == split], os.path.join(folder, f"{split}.yml"))
     return {"massive": ["--data", jsonl], "csv": ["--data", write_csv(examples, os.path.join(folder, "data.csv"))],
             "bio": ["--data", write_bio(examples, os.path.join(folder, "bio"))],

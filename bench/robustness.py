@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from arguments import BACKENDS  # noqa: E402
 from data import read_rows  # noqa: E402
 from inference import Predictor  # noqa: E402
 from noise import KINDS, perturbed_copies  # noqa: E402
@@ -110,7 +111,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="*", help="checkpoint folders to measure (none: only rebuild the table)")
     p.add_argument("--data", required=True, help="MASSIVE release file")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
     p.add_argument("--spelling", action="store_true", help="with spelling correction, as predict/serve --spelling")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "results", "bench"))
     args = p.parse_args(argv)

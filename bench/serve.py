@@ -27,6 +27,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from arguments import BACKENDS  # noqa: E402
 from data import read_rows  # noqa: E402
 from inference import checkpoint_folder  # noqa: E402
 from fileio import write_json  # noqa: E402
@@ -133,7 +134,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="MASSIVE release file: its test utterances are the requests")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
     p.add_argument("--streams", type=int, default=os.cpu_count(), help="the server's model streams (passes at once)")
