@@ -14,7 +14,7 @@ import dataclasses
 import os
 from typing import NamedTuple
 
-from readers import FORMATS, SPLITS
+from readers import FORMATS, SPLITS, massive_columns
 
 
 class Task(NamedTuple):
@@ -167,6 +167,9 @@ class Config(Common):
     checkpoint_dir: str = setting("checkpoints", "runs are saved in CHECKPOINT_DIR/<run name>/", recorded=False)
     resume: bool = setting(False, "continue an interrupted run from its last completed epoch", recorded=False,
                            action="store_true")
+    overwrite: bool = setting(False, "replace a run of the same name that was trained on other data (two data sets "
+                                     "of one file name): without it such a run is refused", recorded=False,
+                              action="store_true")
     experiment: str | None = setting(None, "the name of the experiment this run belongs to, written into its results "
                                            "(study.py names each run's)", recorded=False)
     run_name: str = dataclasses.field(default="", metadata=dict(recorded=False))  # run_name(), once valid
@@ -237,6 +240,8 @@ class UseConfig(Common):
     max_inputs: int = setting(256, "most utterances in one request", tasks=("serve",), group=USE_GROUP, type=int)
     max_queue: int = setting(4096, "most utterances waiting before requests get 503", tasks=("serve",),
                              group=USE_GROUP, type=int)
+    max_body_bytes: int = setting(2**20, "largest request body (413 above it, read no further)", tasks=("serve",),
+                                  group=USE_GROUP, type=int)
     threads: int | None = setting(None, "each stream's intra-op threads (default: the cores shared out over the "
                                         "streams and replicas)", tasks=("serve",), group=USE_GROUP, type=int)
     streams: int | None = setting(None, "forward passes run at once, each on its own model thread (default: one per "
@@ -261,7 +266,8 @@ class UseConfig(Common):
 
     def problem(self):
         """The first thing wrong with these settings, as one line, or None."""
-        positive = [self.max_inputs, self.max_queue, self.batch_size, self.threads, self.streams, self.replicas]
+        positive = [self.max_inputs, self.max_queue, self.max_body_bytes, self.batch_size, self.threads, self.streams,
+                    self.replicas]
         checks = [
             *data_checks(self),
             (self.checkpoint or not TASKS[self.task].checkpoint, f"--task {self.task} needs --checkpoint DIR"),
@@ -270,8 +276,8 @@ class UseConfig(Common):
             (self.top_k >= 1, "--top-k must be at least 1"),
             (self.min_confidence is None or 0 <= self.min_confidence <= 1, "--min-confidence must be in [0, 1]"),
             (0 < self.port < 65536 and self.max_wait_ms >= 0 and all(v is None or v >= 1 for v in positive),
-             "--port, --max-wait-ms, --max-inputs, --max-queue, --threads, --streams, --replicas and --batch-size "
-             "must be positive"),
+             "--port, --max-wait-ms, --max-inputs, --max-queue, --max-body-bytes, --threads, --streams, --replicas "
+             "and --batch-size must be positive"),
         ]
         return next((message for ok, message in checks if not ok), None)
 
@@ -282,8 +288,12 @@ def data_checks(cfg):
 
 
 def default_label(cfg):
-    """scenario for MASSIVE data (the study's label), intent for data in any other format."""
-    return "intent" if cfg.source and cfg.source.data.format not in ("massive", "hub") else "scenario"
+    """scenario for MASSIVE data that has it (the study's label), intent for data in any other format or without a
+    scenario column."""
+    src = cfg.source and cfg.source.data
+    if src is None or src.format == "hub":
+        return "scenario"
+    return "scenario" if src.format == "massive" and "scenario" in massive_columns(src.path) else "intent"
 
 
 def declarations():

@@ -83,10 +83,10 @@ def touching_spans(examples):
     return any(a[2] == b[2] and not x.text[a[1]:b[0]].strip() for x in examples for a, b in zip(x.spans, x.spans[1:]))
 
 
-def read_data(src, data=None):
+def read_data(src, data=None, required=SPLITS):
     """(the Dataset of src.data; {split: [Example]}): the data's own splits, a seeded split stratified by intent where
-    it has none (draw_split), and src.validation / src.test in place of theirs. data: src.data's Dataset where it
-    was read already."""
+    it has none (draw_split), and src.validation / src.test in place of theirs; UserError where a required split is
+    empty. data: src.data's Dataset where it was read already."""
     data = data or readers.read(src.data)
     replaced = {s: readers.read(other) for s, other in (("validation", src.validation), ("test", src.test)) if other}
     given = {x.split for x in data.examples}
@@ -102,7 +102,7 @@ def read_data(src, data=None):
     for s, other in replaced.items():
         splits[s] = other.examples
         data = data._replace(synonyms={**other.synonyms, **data.synonyms}, files=data.files + other.files)
-    for s in SPLITS:
+    for s in required:
         if not splits[s]:
             raise UserError(f"the {s} split is empty" + ("" if s == "train" else
                                                          f"; give --{'val' if s == 'validation' else s}-data PATH"))
@@ -138,13 +138,17 @@ def draw_split(examples, fractions, seed):
 def scored_split(src, trained, split=None):
     """(examples, split name) that a trained model is scored on: the data's own split `split` (default test), or,
     for data without splits, every example ("all") unless split is named: then the split is drawn as the run
-    whose recorded config is `trained` drew it."""
+    whose recorded config is `trained` drew it. Only the scored split must hold examples."""
     data = readers.read(src.data)
     if {x.split for x in data.examples} == {None} and split is None:
         return data.examples, "all"
-    drawn = src._replace(validation=None, test=None, **{k: trained.get(k, default(k))
-                                                        for k in ("val_fraction", "test_fraction", "split_seed")})
-    return read_data(drawn, data)[1][split or "test"], split or "test"
+    split = split or "test"
+    # a split that training read from --val-data or --test-data was drawn with no share of the data
+    drawn = src._replace(validation=None, test=None, split_seed=trained.get("split_seed", default("split_seed")),
+                         **{f"{s}_fraction": 0.0 if trained.get(f"{s}_data") else trained.get(f"{s}_fraction",
+                                                                                               default(f"{s}_fraction"))
+                            for s in ("val", "test")})
+    return read_data(drawn, data, required=(split,))[1][split], split
 def split_record(splits):
     """The split as results record it: examples per split and a sha256 of which text went where."""
     digest = hashlib.sha256(json.dumps({s: [x.text for x in splits[s]] for s in SPLITS}).encode()).hexdigest()

@@ -28,7 +28,8 @@ import torch
 from arguments import BACKENDS
 from data import first_subtokens
 from fileio import UserError
-from resolver import DIMENSIONS, ContextError, Resolver, context
+from readers import blank, text_lines
+from resolver import DIMENSIONS, ContextError, Resolver, context, engine
 from slots import spans, word_predictions
 
 
@@ -138,6 +139,8 @@ class Predictor:
         # the synonyms of the training data travel in the checkpoint, so the served model answers alike
         self.resolver = (Resolver(resolution.slot_dims, {**(self.meta.get("synonyms") or {}), **resolution.synonyms})
                          if resolution.resolve else None)
+        if self.resolver and self.slots:
+            engine()  # Duckling and its time zones load now (0.3 s), not in the first request that has a slot
         self.timezone = resolution.timezone
 
     def load_crf(self):
@@ -242,12 +245,13 @@ class Predictor:
         return spans(text, names, scores, self.slot_scheme)
 
     def rank(self, texts, probs, k=3, min_confidence=None):
-        """The k best labels of each row of probs; [] for an empty utterance, or below min_confidence (abstain)."""
+        """The k best labels of each row of probs; [] for an empty utterance (readers.blank: nothing printable), or
+        below min_confidence (abstain)."""
         k = min(k, len(self.labels))
         out = []
         for text, p in zip(texts, probs):
             best = np.argsort(-p, kind="stable")[:k]
-            if not text.strip() or (min_confidence is not None and p[best[0]] < min_confidence):
+            if blank(text) or (min_confidence is not None and p[best[0]] < min_confidence):
                 out.append([])
             else:
                 out.append([{"label": self.labels[j], "score": round(float(p[j]), 4)} for j in best])
@@ -255,18 +259,17 @@ class Predictor:
 
 
 def read_utterances(cfg):
-    """predict's utterances: from the command line, --input FILE, or standard input."""
+    """predict's utterances: from the command line, --input FILE, or standard input, which must be UTF-8."""
     if cfg.texts:
         return cfg.texts
     if cfg.input and cfg.input != "-":
-        try:
-            with open(cfg.input, encoding="utf-8", errors="replace") as f:
-                return f.read().splitlines()
-        except OSError as e:
-            raise UserError(f"cannot read --input {cfg.input}: {e.strerror}") from None
+        return text_lines(cfg.input)
     if cfg.input is None and sys.stdin.isatty():
         raise UserError("nothing to classify: give utterances, --input FILE, or pipe lines into standard input")
-    return sys.stdin.read().splitlines()
+    try:
+        return sys.stdin.buffer.read().decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"standard input: not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def predict(cfg):
@@ -293,11 +296,17 @@ def predict(cfg):
         if cfg.format == "jsonl":
             print(json.dumps(records[-1], ensure_ascii=False))
         else:
-            cells = [f"{t['label']} {t['score']:.3f}" for t in top] or ["(empty)" if not text.strip() else "(abstain)"]
+            cells = [f"{t['label']} {t['score']:.3f}" for t in top] or ["(empty)" if blank(text) else "(abstain)"]
             if found:
                 cells.append(" ".join(shown_slot(x) for x in found))
-            print("\t".join([text] + cells))
+            print("\t".join(escaped(c) for c in [text] + cells))
     return records
+
+
+def escaped(text):
+    """text for a terminal: control and format characters (escape sequences, bidirectional overrides, tabs) as
+    Python escapes, so a line of input cannot move the cursor, retitle the window or reorder what is shown."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def shown_slot(x):

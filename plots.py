@@ -66,6 +66,17 @@ STUDY = {"baseline": 90.45, "LLRD only": 65.0, "warmup only": 84.1, "LLRD + warm
          "SimCLR (t=0.1)": 84.10, "LoRA r=4": 90.08, "LoRA r=8": 90.52, "LoRA r=16": 89.48}
 
 
+def markdown(text):
+    """A name from the data as a markdown table cell shows it: HTML, pipes and line breaks as text."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"\s+", " ", text).replace("|", "\\|").replace("`", "\\`")
+
+
+def figure_text(text):
+    """A name from the data as matplotlib shows it: a $ would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def flag(key, value):
     """A setting as the main.py flag that sets it."""
     return f"--{key.replace('_', '-')} {value if isinstance(value, str) else f'{value:g}'}"
@@ -483,7 +494,7 @@ def plot_slot_f1(per_type, path, title):
     fig, ax = plt.subplots(figsize=(7, 1.0 + 0.2 * len(per)))
     y = np.arange(len(per))[::-1]
     ax.barh(y, [100 * v["f1"] for _, v in per], color="tab:blue")
-    ax.set_yticks(y, [f"{name} ({v['support']})" for name, v in per], fontsize=7)
+    ax.set_yticks(y, [f"{figure_text(name)} ({v['support']})" for name, v in per], fontsize=7)
     ax.set_xlim(0, 100)
     ax.set_xlabel("F1 (%)")
     ax.set_title(f"{title}: per-slot F1 (spans in brackets), most frequent first", fontsize=9)
@@ -541,8 +552,8 @@ def plot_confusion(labels, cm, path, title):
         for (i, j), v in np.ndenumerate(cm):
             if v:
                 ax.text(j, i, v, ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xticks(range(len(labels)), map(figure_text, labels), rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), map(figure_text, labels), fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -554,7 +565,7 @@ def per_class_report(labels, gold, pred, out_dir, name, title):
     cm, precision, recall, f1, support = per_class(labels, gold, pred)
     plot_confusion(labels, cm, os.path.join(out_dir, f"{name}-confusion.png"), title)
     rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    rows += [f"| {label} | {100 * p_:.1f} | {100 * r_:.1f} | {100 * f_:.1f} | {n} |"
+    rows += [f"| {markdown(label)} | {100 * p_:.1f} | {100 * r_:.1f} | {100 * f_:.1f} | {n} |"
              for label, p_, r_, f_, n in zip(labels, precision, recall, f1, support)]
     seen = (support > 0) | (cm.sum(0) > 0)  # as in training's macro-F1: classes absent from both are skipped
     rows.append(f"| macro average | {100 * precision[seen].mean():.1f} | {100 * recall[seen].mean():.1f} | "

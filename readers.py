@@ -14,7 +14,7 @@ A malformed entry is a UserError naming its file, its line (or YAML entry)
 and what is wrong; nothing is read past it.
 """
 import csv
-import glob
+import fnmatch
 import hashlib
 import json
 import logging
@@ -87,7 +87,7 @@ def detect(path):
     if os.path.isdir(path):
         if any(os.path.isfile(os.path.join(path, d, "seq.in")) for d in ("train", "dev", "valid", "test")):
             return "bio"
-        if glob.glob(os.path.join(glob.escape(path), "**", "*.y*ml"), recursive=True):
+        if yaml_files(path):
             return "rasa"
         raise UserError(f"{path}: no data found (expected Rasa .yml/.yaml files, or train/, dev/ and test/ folders "
                         f"with seq.in, seq.out and label)")
@@ -106,7 +106,24 @@ def files_of(path, fmt):
     if fmt == "bio":
         return [p for d in ("train", "dev", "valid", "test") for p in
                 (os.path.join(path, d, n) for n in ("seq.in", "seq.out", "label")) if os.path.isfile(p)]
-    return sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.y*ml"), recursive=True))
+    return yaml_files(path)
+
+
+def yaml_files(folder):
+    """The YAML files (*.yml, *.yaml) under a folder, sorted, hidden ones left out. Symbolic links are not followed:
+    a link back into the folder would read its files again (or walk it without end), one out of it reads files that
+    are not the data's; each one skipped is named in the log."""
+    found, links = [], []
+    for root, dirs, files in os.walk(folder):  # os.walk does not descend into linked folders
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                links.append(os.path.join(root, name))
+        found += [os.path.join(root, f) for f in files if fnmatch.fnmatch(f, "*.y*ml") and not f.startswith(".")
+                  and not os.path.islink(os.path.join(root, f))]
+    if links:
+        log.warning("%s: %d symbolic link(s) not followed: %s", folder, len(links), ", ".join(sorted(links)))
+    return sorted(found)
 
 
 def read(src):
@@ -127,6 +144,12 @@ def text_lines(path):
         raise UserError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def blank(text):
+    """Whether a text holds nothing to read: no character that is printable and not a space (NUL, control
+    characters and spaces alone count as empty, as the tokenizer reads them)."""
+    return not any(c.isprintable() and not c.isspace() for c in text)
 
 
 def check_type(slot, where):
@@ -254,6 +277,8 @@ def read_massive(path):
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: malformed JSON ({e.msg})") from None
+        except RecursionError:  # the decoder recurses once per level: a line of a few thousand brackets
+            raise UserError(f"{where}: malformed JSON (nested too deeply)") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object")
         for field in ("utt", "intent"):
@@ -268,6 +293,18 @@ def read_massive(path):
             spans = massive_spans(row, where)
         examples.append(Example(row["utt"], labels, spans, split and SPLIT_NAMES[split], where))
     return Dataset(examples, {}, [path])
+
+
+def massive_columns(path):
+    """The fields of the first row of a MASSIVE file (an empty set where it does not parse: reading it says why),
+    read without the rest of the file: what its default label is chosen by."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            line = next((line for line in f if line.strip()), "{}")
+        row = json.loads(line)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return set()
+    return set(row) if isinstance(row, dict) else set()
 
 
 def massive_spans(row, where):
@@ -298,7 +335,7 @@ def read_csv(path):
     every other column is a further label column."""
     lines = text_lines(path)
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    rows = csv.reader(lines, delimiter=delimiter)
+    rows = csv_rows(csv.reader(lines, delimiter=delimiter), path)
     header = [h.strip() for h in next(rows, [])]
     missing = [c for c in ("text", "intent") if c not in header]
     if missing:
@@ -320,7 +357,7 @@ def read_csv(path):
             if text.split() != cell["text"].split():
                 raise UserError(f"{where}: the {annotated} column, without its brackets, is not the text")
             synonyms.update(found)
-        if not text.strip() or not cell["intent"].strip():
+        if blank(text) or blank(cell["intent"]):
             raise UserError(f"{where}: empty text or intent")
         split = cell.get("split", "").strip().lower() or None
         if split is not None and split not in SPLIT_NAMES:
@@ -328,6 +365,19 @@ def read_csv(path):
         labels = {c: cell[c].strip() for c in label_columns if cell[c].strip()}
         examples.append(Example(text, labels, spans, split and SPLIT_NAMES[split], where))
     return Dataset(examples, synonyms, [path])
+
+
+def csv_rows(reader, path):
+    """The rows of a csv.reader; a row it cannot read (a field over csv.field_size_limit(), 128 KiB, an unclosed
+    quote, ...) is a UserError naming its line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: not CSV ({e})") from None
+        yield row
 
 
 def parse_or_fail(parse, annotated, where):
@@ -401,8 +451,13 @@ def read_rasa(path, files=None):
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it: 10x faster
     for f in files:
         text = "\n".join(text_lines(f))
-        try:  # the nodes place each entry on its line; the values come from one load
-            root, values = yaml.compose(text, Loader=loader), yaml.load(text, Loader=loader)
+        try:  # the nodes place each entry on its line; the values come from one load, once no alias is found
+            root = yaml.compose(text, Loader=loader)
+            refuse_aliases(root, f)
+            values = yaml.load(text, Loader=loader)
+        except yaml.MarkedYAMLError as e:
+            where = f"{f}:{e.problem_mark.line + 1}" if e.problem_mark else f
+            raise UserError(f"{where}: not YAML ({e.problem or e.context})") from None
         except yaml.YAMLError as e:
             raise UserError(f"{f}: not YAML ({str(e).splitlines()[0]})") from None
         nlu = yaml_key(root, "nlu")
@@ -420,6 +475,24 @@ def read_rasa(path, files=None):
              len(read_files), "".join(f", {n} {k} file(s) skipped" for k, n in skipped.items()), unused["regex"],
              unused["lookup"])
     return Dataset(examples, synonyms, read_files)
+
+
+def refuse_aliases(root, path):
+    """UserError where a YAML node is reached twice (an alias, *name): training data needs none, and nested aliases
+    (the "billion laughs") expand without bound. The walk visits each node once, so it is linear in the file."""
+    import yaml
+
+    seen, stack = set(), [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            raise UserError(f"{path}:{node.start_mark.line + 1}: a YAML alias of this node (&anchor / *alias): "
+                            "Rasa training data is read without aliases")
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack += [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
 
 
 def yaml_key(node, key):
@@ -448,15 +521,18 @@ def rasa_entries(path, nlu, values, examples, synonyms, unused):
         if kind in unused:
             unused[kind] += 1
             continue
-        texts = rasa_examples(yaml_key(entry, "examples"), f"{path}:{line}", str(data[kind]))
+        name = data[kind]
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or blank(str(name)):
+            raise UserError(f"{path}:{line}: '{kind}:' must name it with text, not {type(name).__name__} {name!r:.40}")
+        texts = rasa_examples(yaml_key(entry, "examples"), f"{path}:{line}", str(name))
         if kind == "synonym":
-            synonyms.update({t.strip().lower(): str(data["synonym"]) for t, _ in texts})
+            synonyms.update({t.strip().lower(): str(name) for t, _ in texts})
             continue
         for text, n in texts:
             where = f"{path}:{n}"
             plain, spans, found = parse_or_fail(parse_rasa, text, where)
             synonyms.update(found)
-            examples.append(Example(plain, {"intent": str(data["intent"])}, spans, None, where))
+            examples.append(Example(plain, {"intent": str(name)}, spans, None, where))
 
 
 def rasa_examples(node, where, name):

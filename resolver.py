@@ -39,6 +39,10 @@ SLOT_DIMS = {
     "email_address": ("email",),
 }
 TIMEZONES = "/usr/share/zoneinfo"
+# Duckling's parse time grows faster than its text (on a 2-core AMD EPYC: 250 characters 7 ms, 500 21 ms, 1,000 69 ms,
+# 2,000 0.4 s): it reads an utterance of up to WINDOW characters whole, and of a longer text only the pieces around
+# the slots (windows())
+WINDOW, CONTEXT, MAX_WINDOWS = 256, 32, 8
 
 
 class ContextError(ValueError):
@@ -165,9 +169,11 @@ class Resolver:
         ctx = duckling.Context(duckling.parse_ref_time(zones, zone, int(when.timestamp())),
                                duckling.parse_locale(self.locale, duckling.default_locale_lang(
                                    duckling.parse_lang(self.locale.split("_")[0]))))
+        slots = [s for s in slots if s["end"] - s["start"] <= WINDOW]  # a longer "value" is no value: unresolved
         if self.strategy == "utterance":
             dims = sorted({d for s in slots for d in self.dims_of(s["slot"])})
-            found = parsed(duckling, text, ctx, dims)
+            found = [{**e, "start": e["start"] + lo, "end": e["end"] + lo}
+                     for lo, hi in windows(len(text), slots) for e in parsed(duckling, text[lo:hi], ctx, dims)]
             for s in slots:
                 best = best_overlap(found, s["start"], s["end"], self.dims_of(s["slot"]))
                 if best:
@@ -179,6 +185,24 @@ class Resolver:
             best = best_overlap(found, 0, len(s["value"]), dims)
             if best:
                 s["resolved"] = value_of(best)
+
+
+def windows(length, slots):
+    """The (start, end) pieces of a text of `length` characters that Duckling parses for these slots: the whole text
+    up to WINDOW characters (an utterance, with all its context); in a longer one, each slot with CONTEXT characters
+    on either side, neighbours together while they fit in WINDOW, and at most MAX_WINDOWS of them (the slots after
+    stay unresolved). Duckling's time grows faster than its text, so each parse stays short and one request cannot
+    hold the server."""
+    if length <= WINDOW:
+        return [(0, length)]
+    out = []
+    for s in sorted(slots, key=lambda s: s["start"]):
+        lo, hi = max(0, s["start"] - CONTEXT), min(length, s["end"] + CONTEXT)
+        if out and max(hi, out[-1][1]) - out[-1][0] <= WINDOW:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        elif len(out) < MAX_WINDOWS:
+            out.append((lo, hi))
+    return out
 
 
 def best_overlap(entities, start, end, dims):

@@ -12,15 +12,18 @@ model runs, and a lone request should not wait). --streams model threads
 run passes side by side (each with --threads intra-op threads; on a CPU one
 single-threaded stream per core by default); the event loop only parses,
 queues and answers. Errors are answers, never a crash: 422 for a malformed or
-empty request, 413 above --max-inputs utterances, 503 while the model loads or
+empty request, 413 above --max-inputs utterances or --max-body-bytes, 503 while the model loads or
 when more than --max-queue utterances wait. Answers come from the Predictor's
 postprocess, as predict's do.
 """
 import asyncio
+import base64
 import concurrent.futures
 import gc
+import hashlib
 import logging
 import os
+import re
 import signal
 import time
 from typing import NamedTuple
@@ -95,10 +98,20 @@ class Refused(Exception):
                             headers={"Retry-After": "1"} if self.retry else None)
 
 
-async def read_request(request, schema):
-    """The body as schema; Refused (422) with the reasons. The body is read as JSON whatever content type it
-    declares: `curl -d`, how most people first try an API, sends application/x-www-form-urlencoded."""
-    body = await request.body()
+async def read_request(request, schema, max_bytes):
+    """The body as schema; Refused: 413 above max_bytes (read no further), 422 with the reasons. The body is read as
+    JSON whatever content type it declares: `curl -d`, how most people first try an API, sends
+    application/x-www-form-urlencoded."""
+    too_large = Refused(413, f"the body is over {max_bytes:,} bytes")
+    if int(request.headers.get("content-length") or 0) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         return schema.model_validate_json(body.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -193,13 +206,15 @@ class Serving:
     reaches a replica still loading.
     """
 
-    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start):
+    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, max_body):
         self.load, self.load_before_start = load, load_before_start
-        self.limits = dict(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, streams=streams)
+        self.limits = dict(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, streams=streams,
+                           max_body_bytes=max_body)
         self.max_queue = max_queue
         self.predictor = self.batcher = self.error = None
         with open(PAGE, encoding="utf-8") as f:
             self.page = f.read()
+        self.page_headers = page_headers(self.page)
 
     async def lifespan(self, app):
         loaded = asyncio.Event()
@@ -240,7 +255,7 @@ class Serving:
     async def answers(self, request, schema, noun, slots):
         """(the request, the Predictor's postprocessed answer of each of its texts) from a shared forward pass;
         Refused when the request, its time context or the load cannot be answered."""
-        req = await read_request(request, schema)
+        req = await read_request(request, schema, self.limits["max_body_bytes"])
         predictor = self.ready()
         texts = req.texts_list()
         if len(texts) > self.limits["max_inputs"]:
@@ -257,12 +272,29 @@ class Serving:
             raise Refused(503, f"the model failed: {type(e).__name__}") from None
         # on the event loop: Duckling holds the GIL through its 0.3-0.7 ms parses, so a thread would only add its hop
         # (docs/resolution.md)
-        # a pass that also carried a /parse request has word slots for every request in it: only /parse's are read
-        return req, predictor.postprocess(texts, probs, words if slots else None, req.top_k, req.min_confidence, when)
+        if not slots:  # a pass that also carried a /parse request has word slots for every request: only /parse's count
+            return req, predictor.postprocess(texts, probs, None, req.top_k, req.min_confidence)
+        # slots and their values off the event loop: Duckling holds the GIL through each parse, but a parse is
+        # bounded (resolver.windows), so /health and the other requests get their turn between parses
+        return req, await asyncio.get_running_loop().run_in_executor(
+            None, predictor.postprocess, texts, probs, words, req.top_k, req.min_confidence, when)
+
+
+def page_headers(page):
+    """The try-it page's headers: a Content-Security-Policy that allows its own inline script and style (by their
+    sha256) and its calls to this server, nothing else; no framing; no content-type sniffing."""
+    def hashes(tag):
+        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() + "'"
+                        for code in re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S))
+
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 
 
 def try_it(request: Request):
-    return HTMLResponse(request.app.state.serving.page)
+    serving = request.app.state.serving
+    return HTMLResponse(serving.page, headers=serving.page_headers)
 
 
 def health(request: Request):
@@ -301,9 +333,9 @@ async def unexpected(request: Request, exc: Exception):  # an answer, not a drop
 
 
 def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False,
-               streams=1):
+               streams=1, max_body=2**20):
     """The app over a Serving state (see there for load and load_before_start)."""
-    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start)
+    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, max_body)
     # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
     app = FastAPI(title="MASSIVE parser: intent and slots", lifespan=serving.lifespan, docs_url=None, redoc_url=None)
     app.state.serving = serving
@@ -330,6 +362,7 @@ class Settings(NamedTuple):
     max_wait_ms: float
     max_inputs: int
     max_queue: int
+    max_body: int
     replica: bool  # start-up waits for the model (Ray Serve routes only to started replicas)
     resolution: Resolution
 
@@ -341,7 +374,7 @@ def replica_app(settings):
                          spelling=settings.spelling, resolution=settings.resolution)
 
     return create_app(load, settings.max_batch, settings.max_wait_ms, settings.max_inputs, settings.max_queue,
-                      load_before_start=settings.replica, streams=settings.streams)
+                      load_before_start=settings.replica, streams=settings.streams, max_body=settings.max_body)
 
 
 def serve(cfg):
@@ -357,7 +390,8 @@ def serve(cfg):
     streams = cfg.streams or (1 if gpu else max(1, os.cpu_count() // (cfg.replicas or 1)))
     threads = cfg.threads or max(1, os.cpu_count() // ((cfg.replicas or 1) * streams))
     settings = Settings(os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, streams, cfg.spelling,
-                        cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, bool(cfg.replicas),
+                        cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, cfg.max_body_bytes,
+                        bool(cfg.replicas),
                         resolution_of(cfg))  # bad --timezone, --slot-dims and --synonyms fail here, in one line
 
     def build():  # a plain function: Ray Serve calls it on each replica to build that replica's app

@@ -17,6 +17,7 @@ process per GPU, or CPU processes over gloo): accelerate splits each global
 batch of --batch-size over the processes and each phase's model is wrapped in DDP.
 """
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -380,8 +381,29 @@ def make_loaders(cfg, data, accel):
     return loaders, generator
 
 
+def refuse_other_data(cfg):
+    """UserError where this run's results file or checkpoint holds a run of other data under the same name (two
+    data sets of one file name), unless --overwrite: checked before anything is written."""
+    ours = cfg.source.data.sha256
+    if cfg.overwrite or ours is None:
+        return
+    for path, where in ((cfg.results_path, ("environment", "data", "sha256")),
+                        (os.path.join(cfg.run_dir, "best", "meta.json"), ("data", "sha256"))):
+        try:
+            with open(path) as f:
+                theirs = json.load(f)
+            for key in where:
+                theirs = theirs[key]
+        except (OSError, ValueError, KeyError, TypeError):  # absent, unreadable, or from before data was recorded
+            continue
+        if theirs != ours:
+            raise UserError(f"{path} holds a run of another {cfg.source.data.file} (sha256 {theirs[:12]}, this one "
+                            f"{ours[:12]}): give --overwrite to replace it, or --out-dir and --checkpoint-dir elsewhere")
+
+
 def set_up(cfg):
     """Processes, data, model and loaders of a run (and last.pt's state when resuming), in a Run."""
+    refuse_other_data(cfg)
     set_seed(cfg.seed)
     accel, backend = start_processes()
     if cfg.batch_size % accel.num_processes:
@@ -472,6 +494,10 @@ def load_resume_state(cfg, world):
     mine, written = settings(cfg), complete_config(state["config"])  # what the run computes, not where it writes
     if {k: written.get(k) for k in mine} != mine:
         raise UserError(f"--resume: {path} was written with other settings")
+    source = state["config"].get("source")  # absent in a last.pt from before the data source was recorded
+    if source is not None and source.data.sha256 != cfg.source.data.sha256:
+        raise UserError(f"--resume: {path} was written on other data ({source.data.file}, sha256 "
+                        f"{(source.data.sha256 or 'none')[:12]}); resume on the data it trained on")
     if isinstance(state["rng"], dict):  # a last.pt from before data-parallel training: one process
         state["rng"], state["world_size"] = [state["rng"]], 1
     if state["world_size"] != world:
@@ -649,6 +675,7 @@ def save(run, results):
                 "best_epoch": results["best_epoch"], "best_test_accuracy": results["best_test_accuracy"],
                 "max_length": cfg.max_length, "temperature": results["calibration"]["temperature"],
                 "adapter": TASKS[cfg.task].adapter, "heads": [n for n in run.net.heads() if HEADS[n].saved],
+                "data": cfg.source.record(),
                 **({"slots": run.data.slots, "slot_scheme": run.data.info["slot_scheme"]} if run.data.slots else {}),
                 **({"synonyms": run.data.info["synonyms"]} if run.data.info["synonyms"] else {})}
         save_checkpoint(run.model, run.data.tokenizer, meta, os.path.join(cfg.run_dir, "best"),

@@ -172,4 +172,4 @@ def test_predict_bad_checkpoints(checkpoint, tmp_path):
     proc = run_predict("hello")
     assert proc.returncode == 2 and "--task predict needs --checkpoint DIR" in proc.stderr
     proc = run_predict("--checkpoint", checkpoint, "--input", str(tmp_path / "missing.txt"))
-    assert proc.returncode != 0 and "cannot read --input" in proc.stderr
+    assert proc.returncode != 0 and f"{tmp_path / 'missing.txt'}: cannot read it" in proc.stderr

@@ -62,7 +62,8 @@ def test_a_missing_label_column_or_split_is_one_line(tmp_path, tok):
     path.write_text("".join(json.dumps({"partition": p, "utt": "hi", "intent": "greet"}) + "\n"
                             for p in ("train", "dev", "test")))
     with pytest.raises(UserError, match=r"no-scenario\.jsonl:1: no 'scenario' label; --label chooses from: intent"):
-        load_features(cfg_for(path, tmp_path), tok)
+        load_features(cfg_for(path, tmp_path, "--label", "scenario"), tok)
+    assert cfg_for(path, tmp_path).label == "intent"  # the default where the data has no scenario column
 
 
 def test_a_label_train_lacks_is_scored_as_wrong_with_one_warning(tmp_path, tok, caplog):

@@ -129,3 +129,19 @@ def test_errors_and_abstentions_are_readable_messages(page):
     assert page.text_content("#error").startswith("The request was refused (422): top_k:")
     parse(page, "   ")
     assert "the model abstains" in page.text_content("#intent")
+
+
+def test_highlights_slice_the_text_by_code_points_after_an_emoji(page):
+    text = "\U0001F600\U0001F600 wake me up at five am tomorrow \U0001F680"
+    page.fill("#text", text)
+    with page.expect_response(lambda r: r.url.endswith("/parse")) as answered:
+        page.click("#parse")
+    answer = answered.value.json()
+    page.wait_for_timeout(100)
+    assert answer["slots"]  # the API's offsets count code points: each emoji is one
+    marks = page.evaluate("""() => [...document.querySelectorAll('#utterance mark')].map((m) => m.firstChild.textContent)""")
+    assert marks == [s["value"] for s in answer["slots"]] == [text[s["start"]:s["end"]] for s in answer["slots"]]
+    shown = page.evaluate("""() => { const u = document.getElementById('utterance').cloneNode(true);
+                                     u.querySelectorAll('.slot-name, .slot-value').forEach((e) => e.remove());
+                                     return u.textContent; }""")
+    assert shown == text

@@ -105,7 +105,7 @@ def test_bio_keeps_touching_spans_apart_and_multi_intent_labels(tmp_path):
     ("a.yml", "stories:\n- story: x\n", r"a\.yml: no 'nlu:' section"),
     ("a.yml", "nlu:\n- intent: x\n  examples: |\n    - fly to [Rome(city)\n", r"a\.yml:4: unbalanced brackets"),
     ("a.yml", "nlu:\n- intent: x\n  examples: |\n    - fly to [Rome]\n", r"a\.yml:4: '\[Rome\]' is followed by"),
-    ("a.yml", "nlu: [\n", r"a\.yml: not YAML"),
+    ("a.yml", "nlu: [\n", r"a\.yml:2: not YAML"),
     ("a.csv", "utterance,intent\nhi,greet\n", r"a\.csv:1: the header has no 'text' column"),
     ("a.csv", "text,label\nhi,greet\n", r"a\.csv:1: the header has no 'intent' column"),
     ("a.csv", "text,intent,annotation\nfly to Rome,book,fly to [Rome](city\n", r"a\.csv:2: '\[Rome\]\(' is not closed"),
