@@ -57,6 +57,11 @@ CHECKPOINTED = tuple(name for name, t in TASKS.items() if t.checkpoint)
 READS_DATA = (*TRAINING, "export", "evaluate", "check")  # the tasks that read a labelled data set
 SPLITS_DATA = (*TRAINING, "check")  # the tasks that split it; export and evaluate split as the checkpoint's run did
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what runs a model: its file
+# Small data: the study's lr 2e-5 and 10 epochs are tuned for MASSIVE's 11,514 training utterances and underfit a few
+# hundred (30% test intent accuracy at 8 per intent). Under SMALL_DATA training utterances, --task baseline without
+# --lr, --batch-size or --epochs takes SMALL_DATA_SETTINGS, chosen on validation (docs/fewshot.md).
+SMALL_DATA = 2000
+SMALL_DATA_SETTINGS = dict(lr=3e-4, batch_size=16, epochs=30)
 
 
 def setting(default=None, help="", tasks=None, group=None, recorded=True, env=None, implied=None, positional=False,
@@ -170,6 +175,7 @@ class Config(Common):
     overwrite: bool = setting(False, "replace a run of the same name that was trained on other data (two data sets "
                                      "of one file name): without it such a run is refused", recorded=False,
                               action="store_true")
+    chosen: str | None = dataclasses.field(default=None, metadata=dict(recorded=False))  # small_data(): why
     experiment: str | None = setting(None, "the name of the experiment this run belongs to, written into its results "
                                            "(study.py names each run's)", recorded=False)
     run_name: str = dataclasses.field(default="", metadata=dict(recorded=False))  # run_name(), once valid
@@ -251,6 +257,11 @@ class UseConfig(Common):
                                    group=USE_GROUP, type=int)
     address: str | None = setting(None, "with --replicas: join the Ray cluster at HOST:PORT (default: a local "
                                         "instance)", tasks=("serve",), group=USE_GROUP)
+    log_requests: str | None = setting(None, "append one JSON line per answered /parse to this file (text, intent, "
+                                             "confidence, slots, time): it holds what users said; off by default",
+                                       tasks=("serve",), group=USE_GROUP)
+    log_max_mb: float = setting(100.0, "with --log-requests: the log rotates to FILE.1 .. FILE.5 at this size",
+                                tasks=("serve",), group=USE_GROUP, type=float)
     resolve: bool = setting(True, "resolve slot values: dates, times, durations and numbers by Duckling, synonyms to "
                                   "their canonical value (--no-resolve: the words only)", tasks=("predict", "serve"),
                             group=USE_GROUP, action=argparse.BooleanOptionalAction)
@@ -272,6 +283,9 @@ class UseConfig(Common):
             *data_checks(self),
             (self.checkpoint or not TASKS[self.task].checkpoint, f"--task {self.task} needs --checkpoint DIR"),
             (self.address is None or self.replicas, "--address applies only with --replicas"),
+            (self.log_requests is None or not self.replicas, "--log-requests applies without --replicas (one process "
+                                                             "writes the log)"),
+            (self.log_max_mb > 0, "--log-max-mb must be positive"),
             (not (self.texts and self.input), "give utterances or --input, not both"),
             (self.top_k >= 1, "--top-k must be at least 1"),
             (self.min_confidence is None or 0 <= self.min_confidence <= 1, "--min-confidence must be in [0, 1]"),
@@ -412,9 +426,27 @@ def parse_args(argv=None):
         cfg.source = source_of(cfg)
     if cfg.label is None:
         cfg.label = default_label(cfg)
+    if name == "baseline" and not {"lr", "batch_size", "epochs"} & set(given):
+        small_data(cfg)
     if task.trains:
         cfg.run_name = run_name(cfg)
     return cfg
+
+
+def small_data(cfg):
+    """SMALL_DATA_SETTINGS in cfg where its data has fewer than SMALL_DATA training utterances, and cfg.chosen says
+    so (the run prints it and its results record it); MASSIVE's full data keeps the study's settings."""
+    from data import train_size  # lazily: only a default baseline run counts its data
+
+    if cfg.source.data.path is None:  # the hub's MASSIVE: the study's data
+        return
+    n = train_size(cfg.source)
+    if n < SMALL_DATA:
+        for key, value in SMALL_DATA_SETTINGS.items():
+            setattr(cfg, key, value)
+        cfg.chosen = (f"{n:,} training utterances, under {SMALL_DATA:,}: "
+                      + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in SMALL_DATA_SETTINGS.items())
+                      + " instead of the study's (give any of them to choose yourself)")
 
 
 def settings(cfg):

@@ -20,6 +20,7 @@ runs with or without slots. Training batches them (dataloader.py); what uses
 a trained model reads and tokenizes with this module alone.
 """
 import bisect
+import functools
 import gzip
 import hashlib
 import json
@@ -169,9 +170,21 @@ def as_rows(splits, scheme):
             for s in SPLITS}
 
 
+@functools.lru_cache(maxsize=4)
+def split_once(src):
+    """read_data(src), once per process: the settings that follow the data's size and the features read the same
+    examples."""
+    return read_data(src)
+
+
+def train_size(src):
+    """The number of training examples of a DataSource, as its split gives them."""
+    return len(split_once(src)[1]["train"])
+
+
 def rows_of(src):
     """(the Dataset, {split: [Example]}, {split: [Row]}, the slot scheme) of a DataSource, read and split once."""
-    data, splits = read_data(src)
+    data, splits = split_once(src)
     scheme = "bio" if touching_spans(x for xs in splits.values() for x in xs) else "names"
     return data, splits, as_rows(splits, scheme), scheme
 

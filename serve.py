@@ -19,10 +19,14 @@ postprocess, as predict's do.
 import asyncio
 import base64
 import concurrent.futures
+import datetime
 import gc
 import hashlib
+import json
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import signal
 import time
@@ -43,6 +47,7 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "try-i
 # A pass's utterances go through the model sorted by length in forward batches of this many: less padding. On a
 # 2-core CPU, passes of 32 test utterances ran at 581 utterances/s this way against 415 as one padded batch (int8).
 FORWARD_BATCH = 8
+LOG_BACKUPS = 5  # rotated request logs kept
 
 
 class PredictRequest(BaseModel):
@@ -197,6 +202,34 @@ def rasa_answer(text, top, found):
     return {"text": text, "intent": ranking[0] if ranking else None, "intent_ranking": ranking, "slots": slots}
 
 
+class RequestLog:
+    """/parse's answers as JSON lines (time, text, intent, confidence, slots), written by a thread of their own:
+    logging's QueueListener into a RotatingFileHandler. An answer never waits for the disk; each line is flushed as
+    it is written, so a crash loses at most the lines still queued; the file rotates at max_bytes, keeping
+    LOG_BACKUPS older ones (FILE.1 the newest)."""
+
+    def __init__(self, path, max_bytes):
+        try:
+            handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=LOG_BACKUPS,
+                                                           encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"--log-requests {path}: cannot write it ({e.strerror})") from None
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self.queue = queue.SimpleQueue()
+        self.listener = logging.handlers.QueueListener(self.queue, handler)
+        self.listener.start()
+
+    def write(self, answers):
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        for a in answers:
+            line = {"time": now, "text": a["text"], "intent": a["intent"] and a["intent"]["name"],
+                    "confidence": a["intent"] and a["intent"]["confidence"], "slots": a["slots"]}
+            self.queue.put_nowait(logging.makeLogRecord({"msg": json.dumps(line, ensure_ascii=False)}))
+
+    def close(self):
+        self.listener.stop()  # writes what is queued, then returns
+
+
 class Serving:
     """The app's state: the model once loaded (or why it could not be), its batcher, and the request limits.
 
@@ -206,7 +239,8 @@ class Serving:
     reaches a replica still loading.
     """
 
-    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, max_body):
+    def __init__(self, load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, max_body,
+                 log=None):
         self.load, self.load_before_start = load, load_before_start
         self.limits = dict(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, streams=streams,
                            max_body_bytes=max_body)
@@ -215,6 +249,7 @@ class Serving:
         with open(PAGE, encoding="utf-8") as f:
             self.page = f.read()
         self.page_headers = page_headers(self.page)
+        self.log = log  # a RequestLog, or None
 
     async def lifespan(self, app):
         loaded = asyncio.Event()
@@ -223,6 +258,8 @@ class Serving:
             await loaded.wait()
         yield
         task.cancel()
+        if self.log:
+            self.log.close()
 
     async def load_then_serve(self, loaded):
         try:
@@ -320,6 +357,8 @@ async def predict(request: Request):
 async def parse(request: Request):
     req, parsed = await request.app.state.serving.answers(request, ParseRequest, "texts", slots=True)
     answers = [rasa_answer(text, top, found) for text, (top, found) in zip(req.texts_list(), parsed)]
+    if request.app.state.serving.log:
+        request.app.state.serving.log.write(answers)
     return JSONResponse(answers[0] if req.text is not None else answers)
 
 
@@ -333,9 +372,9 @@ async def unexpected(request: Request, exc: Exception):  # an answer, not a drop
 
 
 def create_app(load, max_batch=64, max_wait_ms=0.0, max_inputs=256, max_queue=4096, load_before_start=False,
-               streams=1, max_body=2**20):
-    """The app over a Serving state (see there for load and load_before_start)."""
-    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, max_body)
+               streams=1, max_body=2**20, log=None):
+    """The app over a Serving state (see there for load and load_before_start); log: a RequestLog or None."""
+    serving = Serving(load, max_batch, max_wait_ms, max_inputs, max_queue, streams, load_before_start, max_body, log)
     # no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN, which offline deployments cannot reach
     app = FastAPI(title="MASSIVE parser: intent and slots", lifespan=serving.lifespan, docs_url=None, redoc_url=None)
     app.state.serving = serving
@@ -363,6 +402,8 @@ class Settings(NamedTuple):
     max_inputs: int
     max_queue: int
     max_body: int
+    log_requests: str | None  # the request log's file, None: no log
+    log_max_bytes: int
     replica: bool  # start-up waits for the model (Ray Serve routes only to started replicas)
     resolution: Resolution
 
@@ -373,8 +414,9 @@ def replica_app(settings):
         return Predictor(settings.checkpoint, settings.backend, base_model=settings.base_model, threads=settings.threads,
                          spelling=settings.spelling, resolution=settings.resolution)
 
+    log = settings.log_requests and RequestLog(settings.log_requests, settings.log_max_bytes)
     return create_app(load, settings.max_batch, settings.max_wait_ms, settings.max_inputs, settings.max_queue,
-                      load_before_start=settings.replica, streams=settings.streams, max_body=settings.max_body)
+                      load_before_start=settings.replica, streams=settings.streams, max_body=settings.max_body, log=log)
 
 
 def serve(cfg):
@@ -391,6 +433,7 @@ def serve(cfg):
     threads = cfg.threads or max(1, os.cpu_count() // ((cfg.replicas or 1) * streams))
     settings = Settings(os.path.abspath(cfg.checkpoint), cfg.backend, cfg.model, threads, streams, cfg.spelling,
                         cfg.batch_size, cfg.max_wait_ms, cfg.max_inputs, cfg.max_queue, cfg.max_body_bytes,
+                        cfg.log_requests and os.path.abspath(cfg.log_requests), int(cfg.log_max_mb * 2**20),
                         bool(cfg.replicas),
                         resolution_of(cfg))  # bad --timezone, --slot-dims and --synonyms fail here, in one line
 

@@ -404,6 +404,8 @@ def refuse_other_data(cfg):
 def set_up(cfg):
     """Processes, data, model and loaders of a run (and last.pt's state when resuming), in a Run."""
     refuse_other_data(cfg)
+    if cfg.chosen:
+        log.info("settings chosen for small data: %s", cfg.chosen)
     set_seed(cfg.seed)
     accel, backend = start_processes()
     if cfg.batch_size % accel.num_processes:
@@ -648,6 +650,7 @@ def results_record(run, progress, final):
     return {
         "run_name": cfg.run_name,
         **({"experiment": cfg.experiment} if cfg.experiment else {}),
+        **({"settings_chosen": cfg.chosen} if cfg.chosen else {}),
         "task": cfg.task,
         "config": recorded_config(cfg),
         "environment": environment_record(run),

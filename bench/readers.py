@@ -10,6 +10,7 @@ before its first step (read, split, tokenize and cache the features, with
 slots), in fresh folders. Writes results/bench/readers.json.
 """
 import argparse
+import resource
 import json
 import os
 import sys
@@ -75,10 +76,11 @@ def main():
             t = time.perf_counter()
             load_dataset(cfg, tok, slots=True)
             cache_s = time.perf_counter() - t
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak so far, MB
             rows.append({"format": fmt, "utterances": sum(len(v) for v in splits.values()), "read_seconds": read_s,
-                         "check_seconds": check_s, "featurize_and_cache_seconds": cache_s})
+                         "check_seconds": check_s, "featurize_and_cache_seconds": cache_s, "peak_rss_mb": peak})
             print(f"{fmt:8s} {rows[-1]['utterances']:,} utterances: read {read_s:.1f} s, read + check {check_s:.1f} s; "
-                  f"read + tokenize + cache {cache_s:.1f} s")
+                  f"read + tokenize + cache {cache_s:.1f} s; peak memory so far {peak:.0f} MB")
     write_json(args.out, {"cpu": cpu_model(), "size": args.size, "rows": rows})
     print(f"wrote {args.out}")
 

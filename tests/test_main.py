@@ -182,3 +182,24 @@ def test_the_bf16_timing_leaves_the_seeded_random_stream_alone():
     torch.manual_seed(0)
     assert utils.bf16_matmul_speedup.__wrapped__(n=32, reps=1, tries=1) > 0
     assert torch.equal(torch.rand(3), expected)  # so a run's initial weights do not depend on the CPU kind
+
+
+def test_small_data_gets_settings_that_train_it_and_says_so(tmp_path, tiny_model):
+    from arguments import SMALL_DATA, SMALL_DATA_SETTINGS
+    from tiny import write_massive
+
+    small = write_massive(tmp_path / "small.jsonl")  # 36 training utterances
+    cfg = parse_args(["--data", str(small), "--label", "intent"])
+    assert {k: getattr(cfg, k) for k in SMALL_DATA_SETTINGS} == SMALL_DATA_SETTINGS
+    assert cfg.chosen.startswith("36 training utterances, under 2,000: --lr 0.0003, --batch-size 16, --epochs 30")
+    assert cfg.run_name == "baseline-intent-small-minilm-lr0.0003-bs16-e30-s42"
+    for given in (["--epochs", "3"], ["--lr", "1e-4"], ["--batch-size", "8"]):  # a choice of the user's stands
+        mine = parse_args(["--data", str(small), *given])
+        assert mine.chosen is None and (mine.lr, mine.epochs) in ((2e-5, 3), (1e-4, 10), (2e-5, 10))
+    assert parse_args(["--task", "custom", "--data", str(small)]).chosen is None  # the study's tasks keep theirs
+    large = write_massive(tmp_path / "large.jsonl", {"train": SMALL_DATA // 12 + 1, "dev": 1, "test": 1})
+    assert parse_args(["--data", str(large)]).chosen is None  # MASSIVE-sized data keeps the study's settings
+    results = cli.main(["--data", str(small), "--model", tiny_model, "--no-save", "--cache-dir", str(tmp_path / "c"),
+                        "--out-dir", str(tmp_path / "r")])
+    assert results["settings_chosen"] == cfg.chosen  # printed at the start, and recorded
+    assert results["config"]["epochs"] == 30 and len(results["history"]) == 30

@@ -3,6 +3,8 @@ import concurrent.futures
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,6 +18,8 @@ from conftest import wait_until_healthy
 from fileio import UserError
 from inference import Predictor
 from serve import create_app
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +311,30 @@ def test_serve_with_spelling_correction(trained):
         assert c.get("/info").json()["spelling"] is True
         got = c.post("/predict", json={"inputs": ["wake me up at fivve am"], "top_k": 3}).json()
     assert got == Predictor(run_dir).top_k(["wake me up at five am"], 3)
+
+
+def test_the_request_log_keeps_each_parse_as_a_json_line_and_rotates(trained, tmp_path):
+    from serve import RequestLog
+
+    run_dir, _, _ = trained
+    path = tmp_path / "requests.jsonl"
+    log = RequestLog(str(path), max_bytes=600)
+    with TestClient(create_app(lambda: Predictor(run_dir), log=log)) as c:
+        wait_until_healthy(c)
+        assert c.post("/parse", content=json.dumps({"texts": ["wake me up at seven", "play jazz"]})).status_code == 200
+        for _ in range(5):
+            c.post("/parse", content=json.dumps({"text": "what is the weather like today"}))
+        c.post("/predict", content=json.dumps({"inputs": "not logged"}))  # only /parse answers are logged
+    lines = [json.loads(line) for f in sorted(tmp_path.glob("requests.jsonl*"), reverse=True) for line in open(f)]
+    assert [x["text"] for x in lines] == ["wake me up at seven", "play jazz"] + ["what is the weather like today"] * 5
+    assert {"time", "intent", "confidence", "slots"} <= set(lines[0]) and lines[0]["intent"] in ("alarm", "music",
+                                                                                                 "weather")
+    assert len(list(tmp_path.glob("requests.jsonl*"))) > 1 and os.path.getsize(path) <= 600  # rotated by size
+
+
+def test_a_request_log_that_cannot_be_written_is_one_line(trained, tmp_path):
+    run_dir, _, _ = trained
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--task", "serve", "--checkpoint", run_dir,
+                           "--log-requests", str(tmp_path / "no" / "such" / "folder.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: --log-requests ")

@@ -75,3 +75,11 @@ def test_fit_temperature_recovers_an_overconfident_scale():
     labels = (p.cumsum(1) > rng.random((20000, 1))).argmax(1)  # drawn from softmax(z): calibrated at T = 1
     assert fit_temperature(3 * z, labels) == pytest.approx(3.0, rel=0.05)  # logits 3x too sharp
     assert fit_temperature(z, labels) == pytest.approx(1.0, rel=0.05)
+
+
+def test_a_validation_split_without_errors_leaves_the_temperature_at_1():
+    from stats import fit_temperature
+
+    logits = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.5]])
+    assert fit_temperature(logits, np.array([0, 1, 0])) == 1.0  # all right: the NLL would fall toward T -> 0
+    assert fit_temperature(logits, np.array([0, 1, 1])) != 1.0
