@@ -48,13 +48,15 @@ TASKS = {
     "check": Task("validate a data set before training", dict(out_dir="results/reports"), trains=False),
     "evaluate": Task("score a trained checkpoint on labelled data", dict(batch_size=128, out_dir="results/reports"),
                      trains=False, checkpoint=True),
+    "suggest": Task("the unlabelled utterances most worth labelling next, pre-annotated",
+                    dict(batch_size=128, out_dir="results/reports"), trains=False, checkpoint=True),
 }
 TRAINING = tuple(name for name, t in TASKS.items() if t.trains)
 CONTRASTIVE = tuple(name for name, t in TASKS.items() if "contrastive" in t.phases)
 ADAPTER = tuple(name for name, t in TASKS.items() if t.adapter)
 RECIPE = tuple(name for name, t in TASKS.items() if t.recipe)
 CHECKPOINTED = tuple(name for name, t in TASKS.items() if t.checkpoint)
-READS_DATA = (*TRAINING, "export", "evaluate", "check")  # the tasks that read a labelled data set
+READS_DATA = (*TRAINING, "export", "evaluate", "check", "suggest")  # the tasks that read a labelled data set
 SPLITS_DATA = (*TRAINING, "check")  # the tasks that split it; export and evaluate split as the checkpoint's run did
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what runs a model: its file
 # Small data: the study's lr 2e-5 and 10 epochs are tuned for MASSIVE's 11,514 training utterances and underfit a few
@@ -101,8 +103,8 @@ class Common:
     label: str | None = setting(None, "the label column to learn (default: scenario for MASSIVE data, as the study; "
                                       "intent for other data)", tasks=(*TRAINING, "check"))
     max_length: int = setting(128, "tokens kept, truncating from the left", tasks=(*TRAINING, "check"), type=int)
-    out_dir: str = setting("results", "where results/<run name>.json goes (check and evaluate: their reports)",
-                           tasks=(*TRAINING, "check", "evaluate"), recorded=False)
+    out_dir: str = setting("results", "where results/<run name>.json goes (check, evaluate and suggest: their "
+                                      "reports)", tasks=(*TRAINING, "check", "evaluate", "suggest"), recorded=False)
     model: str | None = setting(None, "hub id or folder of the encoder (default: bundled all-MiniLM-L6-v2); for "
                                       "predict, export and serve, the base encoder of a LoRA checkpoint trained from "
                                       "a local folder")
@@ -228,8 +230,9 @@ class UseConfig(Common):
                                 choices=SPLITS)
     texts: list | None = setting(None, "utterances to classify", tasks=("predict",), group=USE_GROUP,
                                  positional=True, nargs="*")
-    input: str | None = setting(None, "file with one utterance per line ('-' for standard input)",
-                                tasks=("predict",), group=USE_GROUP)
+    input: str | None = setting(None, "file with one utterance per line ('-' for standard input); for suggest also "
+                                      "serve's request log", tasks=("predict", "suggest"), group=USE_GROUP)
+    count: int = setting(50, "utterances suggested", tasks=("suggest",), group=USE_GROUP, type=int)
     top_k: int = setting(3, "labels shown per utterance", tasks=("predict",), group=USE_GROUP, type=int)
     format: str = setting("text", "output format", tasks=("predict",), group=USE_GROUP, choices=("text", "jsonl"))
     backend: str = setting("torch", "what runs the model (onnx backends need --task export first)",
@@ -282,6 +285,8 @@ class UseConfig(Common):
         checks = [
             *data_checks(self),
             (self.checkpoint or not TASKS[self.task].checkpoint, f"--task {self.task} needs --checkpoint DIR"),
+            (self.input or self.task != "suggest", "--task suggest needs --input FILE (utterances, or a request log)"),
+            (self.count >= 1, "--count must be at least 1"),
             (self.address is None or self.replicas, "--address applies only with --replicas"),
             (self.log_requests is None or not self.replicas, "--log-requests applies without --replicas (one process "
                                                              "writes the log)"),

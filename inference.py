@@ -200,6 +200,25 @@ class Predictor:
             return out, None
         return out, [word_predictions(t, p, self.slots, self.crf) for t, p in zip(token_logits, positions)]
 
+    def embeddings(self, texts, batch_size=128):
+        """L2-normalised sentence vectors (N, H) of raw utterances: the encoder's mean over tokens, the pooling
+        sentence encoders are trained with (torch backend)."""
+        if self.backend != "torch":
+            raise UserError("sentence vectors need the torch backend")
+        with self.tokenizing:
+            ids = self.tokenizer([t.strip() for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
+        out = []
+        for start in range(0, len(ids), batch_size):
+            with self.tokenizing:
+                batch = self.tokenizer.pad({"input_ids": ids[start:start + batch_size]}, return_tensors="pt")
+            with torch.inference_mode():
+                mask = batch["attention_mask"].to(self.device)
+                h = self.model.encoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask)
+                h = h.last_hidden_state.float()  # (B, T, H)
+                mean = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            out.append(torch.nn.functional.normalize(mean, dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+
     def logits(self, texts, batch_size=128):
         """Uncalibrated logits (N, C) for raw utterances: tokenized, batched by length, truncated from the left."""
         return self.outputs(texts, batch_size, slots=False)[0]

@@ -17,7 +17,7 @@ from utils import setup_logging
 # what runs each task that does not train, imported only when used (onnx, the web server and Ray are not needed to
 # train, nor torch's training stack to serve)
 USES = {"predict": "inference:predict", "export": "export:export", "serve": "serve:serve", "check": "check:check",
-        "evaluate": "evaluation:evaluate"}
+        "evaluate": "evaluation:evaluate", "suggest": "suggest:suggest"}
 
 
 def main(argv=None):

@@ -1,0 +1,85 @@
+"""--task suggest: the most unsure utterances first, no near-copies, nothing the data holds, written pre-annotated in
+a file the readers take back; the request log as its input; bad input as one line."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import main as cli
+from fileio import UserError
+from readers import read, source
+from suggest import diverse, uncertainty
+
+
+def test_the_most_unsure_comes_first_and_near_copies_are_left_out():
+    probs = np.array([[0.9, 0.1], [0.51, 0.49], [0.7, 0.3], [0.52, 0.48]])
+    words = [(["Other"], [0.99]), (["Other"], [0.99]), (["time"], [0.2]), (["Other"], [0.99])]
+    unsure, margin, slot = uncertainty(probs, words)
+    order = sorted(range(4), key=lambda i: -unsure[i])
+    # the least sure of the two decisions counts: a sure intent with an unsure slot (0.2) outranks a sure one
+    assert order == [1, 3, 2, 0] and unsure[2] == pytest.approx(0.8)
+    assert margin[1] == pytest.approx(0.02) and slot[2] == 0.2
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.01, 1.0]])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert diverse([1, 3, 2, 0], vectors, 3) == [1, 2, 0]  # 3 nearly repeats 1
+
+
+@pytest.fixture
+def pool(tmp_path):
+    texts = ["wake me up at five am", "play some jazz", "Play  some jazz", "", "is it raining today",
+             "what is the weather like", "turn up the music", "set an alarm for noon please", "order a pizza"]
+    path = tmp_path / "pool.txt"
+    path.write_text("\n".join(texts) + "\n")
+    return path
+
+
+def test_suggest_writes_new_utterances_pre_annotated_in_the_datas_format(joint_checkpoint, tiny_model, tmp_path, pool):
+    data = tmp_path / "nlu.yml"  # the data already holds "what is the weather like"
+    data.write_text('nlu:\n- intent: weather_query\n  examples: |\n    - what is the weather like\n'
+                    '- intent: alarm_set\n  examples: |\n    - wake me up at [seven](time)\n')
+    report = cli.main(["--task", "suggest", "--checkpoint", joint_checkpoint, "--model", tiny_model, "--input",
+                       str(pool), "--data", str(data), "--count", "4", "--out-dir", str(tmp_path / "out")])
+    assert report["read"] == 9 and report["candidates"] == 6  # blank, repeated and known ones left out
+    # the tiny random encoder finds most sentences alike: near-copies are left out, so fewer than 4 may come back
+    assert 1 <= len(report["chosen"]) <= 4 and report["format"] == "rasa"
+    assert [c["uncertainty"] for c in report["chosen"]] == sorted((c["uncertainty"] for c in report["chosen"]),
+                                                                  reverse=True)
+    suggested = read(source(str(tmp_path / "out" / report["file"])))  # a file the readers take back
+    assert sorted(x.text for x in suggested.examples) == sorted(c["text"] for c in report["chosen"])
+    assert "what is the weather like" not in [x.text for x in suggested.examples]
+    assert {x.labels["intent"] for x in suggested.examples} == {c["intent"] for c in report["chosen"]}
+    csv = tmp_path / "data.csv"
+    csv.write_text("text,intent\nwhat is the weather like,weather_query\n")
+    report = cli.main(["--task", "suggest", "--checkpoint", joint_checkpoint, "--model", tiny_model, "--input",
+                       str(pool), "--data", str(csv), "--count", "2", "--out-dir", str(tmp_path / "csv")])
+    assert report["file"].endswith(".csv")
+    assert len(read(source(str(tmp_path / "csv" / report["file"]))).examples) == len(report["chosen"]) <= 2
+
+
+def test_the_request_log_round_trips_into_suggest(joint_checkpoint, tiny_model, tmp_path, caplog):
+    log = tmp_path / "requests.jsonl"
+    lines = [json.dumps({"time": "2026-12-07T10:00:00.000+00:00", "text": t, "intent": "x", "confidence": 0.5,
+                         "slots": []}) for t in ("wake me up at five am", "play some jazz", "turn up the music")]
+    log.write_text("\n".join(lines) + "\nnot json\n" + lines[0][:25] + "\n")  # a broken line, then one cut short
+    with caplog.at_level(logging.WARNING):
+        report = cli.main(["--task", "suggest", "--checkpoint", joint_checkpoint, "--model", tiny_model, "--input",
+                           str(log), "--out-dir", str(tmp_path)])
+    assert report["read"] == 3 and report["candidates"] == 3 and report["chosen"]
+    assert f"2 line(s) of the request log are not JSON with a text, skipped: {log}:4, {log}:5" in caplog.text
+
+
+def test_suggest_bad_input_is_one_line(joint_checkpoint, tiny_model, tmp_path, pool):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(UserError, match="no utterance to suggest"):
+        cli.main(["--task", "suggest", "--checkpoint", joint_checkpoint, "--model", tiny_model, "--input", str(empty),
+                  "--out-dir", str(tmp_path)])
+    other = tmp_path / "other.csv"
+    other.write_text("text,intent\nbook a table,restaurant_book\n")
+    with pytest.raises(UserError, match="knows none of the labels of other.csv"):
+        cli.main(["--task", "suggest", "--checkpoint", joint_checkpoint, "--model", tiny_model, "--input", str(pool),
+                  "--data", str(other), "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli.main(["--task", "suggest", "--checkpoint", joint_checkpoint])  # no --input
+    assert not list(tmp_path.glob("suggest-*"))
