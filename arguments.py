@@ -11,9 +11,11 @@ computed once here.
 """
 import argparse
 import dataclasses
+import hashlib
 import os
 from typing import NamedTuple
 
+from fileio import UserError
 from readers import FORMATS, SPLITS, massive_columns
 
 
@@ -159,6 +161,9 @@ class Config(Common):
                                         implied=("slots", lambda _: 1.0, "1"))
     crf: bool = setting(False, "with --slots: a linear-chain CRF over the words' slot scores, trained on the "
                                "sequence's likelihood and decoded by Viterbi", action="store_true")
+    init_from: str | None = setting(None, "start from this trained checkpoint (a run folder): its encoder, and its "
+                                          "heads' rows for the labels and slot types it knows; new ones start from the "
+                                          "mean of their examples (continuation.py)")
     freeze_embeddings: bool = setting(False, "keep the word-embedding table as pre-trained (position and type "
                                              "embeddings and the LayerNorm still train): a step then skips the "
                                              "table's dense gradient and AdamW update", action="store_true")
@@ -387,10 +392,22 @@ def run_name(cfg):
         parts.append(f"slots{cfg.slot_weight:g}" + ("-crf" if cfg.crf else ""))
     if cfg.freeze_embeddings:
         parts.append("frozen-emb")
+    if cfg.init_from:
+        parts.append(f"from-{checkpoint_digest(cfg.init_from)}")
     if not cfg.fast:
         parts.append("slow")
     parts.append(f"s{cfg.seed}")
     return "-".join(parts)
+
+
+def checkpoint_digest(path):
+    """8 hex digits of the sha256 of a checkpoint's meta.json (a run folder or its best/): what the run names of runs
+    that continue from it hold; UserError where there is no checkpoint."""
+    for folder in (os.path.join(path, "best"), path):
+        if os.path.isfile(os.path.join(folder, "meta.json")):
+            with open(os.path.join(folder, "meta.json"), "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()[:8]
+    raise UserError(f"--init-from {path}: no checkpoint there (no meta.json in it or in its best/)")
 
 
 def who(tasks):
@@ -470,6 +487,7 @@ def recorded_config(cfg):
         c[key] = located and located.path and located.file
     c["model"] = cfg.model and (os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model)
     c["teachers"] = cfg.teachers and [os.path.basename(os.path.normpath(t)) for t in cfg.teachers]
+    c["init_from"] = cfg.init_from and os.path.basename(os.path.normpath(cfg.init_from))
     return c
 
 

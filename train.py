@@ -36,6 +36,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from arguments import TASKS, complete_config, recorded_config, settings
+from continuation import init_from
 from data import load_dataset, slot_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError, atomic_write, write_json
@@ -356,6 +357,8 @@ def build(cfg, data, device):
                       attention=cpu_attention(device, cfg.fast), pooling=cfg.pooling,
                       aux_classes=len(data.aux_names) if data.aux_names else None,
                       slot_classes=len(data.slots) if data.slots else None, crf=cfg.crf)
+    if cfg.init_from:  # the checkpoint's encoder, and its rows for what it knows
+        init_from(cfg.init_from, net, data.tokenizer, data.labels, data.slots, data.features["train"])
     encoder = {"name": model_name(cfg.model), "weights_sha256": weights_sha256(net.encoder)}
     if cfg.freeze_embeddings:  # a batch touches a few hundred of the table's rows; its gradient would be dense
         net.encoder.get_input_embeddings().requires_grad_(False)
