@@ -238,6 +238,9 @@ class UseConfig(Common):
     input: str | None = setting(None, "file with one utterance per line ('-' for standard input); for suggest also "
                                       "serve's request log", tasks=("predict", "suggest"), group=USE_GROUP)
     count: int = setting(50, "utterances suggested", tasks=("suggest",), group=USE_GROUP, type=int)
+    find_label_errors: bool = setting(False, "also list the examples whose label is probably wrong: out-of-fold "
+                                             "models and confident learning (labelerrors.py; trains 5 models)",
+                                      tasks=("check",), action="store_true")
     top_k: int = setting(3, "labels shown per utterance", tasks=("predict",), group=USE_GROUP, type=int)
     format: str = setting("text", "output format", tasks=("predict",), group=USE_GROUP, choices=("text", "jsonl"))
     backend: str = setting("torch", "what runs the model (onnx backends need --task export first)",

@@ -136,6 +136,13 @@ def check(cfg):
     drawn = {x.split for x in data.examples} == {None}
     numbers = summary(cfg.source, data, splits, drawn)
     errors, warnings = findings(splits, cfg.max_length, load_tokenizer(cfg.model))
+    if cfg.find_label_errors:  # trains FOLDS models: minutes on a few hundred utterances
+        from labelerrors import find
+
+        examples = [x for s in SPLITS for x in splits[s]]
+        if any(cfg.label not in x.labels for x in examples):
+            raise UserError(f"--find-label-errors: not every example has a '{cfg.label}' label")
+        warnings.append(find(examples, cfg.label, ["--model", cfg.model] if cfg.model else []))
     if numbers["small_intents"]:
         warnings.insert(0, {"kind": "small_intent", "message": f"{len(numbers['small_intents'])} intent(s) with "
                                                                f"fewer than {SMALL} examples",

@@ -122,6 +122,6 @@ def init_from(path, net, tokenizer, labels, slots, train):
                     for i, j in known:
                         net.slot_crf.scores[1 + a, i] = old.slot_crf.scores[1 + b, j]
         new += new_slots
-    log.info("started from %s: its encoder, and its rows for %d label(s) and slot type(s); %d new: %s", meta["run_name"],
-             len(labels) + len(slots or []) - len(new), len(new), ", ".join(new) or "none")
+    log.info("started from %s: its encoder, and its rows for %d label(s) and slot type(s); %d new: %s",
+             meta["run_name"], len(labels) + len(slots or []) - len(new), len(new), ", ".join(new) or "none")
     return meta

@@ -64,9 +64,10 @@ def source_of(cfg):
 
 
 def word_labels(text, spans, scheme):
-    """The gold word labels of a text, what training learns and evaluate and export score: one per word of text.split(): with scheme "names" MASSIVE's (the type of the first
-    span a word overlaps, "Other" outside; consecutive words of one name read as one span), with "bio" BIO tags
-    (each span opens with B-, so two touching spans of one type stay two)."""
+    """The gold word labels of a text, one per word of text.split(): what training learns, and evaluate and export
+    score. With scheme "names" MASSIVE's (the type of the first span a word overlaps, "Other" outside; consecutive
+    words of one name read as one span), with "bio" BIO tags (each span opens with B-, so two touching spans of one
+    type stay two)."""
     out, previous = [], None
     for start, end in word_offsets(text):
         span = next((sp for sp in spans if sp[0] < end and start < sp[1]), None)

@@ -9,8 +9,8 @@ training drew it (data.scored_split), so the numbers equal those training
 reported for its best checkpoint. The metrics are training's, from the same
 scorer (metrics.score): intent accuracy and macro-F1, and with a slot head
 seqeval's slot F1 and exact match; beside them per-intent and per-slot
-precision, recall, F1 and support, and the most frequent confusions. A label or slot type the model does not know is counted
-wrong and listed. Writes evaluate-<run>-<data>-<split>.json under --out-dir,
+precision, recall, F1 and support, and the most frequent confusions. A label
+or slot type the model does not know is counted wrong and listed. Writes evaluate-<run>-<data>-<split>.json under --out-dir,
 which plots.py draws (a confusion matrix and per-slot F1), and beside it
 errors.jsonl: every utterance it got wrong, with the gold and predicted
 intent and spans.
