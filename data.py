@@ -31,7 +31,6 @@ import random
 from typing import NamedTuple
 
 import readers
-from arguments import default
 from fileio import UserError, atomic_write
 from readers import SPLITS, word_offsets
 from slots import OUTSIDE
@@ -140,15 +139,15 @@ def draw_split(examples, fractions, seed):
 def scored_split(src, trained, split=None):
     """(examples, split name) that a trained model is scored on: the data's own split `split` (default test), or,
     for data without splits, every example ("all") unless split is named: then the split is drawn as the run
-    whose recorded config is `trained` drew it. Only the scored split must hold examples."""
+    whose recorded config is `trained` (arguments.complete_config's) drew it. Only the scored split must hold
+    examples."""
     data = readers.read(src.data)
     if {x.split for x in data.examples} == {None} and split is None:
         return data.examples, "all"
     split = split or "test"
     # a split that training read from --val-data or --test-data was drawn with no share of the data
-    drawn = src._replace(validation=None, test=None, split_seed=trained.get("split_seed", default("split_seed")),
-                         **{f"{s}_fraction": 0.0 if trained.get(f"{s}_data") else trained.get(f"{s}_fraction",
-                                                                                               default(f"{s}_fraction"))
+    drawn = src._replace(validation=None, test=None, split_seed=trained["split_seed"],
+                         **{f"{s}_fraction": 0.0 if trained[f"{s}_data"] else trained[f"{s}_fraction"]
                             for s in ("val", "test")})
     return read_data(drawn, data, required=(split,))[1][split], split
 def split_record(splits):
@@ -191,10 +190,9 @@ def rows_of(src):
 
 
 def read_rows(path):
-    """{split: [Row]} of a labelled file or folder as training reads it with the default split settings: what the
-    benches score on."""
-    return rows_of(DataSource(readers.source(path), None, None, default("val_fraction"), default("test_fraction"),
-                              default("split_seed")))[2]
+    """{split: [Row]} of a labelled file or folder with splits of its own (MASSIVE's release file), as training reads
+    it: what the benches score on. UserError for data without splits: nothing is drawn here."""
+    return rows_of(DataSource(readers.source(path), None, None, 0.0, 0.0, 0))[2]
 
 
 def build_labels(names):

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 
+from arguments import complete_config
 from data import scored_split, word_labels
 from fileio import UserError, atomic_write, write_json
 from inference import Predictor
@@ -51,7 +52,7 @@ def gold_of(predictor, examples):
 def evaluate(cfg):
     """--task evaluate: the numbers, printed and returned; the report and errors.jsonl written."""
     predictor = Predictor(cfg.checkpoint, base_model=cfg.model)
-    examples, split = scored_split(cfg.source, predictor.meta["config"], cfg.split)
+    examples, split = scored_split(cfg.source, complete_config(predictor.meta["config"]), cfg.split)
     texts, gold, names, gold_word_labels = gold_of(predictor, examples)
     logits, words = predictor.outputs(texts, cfg.batch_size)
     pred = logits.argmax(1).tolist()

@@ -22,7 +22,7 @@ import shutil
 import numpy as np
 import torch
 
-from arguments import BACKENDS
+from arguments import BACKENDS, complete_config
 from data import scored_split
 from evaluation import gold_of
 from fileio import UserError, write_json
@@ -144,7 +144,7 @@ def export(cfg):
     # the reference is the fp32 model, the weights as trained and exported: not the bf16 backend of a CPU with
     # native bf16, which approximates them as the int8 graph does (its agreement is reported beside)
     torch_predictor = Predictor(path, "torch", base_model=cfg.model, fp32=True)
-    test, split = scored_split(cfg.source, torch_predictor.meta["config"], "test")
+    test, split = scored_split(cfg.source, complete_config(torch_predictor.meta["config"]), "test")
     texts, label_ids, _, words = gold_of(torch_predictor, test)
     gold = (label_ids, words)
     staging = os.path.join(path, ".export")
