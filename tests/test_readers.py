@@ -247,4 +247,5 @@ def test_study_runs_over_seeds_on_a_data_folder(tmp_path, data_file, capsys):
     assert study.main(["--data", folder, "--experiments", "baseline", "--seeds", "42,43", "--list"]) == 0
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 2 and all(f"--data {folder}" in c and "--label" not in c for c in commands)
-    assert parse_args(["--data", folder]).run_name == "baseline-intent-bio-minilm-lr2e-05-bs16-e10-s42"
+    # 36 training utterances: small data's settings
+    assert parse_args(["--data", folder]).run_name == "baseline-intent-bio-minilm-lr0.0003-bs16-e30-s42"

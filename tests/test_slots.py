@@ -69,7 +69,9 @@ def test_a_malformed_row_names_file_and_line_and_writes_nothing(tmp_path, tok, d
         f.write(json.dumps({"partition": "train", "utt": "wake me at five", "annot_utt": bad, "scenario": "alarm",
                             "intent": "alarm_set"}) + "\n")
     n = sum(1 for _ in open(data_file))
-    cfg = parse_args(["--data", data_file, "--cache-dir", str(tmp_path / "cache")])
+    with pytest.raises(UserError, match=rf"en-US.jsonl:{n}: malformed annot_utt"):
+        parse_args(["--data", data_file])  # the default command counts small data's examples as it is parsed
+    cfg = parse_args(["--data", data_file, "--epochs", "1", "--cache-dir", str(tmp_path / "cache")])
     with pytest.raises(UserError, match=rf"en-US.jsonl:{n}: malformed annot_utt"):
         load_features(cfg, tok, slots=True)
     assert not os.path.exists(tmp_path / "cache")
