@@ -188,3 +188,17 @@ def test_a_long_text_is_resolved_in_bounded_pieces(monkeypatch):
         assert len(lengths) <= resolver.MAX_WINDOWS and max(lengths) <= resolver.WINDOW
         assert found[0]["resolved"]["value"].startswith("2026-12-05T17:00")
     assert resolver.windows(200, slots[:1]) == [(0, 200)]  # an utterance is read whole, as before
+
+
+def test_evaluate_redraws_the_test_split_as_a_run_with_val_data_drew_it(tmp_path):
+    from arguments import complete_config
+    from data import draw_split, scored_split, source_of
+
+    path = tmp_path / "data.csv"
+    path.write_text("text,intent\n" + "".join(f"utterance {i},intent_{i % 3}\n" for i in range(60)))
+    src = source_of(parse_args(["--task", "check", "--data", str(path)]))
+    examples = read(src.data).examples
+    trained = complete_config({"task": "baseline", "val_data": "val.csv"})  # validation came from its own file
+    test, split = scored_split(src, trained, "test")
+    assert split == "test" and test == draw_split(examples, {"validation": 0.0, "test": 0.1}, 0)["test"]
+    assert test != draw_split(examples, {"validation": 0.1, "test": 0.1}, 0)["test"]
