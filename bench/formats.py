@@ -3,26 +3,22 @@ so that one data set read in every format can be compared. Rasa data has no spli
 import csv
 import os
 
+import suggest  # how the project writes annotated text
 from readers import word_offsets
 
 SPLIT_DIRS = {"train": "train", "validation": "dev", "test": "test"}
 
 
-def annotated(x, bracket):
-    """The example's text with each span written by bracket(value, slot type)."""
-    out, pos = "", 0
-    for start, end, slot in x.spans:
-        out += x.text[pos:start] + bracket(x.text[start:end], slot)
-        pos = end
-    return out + x.text[pos:]
+def spans_of(x):
+    return [{"slot": slot, "start": start, "end": end} for start, end, slot in x.spans]
 
 
 def rasa_text(x):
-    return annotated(x, lambda value, slot: f"[{value}]({slot})")
+    return suggest.rasa_text(x.text, spans_of(x))
 
 
 def massive_text(x):
-    return annotated(x, lambda value, slot: f"[{slot} : {value}]")
+    return suggest.massive_text(x.text, spans_of(x))
 
 
 def write_rasa(examples, path):
