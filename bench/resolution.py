@@ -5,12 +5,14 @@
 1. Coverage: every gold span of en-US test, parsed alone with every Duckling
    dimension: per slot type, the share of spans with a result covering at
    least half of the span, by dimension. resolver.SLOT_DIMS is chosen from it.
-2. The gold set (assets/resolution/gold-en-US.jsonl, its reference time and
-   zone in its first line): en-US test utterances with date, time, duration
-   or number slots, each slot with the value a correct assistant acts on. Both
-   strategies, on the gold spans: Duckling on each slot's own text, and on the
-   whole utterance with each result attached to the slots it overlaps.
-   Accuracy overall and per slot type.
+2. The gold sets (assets/resolution/, each with its reference time and zone
+   in its first line): gold-en-US.jsonl, en-US test utterances with date,
+   time, duration or number slots, and gold-new-en.jsonl, new utterances
+   written before the resolver's rules were last changed and never tuned on;
+   each slot with the value a correct assistant acts on. Both strategies, on
+   the gold spans: Duckling on each slot's own text, and on the whole
+   utterance with each result attached to the slots it overlaps. Accuracy
+   overall and per slot type.
 
 Writes results/bench/resolution.json.
 """
@@ -28,7 +30,7 @@ from readers import read_massive  # noqa: E402
 from resolver import DIMENSIONS, Resolver, context, engine  # noqa: E402
 from utils import cpu_model  # noqa: E402
 
-GOLD = os.path.join(ROOT, "assets", "resolution", "gold-en-US.jsonl")
+GOLDS = {name: os.path.join(ROOT, "assets", "resolution", f"gold-{name}.jsonl") for name in ("en-US", "new-en")}
 
 
 def coverage(examples):
@@ -61,7 +63,7 @@ def same(got, want):
             mine = str(got.get("value", got.get("from")) or "")
             if not any(mine.startswith(e) for e in (expected if isinstance(expected, list) else [expected])):
                 return False
-        elif key in ("from", "to"):
+        elif key in ("from", "to", "last"):
             if not str(got.get(key) or "").startswith(expected):
                 return False
         elif got.get(key) != expected:
@@ -69,9 +71,9 @@ def same(got, want):
     return True
 
 
-def gold_accuracy(strategy):
-    """(share right, {slot type: [right, n]}, the rows it got wrong) of a strategy on the gold set."""
-    with open(GOLD) as f:
+def gold_accuracy(strategy, path):
+    """(share right, {slot type: [right, n]}, the rows it got wrong) of a strategy on the gold set at path."""
+    with open(path) as f:
         header, *rows = [json.loads(line) for line in f if line.strip()]
     resolver, when = Resolver(strategy=strategy), context(header["reference_time"], header["timezone"])
     right, per, wrong = 0, collections.defaultdict(lambda: [0, 0]), []
@@ -104,13 +106,16 @@ def main():
     for slot, c in cover.items():
         dims = ", ".join(f"{d} {100 * s:.0f}%" for d, s in sorted(c["by_dim"].items(), key=lambda kv: -kv[1]))
         print(f"{slot:22s} {c['spans']:6d} {100 * c['resolved']:8.1f}%  {dims}")
-    strategies = {}
-    for strategy in ("slot", "utterance"):
-        share, per, wrong = gold_accuracy(strategy)
-        strategies[strategy] = {"accuracy": share, "per_type": per, "wrong": wrong}
-        print(f"gold set, strategy '{strategy}': {100 * share:.1f}% right; "
-              + ", ".join(f"{k} {r}/{n}" for k, (r, n) in sorted(per.items())))
-    write_json(args.out, {"cpu": cpu_model(), "coverage": cover, "gold": strategies})
+    golds = {}
+    for name, path in GOLDS.items():
+        golds[name] = {}
+        for strategy in ("slot", "utterance"):
+            share, per, wrong = gold_accuracy(strategy, path)
+            golds[name][strategy] = {"accuracy": share, "per_type": per, "wrong": wrong}
+            print(f"gold set {name}, strategy '{strategy}': {100 * share:.1f}% right "
+                  f"({sum(r for r, _ in per.values())}/{sum(n for _, n in per.values())}); "
+                  + ", ".join(f"{k} {r}/{n}" for k, (r, n) in sorted(per.items())))
+    write_json(args.out, {"cpu": cpu_model(), "coverage": cover, "gold": golds})
     print(f"wrote {args.out}")
 
 
