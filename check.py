@@ -136,6 +136,10 @@ def check(cfg):
     drawn = {x.split for x in data.examples} == {None}
     numbers = summary(cfg.source, data, splits, drawn)
     errors, warnings = findings(splits, cfg.max_length, load_tokenizer(cfg.model))
+    if data.notes:  # what the reader read as Rasa does, which may not be what the writer meant
+        warnings.insert(0, {"kind": "read_as_text", "message": f"{len(data.notes)} example(s) read otherwise than "
+                                                               "they may look (as Rasa reads them)",
+                            "items": list(data.notes)})
     if cfg.find_label_errors:  # trains FOLDS models: minutes on a few hundred utterances
         from labelerrors import find
 

@@ -46,6 +46,7 @@ class Dataset(NamedTuple):
     examples: list
     synonyms: dict  # {text as annotated, lower-cased: canonical value}
     files: list  # every file read, in order (the cache key covers their bytes)
+    notes: tuple = ()  # "file:line: what was read otherwise than it may look" (check lists them as warnings)
 
 
 class Source(NamedTuple):
@@ -190,60 +191,66 @@ def parse_massive(annot):
     return text, tuple(spans)
 
 
-RASA_ENTITY = re.compile(r"\[([^\[\]]*)\]")
+# Rasa's entity syntax, as Rasa's own parser reads it: [text](type), [text](type:synonym), [text]{JSON object} and
+# [text][JSON objects]. Brackets that form none of these are text, so that every file Rasa trains on reads here too.
+RASA_ENTITY = re.compile(r"\[(?P<text>[^\]]+?)\]"
+                         r"(?:\((?P<entity>[^:)]+?)(?::(?P<synonym>[^)]+))?\)"
+                         r"|\{(?P<spec>[^}]+?)\}"
+                         r"|\[(?P<specs>.*?)\])")
+STRAY_BRACKET = "a bracket that is not an annotation: read as text"
+
+
+def entity_specs(m):
+    """The {"entity", "value", "role", ...} objects of a [text]{...} or [text][{...}, ...] match."""
+    body, wrap = (m["spec"], "{%s}") if m["spec"] is not None else (m["specs"], "[%s]")
+    try:
+        specs = json.loads(wrap % body)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the annotation of '[{m['text']}]' is not JSON ({e.msg})") from None
+    specs = specs if isinstance(specs, list) else [specs]
+    if not specs or not all(isinstance(x, dict) and isinstance(x.get("entity"), str) for x in specs):
+        raise ValueError(f"the annotation of '[{m['text']}]' needs {{\"entity\": ...}}")
+    return specs
 
 
 def parse_rasa(annotated):
-    """(text, spans, synonyms) of a Rasa training example: [value](entity), [value](entity:synonym) and
-    [value]{"entity": "e", "value": "v", "role": "r", "group": "g"}. A role becomes part of the slot type
-    ("city.from"). ValueError on unbalanced brackets or a malformed annotation."""
-    text, spans, synonyms, pos = "", [], {}, 0
-    while True:
-        start = annotated.find("[", pos)
-        if "]" in (annotated[pos:] if start < 0 else annotated[pos:start]):
-            raise ValueError("unbalanced brackets: ']' without '['")
-        if start < 0:
-            text += annotated[pos:]
-            break
-        m = RASA_ENTITY.match(annotated, start)
-        if not m:
-            raise ValueError("unbalanced brackets: '[' without ']'")
-        value, after = m.group(1), m.end()
-        opener = annotated[after:after + 1]
-        if opener == "(":
-            close = annotated.find(")", after)
-            if close < 0:
-                raise ValueError(f"'[{value}](' is not closed by ')'")
-            entity, _, synonym = annotated[after + 1:close].partition(":")
-            slot, canonical, end = entity.strip(), synonym.strip() or None, close + 1
-        elif opener == "{":
-            close = annotated.find("}", after)
-            try:
-                spec = json.loads(annotated[after:close + 1]) if close >= 0 else None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"the annotation of '[{value}]' is not JSON ({e.msg})") from None
-            if not isinstance(spec, dict) or not isinstance(spec.get("entity"), str):
-                raise ValueError(f"the annotation of '[{value}]' needs {{\"entity\": ...}}")
-            slot = spec["entity"] + (f".{spec['role']}" if spec.get("role") else "")
-            canonical, end = spec.get("value"), close + 1
+    """(text, spans, synonyms, notes) of a Rasa training example: [value](entity), [value](entity:synonym),
+    [value]{"entity": "e", "value": "v", "role": "r", "group": "g"} and [value][{...}, {...}]. A role becomes part
+    of the slot type ("city.from"); of a list of entities on one value, the first is read (a span has one type).
+    Brackets that form no annotation are text, as in Rasa, with a note. ValueError on an annotation whose JSON is
+    malformed or names no entity."""
+    text, spans, synonyms, notes, pos = "", [], {}, [], 0
+    for m in RASA_ENTITY.finditer(annotated):
+        value = m["text"]
+        if m["entity"] is not None:
+            slot, canonical = m["entity"].strip(), m["synonym"]
         else:
-            raise ValueError(f"'[{value}]' is followed by neither (entity) nor {{...}}")
-        if not value.strip():
-            raise ValueError("an annotated value is empty")
-        text += annotated[pos:start]
-        spans.append((len(text), len(text) + len(value), slot))
-        if canonical is not None and str(canonical) != value:
-            synonyms[value.lower()] = str(canonical)
+            specs = entity_specs(m)
+            spec = specs[0]
+            slot = spec["entity"] + (f".{spec['role']}" if spec.get("role") else "")
+            canonical = spec.get("value")
+            if len(specs) > 1:
+                notes.append(f"'[{value}]' has {len(specs)} entities: the first, '{slot}', is read")
+        text += annotated[pos:m.start()]
+        if value.strip():
+            spans.append((len(text), len(text) + len(value), slot))
+            if canonical is not None and str(canonical) != value:
+                synonyms[value.lower()] = str(canonical)
+        else:
+            notes.append(f"'[{value}]' annotates only spaces: read as text")
         text += value
-        pos = end
-    return text, tuple(spans), synonyms
+        pos = m.end()
+    text += annotated[pos:]
+    if "[" in text or "]" in text:
+        notes.append(STRAY_BRACKET)
+    return text, tuple(spans), synonyms, notes
 
 
 def parse_annotated(annotated):
-    """parse_rasa or parse_massive, whichever bracket style the text uses: (text, spans, synonyms)."""
-    if re.search(r"\]\s*[({]", annotated):
+    """parse_rasa or parse_massive, whichever bracket style the text uses: (text, spans, synonyms, notes)."""
+    if re.search(r"\]\s*[({\[]", annotated):
         return parse_rasa(annotated)
-    return (*parse_massive(annotated), {})
+    return (*parse_massive(annotated), {}, [])
 
 
 def word_offsets(text):
@@ -343,7 +350,7 @@ def read_csv(path):
                         f"(it has {', '.join(header) or 'nothing'})")
     annotated = next((c for c in ("annotation", "slots") if c in header), None)
     label_columns = [c for c in header if c not in ("text", annotated, "split")]
-    examples, synonyms = [], {}
+    examples, synonyms, notes = [], {}, []
     for n, row in enumerate(rows, 2):
         if not any(cell.strip() for cell in row):
             continue
@@ -353,7 +360,7 @@ def read_csv(path):
         cell = dict(zip(header, row))
         text, spans = cell["text"], ()
         if annotated and cell[annotated].strip():
-            text, spans, found = parse_or_fail(parse_annotated, cell[annotated], where)
+            text, spans, found = parse_or_fail(parse_annotated, cell[annotated], where, notes)
             if text.split() != cell["text"].split():
                 raise UserError(f"{where}: the {annotated} column, without its brackets, is not the text")
             synonyms.update(found)
@@ -364,7 +371,7 @@ def read_csv(path):
             raise UserError(f"{where}: unknown split '{split}' (expected train, dev, valid or test)")
         labels = {c: cell[c].strip() for c in label_columns if cell[c].strip()}
         examples.append(Example(text, labels, spans, split and SPLIT_NAMES[split], where))
-    return Dataset(examples, synonyms, [path])
+    return Dataset(examples, synonyms, [path], tuple(notes))
 
 
 def csv_rows(reader, path):
@@ -380,13 +387,15 @@ def csv_rows(reader, path):
         yield row
 
 
-def parse_or_fail(parse, annotated, where):
+def parse_or_fail(parse, annotated, where, notes):
+    """(text, spans, synonyms) of an annotated example; its notes appended to notes with where."""
     try:
-        text, spans, synonyms = parse(annotated)
+        text, spans, synonyms, found = parse(annotated)
     except ValueError as e:
         raise UserError(f"{where}: {e}") from None
     for _, _, slot in spans:
         check_type(slot, where)
+    notes += [f"{where}: {note}" for note in found]
     return text, spans, synonyms
 
 
@@ -447,7 +456,7 @@ def read_rasa(path, files=None):
     import yaml  # lazily: only Rasa data needs PyYAML
 
     files = files_of(path, "rasa") if files is None else files
-    examples, synonyms, read_files, skipped, unused = [], {}, [], {}, {"regex": 0, "lookup": 0}
+    examples, synonyms, read_files, skipped, unused, notes = [], {}, [], {}, {"regex": 0, "lookup": 0}, []
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it: 10x faster
     for f in files:
         text = "\n".join(text_lines(f))
@@ -468,13 +477,16 @@ def read_rasa(path, files=None):
             skipped[kinds[0] if kinds else "other"] = skipped.get(kinds[0] if kinds else "other", 0) + 1
             continue
         read_files.append(f)
-        rasa_entries(f, nlu, values["nlu"], examples, synonyms, unused)
+        rasa_entries(f, nlu, values["nlu"], examples, synonyms, unused, notes)
     if not read_files:
         raise UserError(f"{path}: no Rasa file with an 'nlu:' section")
     log.info("Rasa data: %d examples from %d NLU file(s)%s; %d regex and %d lookup entries not used", len(examples),
              len(read_files), "".join(f", {n} {k} file(s) skipped" for k, n in skipped.items()), unused["regex"],
              unused["lookup"])
-    return Dataset(examples, synonyms, read_files)
+    if notes:
+        log.warning("%d example(s) read otherwise than they may look, as Rasa reads them (check lists them): %s",
+                    len(notes), notes[0] + (" ..." if len(notes) > 1 else ""))
+    return Dataset(examples, synonyms, read_files, tuple(notes))
 
 
 def refuse_aliases(root, path):
@@ -504,9 +516,9 @@ def yaml_key(node, key):
     return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
 
 
-def rasa_entries(path, nlu, values, examples, synonyms, unused):
-    """The examples and synonyms of one file's nlu: section (its nodes, and the same loaded as values), appended;
-    each entry is checked and placed by line."""
+def rasa_entries(path, nlu, values, examples, synonyms, unused, notes):
+    """The examples, synonyms and notes of one file's nlu: section (its nodes, and the same loaded as values),
+    appended; each entry is checked and placed by line. Other keys of an entry (metadata) are not read."""
     import yaml
 
     if not isinstance(nlu, yaml.SequenceNode):
@@ -524,35 +536,39 @@ def rasa_entries(path, nlu, values, examples, synonyms, unused):
         name = data[kind]
         if not isinstance(name, (str, int)) or isinstance(name, bool) or blank(str(name)):
             raise UserError(f"{path}:{line}: '{kind}:' must name it with text, not {type(name).__name__} {name!r:.40}")
-        texts = rasa_examples(yaml_key(entry, "examples"), f"{path}:{line}", str(name))
+        texts = rasa_examples(yaml_key(entry, "examples"), f"{path}:{line}", str(name), notes)
         if kind == "synonym":
             synonyms.update({t.strip().lower(): str(name) for t, _ in texts})
             continue
         for text, n in texts:
             where = f"{path}:{n}"
-            plain, spans, found = parse_or_fail(parse_rasa, text, where)
+            plain, spans, found = parse_or_fail(parse_rasa, text, where, notes)
             synonyms.update(found)
             examples.append(Example(plain, {"intent": str(name)}, spans, None, where))
 
 
-def rasa_examples(node, where, name):
+def rasa_examples(node, where, name, notes):
     """[(example, its line)] of an entry's examples node: a block of "- " lines, or a list of strings or of
-    {text, metadata}."""
+    {text, metadata}. As in Rasa, a block line that does not start with "-" is skipped (with a note), and an example
+    is stripped of spaces and line breaks; an empty one is skipped."""
     import yaml
 
+    out = []
     if isinstance(node, yaml.ScalarNode) and isinstance(node.value, str):
-        out = []
         for n, line in enumerate(node.value.splitlines(), node.start_mark.line + 2):  # the block opens a line down
-            if line.strip():
-                if not line.lstrip().startswith("- "):
-                    raise UserError(f"{where}: example line '{line.strip()}' of '{name}' does not start with '- '")
-                out.append((line.lstrip()[2:].strip(), n))
-        return out
-    if isinstance(node, yaml.SequenceNode):
+            if line.startswith("-"):
+                out.append((line[1:].strip(" \r\n"), n))
+            elif line.strip():
+                notes.append(f"{where.rsplit(':', 1)[0]}:{n}: '{line.strip():.40}' of '{name}' does not start "
+                             "with '-': skipped, as Rasa does")
+    elif isinstance(node, yaml.SequenceNode):
         items = [(yaml_key(x, "text") if isinstance(x, yaml.MappingNode) else x) for x in node.value]
-        if all(isinstance(x, yaml.ScalarNode) for x in items):
-            return [(x.value, x.start_mark.line + 1) for x in items]
-    raise UserError(f"{where}: '{name}' has no examples (a block of '- ' lines, or a list of {{text: ...}})")
+        if not all(isinstance(x, yaml.ScalarNode) for x in items):
+            raise UserError(f"{where}: '{name}' has an example that is not text (a string, or {{text: ...}})")
+        out = [(x.value.strip(" \r\n"), x.start_mark.line + 1) for x in items]
+    else:
+        raise UserError(f"{where}: '{name}' has no examples (a block of '- ' lines, or a list of {{text: ...}})")
+    return [(text, n) for text, n in out if text]
 
 
 def read_hub():

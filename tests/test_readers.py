@@ -59,6 +59,99 @@ def test_rasa_reads_every_entity_syntax_roles_synonyms_and_retrieval_intents(tmp
     assert "1 regex and 0 lookup entries not used" in caplog.text
 
 
+# Every construct of Rasa's documented NLU training-data format (rasa.com/docs, "Training Data Format"), and
+# brackets that form no annotation, which Rasa reads as text.
+DOCUMENTED = """version: "3.1"
+nlu:
+- intent: greet
+  metadata:
+    sentiment: neutral
+  examples: |
+    - hey
+    - hello]
+    -hi there
+    - [not an annotation] here
+    - [x]() and [](city) stay text
+    oops, a line without its dash
+- intent: check_balance
+  examples:
+  - text: |
+      how much do I have on my [savings](account) account
+    metadata:
+      sentiment: neutral
+  - text: 'how much money is in my [checking]{"entity": "account"} account'
+  - text: what's the balance on my [credit card account]{"entity":"account","value":"credit"}
+- intent: book_flight
+  examples: |
+    - from [Berlin]{"entity": "city", "role": "departure"} to [SF]{"entity": "city", "role": "destination"}
+    - a [pepperoni]{"entity": "topping", "group": "1"} pizza
+    - fly to [Rome][{"entity": "city", "role": "destination"}, {"entity": "location"}]
+- intent: chitchat/ask_name
+  examples: |
+    - what is your name?
+- synonym: credit
+  examples: |
+    - credit account
+- regex: account_number
+  examples: |
+    - \\d{10,12}
+- lookup: banks
+  examples: |
+    - JPMC
+    - Bank of America
+responses:
+  utter_chitchat/ask_name:
+  - text: I am Sara
+"""
+
+
+def test_rasa_reads_every_documented_construct_and_stray_brackets_as_rasa_does(tmp_path):
+    path = tmp_path / "nlu.yml"
+    path.write_text(DOCUMENTED)
+    data = read(source(str(path)))
+    assert [x.text for x in data.examples] == [
+        "hey", "hello]", "hi there", "[not an annotation] here", "[x]() and [](city) stay text",
+        "how much do I have on my savings account", "how much money is in my checking account",
+        "what's the balance on my credit card account", "from Berlin to SF", "a pepperoni pizza", "fly to Rome",
+        "what is your name?"]
+    assert [spans_of(x) for x in data.examples[:5]] == [[]] * 5
+    assert [spans_of(x) for x in data.examples[5:8]] == [[("savings", "account")], [("checking", "account")],
+                                                        [("credit card account", "account")]]
+    assert spans_of(data.examples[8]) == [("Berlin", "city.departure"), ("SF", "city.destination")]
+    assert spans_of(data.examples[9]) == [("pepperoni", "topping")]  # a group is not a slot type
+    assert spans_of(data.examples[10]) == [("Rome", "city.destination")]  # a span has one type: the first
+    assert data.examples[11].labels == {"intent": "chitchat/ask_name"}
+    assert data.synonyms == {"credit card account": "credit", "credit account": "credit"}
+    notes = sorted((n.removeprefix(f"{path}:") for n in data.notes), key=lambda n: int(n.split(":")[0]))
+    assert notes == ["8: a bracket that is not an annotation: read as text",
+                     "10: a bracket that is not an annotation: read as text",
+                     "11: a bracket that is not an annotation: read as text",
+                     "12: 'oops, a line without its dash' of 'greet' does not start with '-': skipped, as Rasa does",
+                     "25: '[Rome]' has 2 entities: the first, 'city.destination', is read"]
+
+
+def test_a_demo_style_rasa_project_trains_and_checks_as_it_is(tmp_path, tiny_model):
+    project = tmp_path / "data"
+    (project / "nlu" / "lookups").mkdir(parents=True)
+    intents = {"greet": ["hello", "hi", "hey there", "hello]", "good morning", "hi sara"],
+               "bye": ["bye", "see you", "goodbye", "ciao", "good night", "later [alligator]"],
+               "chitchat/ask_name": ["what is your name", "who are you", "your name?", "name please",
+                                     "how do i call you", "what are you called"]}
+    (project / "nlu" / "general.yml").write_text('version: "2.0"\nnlu:\n' + "".join(
+        f"- intent: {i}\n  examples: |\n" + "".join(f"    - {t}\n" for t in texts) for i, texts in intents.items()))
+    (project / "nlu" / "lookups" / "products.yml").write_text("nlu:\n- lookup: product\n  examples: |\n    - rasa x\n")
+    (project / "responses.yml").write_text("responses:\n  utter_chitchat/ask_name:\n  - text: I am Sara\n")
+    (project / "rules.yml").write_text("rules:\n- rule: bye\n  steps:\n  - intent: bye\n  - action: utter_bye\n")
+    report = cli.main(["--task", "check", "--data", str(project), "--out-dir", str(tmp_path / "out")])
+    assert report["errors"] == [] and report["examples"]["train"] + report["examples"]["test"] > 0
+    read_as_text = next(w for w in report["warnings"] if w["kind"] == "read_as_text")["items"]
+    assert read_as_text == [f"{project / 'nlu' / 'general.yml'}:{n}: a bracket that is not an annotation: read as "
+                            "text" for n in (8, 18)]
+    results = cli.main(["--data", str(project), "--model", tiny_model, "--epochs", "1", "--cache-dir",
+                        str(tmp_path / "c"), "--out-dir", str(tmp_path / "r"), "--checkpoint-dir", str(tmp_path / "k")])
+    assert sorted(results["labels"]) == sorted(intents)
+
+
 def test_a_rasa_folder_is_searched_and_its_other_files_skipped(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     (tmp_path / "data" / "deep").mkdir(parents=True)
@@ -103,13 +196,14 @@ def test_bio_keeps_touching_spans_apart_and_multi_intent_labels(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("a.yml", "stories:\n- story: x\n", r"a\.yml: no 'nlu:' section"),
-    ("a.yml", "nlu:\n- intent: x\n  examples: |\n    - fly to [Rome(city)\n", r"a\.yml:4: unbalanced brackets"),
-    ("a.yml", "nlu:\n- intent: x\n  examples: |\n    - fly to [Rome]\n", r"a\.yml:4: '\[Rome\]' is followed by"),
+    ("a.yml", "nlu:\n- intent: x\n  examples: |\n    - fly to [Rome]{\"entity\": }\n", r"a\.yml:4: the annotation of "
+                                                                                       r"'\[Rome\]' is not JSON"),
+    ("a.yml", "nlu:\n- intent: x\n  examples: |\n    - fly to [Rome][{\"role\": \"to\"}]\n", r"a\.yml:4: .* needs"),
     ("a.yml", "nlu: [\n", r"a\.yml:2: not YAML"),
     ("a.csv", "utterance,intent\nhi,greet\n", r"a\.csv:1: the header has no 'text' column"),
     ("a.csv", "text,label\nhi,greet\n", r"a\.csv:1: the header has no 'intent' column"),
-    ("a.csv", "text,intent,annotation\nfly to Rome,book,fly to [Rome](city\n", r"a\.csv:2: '\[Rome\]\(' is not closed"),
-    ("a.csv", "text,intent,annotation\nfly to Rome,book,fly to Rome](city)\n", r"a\.csv:2: unbalanced brackets"),
+    ("a.csv", "text,intent,annotation\nfly to Rome,book,fly to [Rome](city\n", r"a\.csv:2: .* is not the text"),
+    ("a.csv", "text,intent,annotation\nfly to Rome,book,fly to Rome](city)\n", r"a\.csv:2: .* is not the text"),
     ("a.csv", "text,intent\nhi,greet,extra\n", r"a\.csv:2: 3 fields, the header has 2"),
     ("a.jsonl", '{"utt": "hi", "intent": "greet", "annot_utt": "[x : hi"}\n', r"a\.jsonl:1: malformed annot_utt"),
 ])
