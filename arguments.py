@@ -276,6 +276,9 @@ class UseConfig(Common):
     resolve: bool = setting(True, "resolve slot values: dates, times, durations and numbers by Duckling, synonyms to "
                                   "their canonical value (--no-resolve: the words only)", tasks=("predict", "serve"),
                             group=USE_GROUP, action=argparse.BooleanOptionalAction)
+    keep_past_times: bool = setting(False, "keep a time of day that Duckling puts earlier today as it is (default: "
+                                           "the next such time, unless the utterance speaks of the past)",
+                                    tasks=("predict", "serve"), group=USE_GROUP, action="store_true")
     reference_time: str | None = setting(None, "the time relative expressions resolve against, ISO 8601 (default: "
                                                "now)", tasks=("predict",), group=USE_GROUP)
     timezone: str | None = setting(None, "IANA time zone of the reference time (default: the machine's)",

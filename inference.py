@@ -39,6 +39,7 @@ class Resolution(NamedTuple):
     timezone: str | None = None  # IANA name of the default zone (None: the machine's)
     slot_dims: dict = {}  # {slot type: (Duckling dimensions)} over resolver.SLOT_DIMS
     synonyms: dict = {}  # {text: canonical value} over the checkpoint's
+    future: bool = True  # a time of day earlier today moves to the next one (False: --keep-past-times)
 
 
 def calibrated(logits, temperature):
@@ -137,8 +138,8 @@ class Predictor:
         self.crf = self.load_crf()
         self.speller = self.load_speller() if spelling else None
         # the synonyms of the training data travel in the checkpoint, so the served model answers alike
-        self.resolver = (Resolver(resolution.slot_dims, {**(self.meta.get("synonyms") or {}), **resolution.synonyms})
-                         if resolution.resolve else None)
+        self.resolver = (Resolver(resolution.slot_dims, {**(self.meta.get("synonyms") or {}), **resolution.synonyms},
+                                  future=resolution.future) if resolution.resolve else None)
         if self.resolver and self.slots:
             engine()  # Duckling and its time zones load now (0.3 s), not in the first request that has a slot
         self.timezone = resolution.timezone
@@ -355,7 +356,7 @@ def resolution_of(cfg):
     except ContextError as e:
         raise UserError(str(e)) from None
     return Resolution(cfg.resolve, cfg.timezone, {k: tuple(v if isinstance(v, list) else [v]) for k, v in dims.items()},
-                      read_table(cfg.synonyms, "--synonyms") if cfg.synonyms else {})
+                      read_table(cfg.synonyms, "--synonyms") if cfg.synonyms else {}, not cfg.keep_past_times)
 
 
 def read_table(path, flag):

@@ -12,8 +12,22 @@ is skipped with one log line.
 Relative expressions depend on the reference time and its zone: each call
 takes them, as context() checked them (default: now, in the machine's zone). The whole utterance is parsed
 once and each result attached to the slots it overlaps (STRATEGY;
-docs/resolution.md measures both ways on a hand-written gold set).
+docs/resolution.md measures both ways on two hand-written gold sets).
+
+Where Duckling's reading is not what an assistant acts on, four rules apply
+(docs/resolution.md says why each):
+- a bare hour ("set an alarm for five"), which Duckling marks latent and
+  drops, is read in a slot whose type maps to time: the slot settles it;
+- a time of day Duckling puts earlier today (an interval: one over), in an utterance that does not
+  speak of the past, is the next such time: 12 hours on where the hour was
+  said without am, pm or a part of the day ("at three today" at 10:00 is
+  15:00), else a day on ("twenty past six in the morning" at 09:00 is
+  tomorrow's); off with future=False (--keep-past-times);
+- "morning" starts at 04:00 (Duckling's starts at midnight);
+- an interval keeps Duckling's exclusive end as `to` and adds `last`, its
+  last grain included ("two to three thirty" has to 15:31 and last 15:30).
 """
+import calendar
 import datetime
 import functools
 import logging
@@ -43,6 +57,11 @@ TIMEZONES = "/usr/share/zoneinfo"
 # 2,000 0.4 s): it reads an utterance of up to WINDOW characters whole, and of a longer text only the pieces around
 # the slots (windows())
 WINDOW, CONTEXT, MAX_WINDOWS = 256, 32, 8
+# words by which an utterance speaks of the past: its times stay where Duckling puts them
+PAST_WORDS = frozenset("yesterday ago last was were did had earlier since previous passed".split())
+# what fixes the half of the day of an hour: with none, "three" may be 15:00
+HALF_DAY = re.compile(r"\b(?:[ap]\.?\s?m\b\.?|morning|afternoon|evening|night|tonight|noon|midnight)", re.I)
+MORNING_STARTS = 4  # o'clock; Duckling's morning is midnight to noon
 
 
 class ContextError(ValueError):
@@ -101,10 +120,11 @@ def written(text):
     return re.sub(r"\b([aApP])\. ([mM])\.", r"\1.\2. ", text).replace("\0", " ")
 
 
-def parsed(duckling, text, ctx, dims):
-    """Duckling's entities of text, or none where the engine fails: a value left unresolved, never an error."""
+def parsed(duckling, text, ctx, dims, latent=False):
+    """Duckling's entities of text (with latent ones, such as a bare hour, if asked), or none where the engine
+    fails: a value left unresolved, never an error."""
     try:
-        return duckling.parse(written(text), ctx, duckling.parse_dimensions(list(dims)), False)
+        return duckling.parse(written(text), ctx, duckling.parse_dimensions(list(dims)), latent)
     except BaseException as e:  # the engine's Rust panics are BaseExceptions
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
@@ -114,14 +134,17 @@ def parsed(duckling, text, ctx, dims):
 
 
 def value_of(entity):
-    """Duckling's entity as the answer's `resolved`: times with their grain (intervals with from and to),
-    durations with seconds and the unit said, numbers and amounts with their value and unit."""
+    """Duckling's entity as the answer's `resolved`: times with their grain (intervals with from, the exclusive
+    end to, and last, the last grain included), durations with seconds and the unit said, numbers and amounts with
+    their value and unit."""
     dim, v = entity["dim"], entity["value"]
     if v.get("type") == "interval":
         ends = {k: v[k] for k in ("from", "to") if k in v}
         out = {"dim": dim, **{k: e["value"] for k, e in ends.items()}}
         grain = next((e["grain"] for e in ends.values() if "grain" in e), None)
         unit = next((e["unit"] for e in ends.values() if "unit" in e), None)
+        if dim == "time" and grain and len(ends) == 2:
+            out["last"] = shifted(out["to"], grain, -1)
         return {**out, **({"grain": grain} if grain else {}), **({"unit": unit} if unit else {})}
     if dim == "time":
         return {"dim": dim, "value": v["value"], "grain": v["grain"]}
@@ -130,18 +153,63 @@ def value_of(entity):
     return {"dim": dim, "value": v["value"], **({"unit": v["unit"]} if v.get("unit") else {})}
 
 
+def shifted(iso, grain, n):
+    """Duckling's ISO time moved by n of its grain, on the wall clock of its zone."""
+    t = datetime.datetime.fromisoformat(iso)
+    months = {"month": 1, "quarter": 3, "year": 12}.get(grain)
+    if months:
+        m = t.year * 12 + t.month - 1 + n * months
+        year, month = divmod(m, 12)
+        t = t.replace(year=year, month=month + 1, day=min(t.day, calendar.monthrange(year, month + 1)[1]))
+    else:
+        t = t + datetime.timedelta(**{{"week": "weeks"}.get(grain, grain + "s"): n})
+    return t.isoformat(timespec="milliseconds")
+
+
+def adjusted(entity, text, when, tz):
+    """A time entity as an assistant acts on it: a morning from MORNING_STARTS, and a time of day that Duckling
+    puts earlier today moved to the next such time, unless the text speaks of the past (PAST_WORDS)."""
+    v = entity["value"]
+    if entity["dim"] != "time":
+        return entity
+    v = {k: (dict(x) if isinstance(x, dict) else x) for k, x in v.items()}
+    start = v.get("from") if v.get("type") == "interval" else v
+    if (v.get("type") == "interval" and "to" in v and start and "morning" in entity["body"].lower()
+            and start["value"][11:16] == "00:00" and v["to"]["value"][11:16] == "12:00"):
+        start["value"] = start["value"][:11] + f"{MORNING_STARTS:02d}" + start["value"][13:]
+    if not start or start.get("grain") not in ("hour", "minute", "second") or PAST_WORDS & set(
+            re.findall(r"[a-z']+", text.lower())):
+        return {**entity, "value": v}
+    t = datetime.datetime.fromisoformat(start["value"])
+    over = datetime.datetime.fromisoformat(v["to"]["value"]) <= when if "to" in v else t < when
+    if not over or t.astimezone(tz).date() != when.astimezone(tz).date():  # "this morning" at 10:00 is not over
+        return {**entity, "value": v}
+    if not HALF_DAY.search(entity["body"]) and t + datetime.timedelta(hours=12) > when:
+        step = datetime.timedelta(hours=12)
+    elif "today" not in entity["body"].lower():
+        step = datetime.timedelta(days=1)  # on the zone's wall clock: the same time of day across a DST change
+    else:
+        return {**entity, "value": v}
+    for end in [v.get("from"), v.get("to")] if v.get("type") == "interval" else [v]:
+        if end:
+            moved = datetime.datetime.fromisoformat(end["value"]).astimezone(tz) + step
+            end["value"] = moved.isoformat(timespec="milliseconds")
+    return {**entity, "value": v}
+
+
 class Resolver:
     """Resolves the predicted slots of utterances: `resolved` from Duckling, `normalized` from synonyms.
 
     slot_dims: {slot type: dimensions} over SLOT_DIMS; synonyms: {text (lower-cased): canonical value}; locale:
     Duckling's, from the checkpoint's language; strategy: "utterance" (parse the whole utterance once, attach
-    each result to the slots it overlaps) or "slot" (parse each slot's own text).
+    each result to the slots it overlaps) or "slot" (parse each slot's own text); future: a time of day earlier
+    today moves to the next one (adjusted()).
     """
 
-    def __init__(self, slot_dims=None, synonyms=None, locale="EN_US", strategy="utterance"):
+    def __init__(self, slot_dims=None, synonyms=None, locale="EN_US", strategy="utterance", future=True):
         self.slot_dims = {**SLOT_DIMS, **(slot_dims or {})}
         self.synonyms = {k.lower(): v for k, v in (synonyms or {}).items()}
-        self.locale, self.strategy = locale, strategy
+        self.locale, self.strategy, self.future = locale, strategy, future
 
     def dims_of(self, slot):
         """The dimensions a slot type maps to: the table's, or the type itself where it names one (a role such as
@@ -174,16 +242,19 @@ class Resolver:
             dims = sorted({d for s in slots for d in self.dims_of(s["slot"])})
             found = [{**e, "start": e["start"] + lo, "end": e["end"] + lo}
                      for lo, hi in windows(len(text), slots) for e in parsed(duckling, text[lo:hi], ctx, dims)]
-            for s in slots:
-                best = best_overlap(found, s["start"], s["end"], self.dims_of(s["slot"]))
-                if best:
-                    s["resolved"] = value_of(best)
-            return
         for s in slots:
             dims = self.dims_of(s["slot"])
-            found = parsed(duckling, s["value"], ctx, dims)
-            best = best_overlap(found, 0, len(s["value"]), dims)
+            if self.strategy == "utterance":
+                best = best_overlap(found, s["start"], s["end"], dims)
+            else:
+                best = best_overlap(parsed(duckling, s["value"], ctx, dims), 0, len(s["value"]), dims)
+            if best is None and "time" in dims:  # a bare hour: latent to Duckling, a time in a time slot
+                clock = [e for e in parsed(duckling, s["value"], ctx, ("time",), latent=True)
+                         if e["value"].get("type") == "value" and e["value"].get("grain") in ("hour", "minute")]
+                best = best_overlap(clock, 0, len(s["value"]), ("time",))
             if best:
+                if self.future:
+                    best = adjusted(best, text, when, zoneinfo.ZoneInfo(zone))
                 s["resolved"] = value_of(best)
 
 

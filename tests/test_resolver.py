@@ -14,10 +14,10 @@ NOW, ZONE = "2026-12-05T10:00:00+01:00", "Europe/Berlin"  # a Saturday
 pytestmark = pytest.mark.skipif(engine() is None, reason="the Duckling wheel is not installed on this platform")
 
 
-def resolve(text, value, slot, strategy="utterance"):
+def resolve(text, value, slot, strategy="utterance", now=NOW, future=True):
     start = text.index(value)
-    found = Resolver(strategy=strategy)(text, [{"slot": slot, "value": value, "start": start,
-                                                "end": start + len(value)}], context(NOW, ZONE))
+    found = Resolver(strategy=strategy, future=future)(text, [{"slot": slot, "value": value, "start": start,
+                                                               "end": start + len(value)}], context(now, ZONE))
     return found[0].get("resolved")
 
 
@@ -43,6 +43,40 @@ def test_intervals_carry_from_and_to_and_roles_map_as_their_entity():
     r = resolve("what is on this weekend", "this weekend", "date")  # Duckling's weekend: Friday 18:00 to Monday
     assert r["dim"] == "time" and r["from"].startswith("2026-12-04T18:00") and r["to"].startswith("2026-12-07T00:00")
     assert resolve("book a room for monday", "monday", "time.start")["value"].startswith("2026-12-07")
+
+
+THURSDAY_9 = "2026-12-10T09:00:00+01:00"
+
+
+@pytest.mark.parametrize("strategy", ["utterance", "slot"])
+def test_a_bare_hour_in_a_time_slot_is_a_time_and_a_part_of_the_day_alone_is_not(strategy):
+    assert resolve("set an alarm for five", "five", "time", strategy, THURSDAY_9)["value"].startswith(
+        "2026-12-10T17:00")  # latent to Duckling; the slot's type settles it
+    assert resolve("turn my morning alarm on", "morning", "timeofday", strategy) is None
+    assert resolve("turn the volume to five", "five", "change_amount", strategy) == {"dim": "number", "value": 5}
+
+
+def test_a_time_of_day_already_over_today_is_the_next_one_unless_the_past_is_spoken_of():
+    morning = "wake me up at twenty past six in the morning"
+    assert resolve(morning, "twenty past six in the morning", "time", now=THURSDAY_9)["value"].startswith(
+        "2026-12-11T06:20")  # a day on: the morning was said
+    assert resolve(morning, "twenty past six in the morning", "time", now=THURSDAY_9, future=False)[
+        "value"].startswith("2026-12-10T06:20")  # --keep-past-times: Duckling's reading
+    assert resolve("i want an alarm for three today", "three today", "time")["value"].startswith(
+        "2026-12-05T15:00")  # no half of the day said: 12 hours on, and still today
+    assert resolve("what did i have at eight this morning", "eight this morning", "time", now=THURSDAY_9)[
+        "value"].startswith(
+        "2026-12-10T08:00")  # the past spoken of: as Duckling reads it
+    assert resolve("send the email he sent this morning", "this morning", "timeofday")["from"].startswith(
+        "2026-12-05T04:00")  # a morning not over yet stays today's, from 04:00
+
+
+def test_an_interval_has_its_exclusive_end_and_its_last_grain():
+    r = resolve("i'm busy from two to three thirty", "from two to three thirty", "time", now=THURSDAY_9)
+    assert r["from"].startswith("2026-12-10T14:00") and r["to"].startswith("2026-12-10T15:31")
+    assert r["last"].startswith("2026-12-10T15:30") and r["grain"] == "minute"
+    r = resolve("remind me tomorrow morning", "tomorrow morning", "timeofday", now=THURSDAY_9)
+    assert r["from"].startswith("2026-12-11T04:00") and r["last"].startswith("2026-12-11T11:00")
 
 
 def test_synonyms_are_case_insensitive_and_resolution_keeps_other_keys():
@@ -137,3 +171,11 @@ def test_control_characters_leave_values_unresolved_never_crash():
     (slot,) = Resolver()(text, [{"slot": "time", "value": "five", "start": start, "end": start + 4}],
                          context(NOW, ZONE))
     assert slot["value"] == "five"  # resolved or not, an answer
+
+
+def test_keep_past_times_turns_the_rule_off_for_predict_and_serve():
+    from arguments import parse_args
+    from inference import resolution_of
+
+    assert resolution_of(parse_args(["--task", "predict", "--checkpoint", "x"])).future
+    assert not resolution_of(parse_args(["--task", "serve", "--checkpoint", "x", "--keep-past-times"])).future
