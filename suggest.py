@@ -78,15 +78,20 @@ def uncertainty(probs, words):
     return 1 - np.minimum(margin, slot), margin, slot
 
 
-def diverse(order, vectors, count):
+def diverse(order, vectors, count, chunk=256):
     """Up to count indices in order (most unsure first), skipping one whose vector is within DUPLICATE of a kept
-    one: a greedy cover of the candidates by their sentence vectors."""
-    kept = []
-    for i in order:
-        if len(kept) == count:
-            break
-        if not kept or float(np.max(vectors[kept] @ vectors[i])) <= DUPLICATE:
-            kept.append(i)
+    one: a greedy cover of the candidates by their sentence vectors. vectors(indices) gives the (n, H) vectors of
+    those indices; they are asked for chunk by chunk, so a pool of thousands is embedded only as far as the walk
+    goes."""
+    kept, kept_vectors = [], []
+    for start in range(0, len(order), chunk):
+        block = order[start:start + chunk]
+        for i, v in zip(block, vectors(block)):
+            if len(kept) == count:
+                return kept
+            if not kept or float(np.max(np.stack(kept_vectors) @ v)) <= DUPLICATE:
+                kept.append(i)
+                kept_vectors.append(v)
     return kept
 
 
@@ -155,7 +160,7 @@ def suggest(cfg):
     probs = calibrated(logits, predictor.temperature)
     unsure, margin, slot = uncertainty(probs, words)
     order = sorted(range(len(pool)), key=lambda i: -unsure[i])
-    kept = diverse(order, predictor.embeddings(pool, cfg.batch_size), cfg.count)
+    kept = diverse(order, lambda ids: predictor.embeddings([pool[i] for i in ids], cfg.batch_size), cfg.count)
     parsed = predictor.postprocess([pool[i] for i in kept], probs[kept], words and [words[i] for i in kept], k=2)
     chosen = []
     for i, (top, found) in zip(kept, parsed):

@@ -22,7 +22,8 @@ def test_the_most_unsure_comes_first_and_near_copies_are_left_out():
     assert margin[1] == pytest.approx(0.02) and slot[2] == 0.2
     vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.01, 1.0]])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    assert diverse([1, 3, 2, 0], vectors, 3) == [1, 2, 0]  # 3 nearly repeats 1
+    assert diverse([1, 3, 2, 0], lambda ids: vectors[ids], 3) == [1, 2, 0]  # 3 nearly repeats 1
+    assert diverse([1, 3, 2, 0], lambda ids: vectors[ids], 3, chunk=1) == [1, 2, 0]  # asked for piece by piece
 
 
 @pytest.fixture
