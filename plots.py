@@ -53,6 +53,8 @@ def load_results(paths):
         if isinstance(r, dict) and r.get("kind") == "evaluation":  # --task evaluate's report: drawn on its own
             r = {EVALUATION_RENAMED.get(k, k): v for k, v in r.items()}
             missing = [k for k in EVALUATION_KEYS if k not in r]
+        if isinstance(r, dict) and r.get("kind") == "labelling_loop":  # bench/loop.py's report: drawn on its own
+            missing = [k for k in ("runs", "per_round", "continued") if k not in r]
         if missing:
             problems.append(f"skipping {path}: not a results file (no {', '.join(missing)})")
             continue
@@ -584,6 +586,96 @@ def plot_evaluation(e, out_dir):
         plot_slot_f1(e["slot_f1_per_type"], os.path.join(out_dir, f"{name}-slots.png"), title)
 
 
+def loop_curves(report):
+    """{strategy: {round: {seed: (labelled, test accuracy)}}} of a labelling loop's runs."""
+    curves = {}
+    for e in report["runs"]:
+        curves.setdefault(e["strategy"], {}).setdefault(e["round"], {})[e["seed"]] = (e["labelled"],
+                                                                                     e["test_accuracy"])
+    return curves
+
+
+def labels_to_reach(xs, ys, target):
+    """The labelled count at which the curve (xs, ys) first reaches target, linearly between rounds; None if never."""
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if y0 >= target:
+            return x0
+        if y1 >= target:
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0)
+    return xs[-1] if ys and ys[-1] >= target else None
+
+
+def seconds_to(history, target):
+    """Training seconds (epochs summed) until validation accuracy first reaches target, or None."""
+    total = 0.0
+    for h in history:
+        total += h["seconds"]
+        if h["val_accuracy"] >= target:
+            return total
+    return None
+
+
+def plot_loop(report, out_dir):
+    """A labelling loop's (bench/loop.py) learning curves, test accuracy against labelled utterances per strategy
+    (mean over seeds, each seed faint), and its markdown: per round the paired difference over seeds, the labels
+    suggest needed to reach random's last round, and continued against from-scratch training."""
+    name = os.path.splitext(os.path.basename(report["_path"]))[0]
+    curves = loop_curves(report)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    means = {}
+    for strategy, color in (("random", "tab:gray"), ("suggest", "tab:blue")):
+        rounds = sorted(curves.get(strategy, {}))
+        seeds = sorted(set.intersection(*(set(curves[strategy][k]) for k in rounds))) if rounds else []
+        if not seeds:
+            continue
+        xs = [float(np.mean([curves[strategy][k][s][0] for s in seeds])) for k in rounds]
+        ys = [float(np.mean([curves[strategy][k][s][1] for s in seeds])) for k in rounds]
+        means[strategy] = (rounds, xs, ys, seeds)
+        for s in seeds:
+            ax.plot(xs, [100 * curves[strategy][k][s][1] for k in rounds], color=color, alpha=0.25, lw=1)
+        ax.plot(xs, [100 * y for y in ys], "o-", color=color, lw=2, label=f"{strategy} (mean of {len(seeds)} seeds)")
+    ax.set_xlabel("labelled training utterances")
+    ax.set_ylabel("test intent accuracy (%)" if report["label"] == "intent" else "test accuracy (%)")
+    ax.set_title(figure_text(f"MASSIVE {report['label']}: {report['per_intent']} per intent, then "
+                             f"+{report['per_round']} a round"))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
+    plt.close(fig)
+    md = ["| round | labelled | random | suggest | suggest - random | paired t p |", "|---|---|---|---|---|---|"]
+    for k in sorted(set(curves.get("random", {})) & set(curves.get("suggest", {}))):
+        seeds = sorted(set(curves["random"][k]) & set(curves["suggest"][k]))
+        r = [100 * curves["random"][k][s][1] for s in seeds]
+        g = [100 * curves["suggest"][k][s][1] for s in seeds]
+        p = paired_t(np.subtract(g, r)) if k else None
+        md.append(f"| {k} | {curves['suggest'][k][seeds[0]][0]:,} | {np.mean(r):.2f} ± {np.std(r):.2f} | "
+                  f"{np.mean(g):.2f} ± {np.std(g):.2f} | {np.mean(g) - np.mean(r):+.2f} | "
+                  f"{'' if p is None else f'{p:.3f}'} |")
+    if {"random", "suggest"} <= set(means):
+        _, rx, ry, _ = means["random"]
+        _, gx, gy, _ = means["suggest"]
+        need = labels_to_reach(gx, gy, ry[-1])
+        added = rx[-1] - rx[0]
+        md.append("")
+        md.append(f"Random's last round: {100 * ry[-1]:.2f}% with {added:,.0f} labels added. Suggest reaches it with "
+                  + (f"{need - gx[0]:,.0f} added ({100 * (need - gx[0]) / added:.0f}% of random's)." if need is not
+                     None else "no number of labels in these rounds."))
+    for c in report["continued"]:
+        scratch = next(e for e in report["runs"] if (e["seed"], e["strategy"], e["round"]) ==
+                       (c["seed"], c["strategy"], c["round"]))
+        target = min(scratch["val_accuracy"], c["val_accuracy"])
+        t_scratch, t_cont = seconds_to(scratch["history"], target), seconds_to(c["history"], target)
+        md.append(f"- seed {c['seed']}, round {c['round']}: from scratch best validation {100 * scratch['val_accuracy']:.2f}"
+                  f" (test {100 * scratch['test_accuracy']:.2f}), continued from round {c['init_from_round']} "
+                  f"{100 * c['val_accuracy']:.2f} (test {100 * c['test_accuracy']:.2f}); {100 * target:.2f} reached "
+                  f"after {t_scratch:.0f} s of training from scratch, {t_cont:.0f} s continued")
+    text = "\n".join(md)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(text + "\n")
+    print(f"\n{name}:\n{text}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="results JSON files written by main.py")
@@ -600,7 +692,9 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     for e in (r for r in runs if r.get("kind") == "evaluation"):
         plot_evaluation(e, args.out_dir)
-    runs = [r for r in runs if r.get("kind") != "evaluation"]
+    for e in (r for r in runs if r.get("kind") == "labelling_loop"):
+        plot_loop(e, args.out_dir)
+    runs = [r for r in runs if r.get("kind") not in ("evaluation", "labelling_loop")]
     if not runs:
         return 1 if problems else 0
     runs.sort(key=lambda r: r["run_name"])

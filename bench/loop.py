@@ -126,7 +126,7 @@ def main():
     flags = ["--label", "intent"] + (["--slots"] if args.slots else []) + args.main_flags.split()
     out = args.out or os.path.join(ROOT, "results", "bench", f"loop-{label}.json")
     work = os.path.join(args.work, label)
-    report = {"cpu": cpu_model(), "threads_per_run": 1, "workers": args.workers, "per_intent": args.per_intent,
+    report = {"kind": "labelling_loop", "cpu": cpu_model(), "threads_per_run": 1, "workers": args.workers, "per_intent": args.per_intent,
               "per_round": args.per_round, "label": label, "runs": [], "continued": []}
     lock = threading.Lock()
 

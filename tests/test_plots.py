@@ -226,3 +226,27 @@ def test_a_run_figure_names_its_encoder_unless_it_is_the_bundled_one(tmp_path):
     other = {**bundled, "environment": {**bundled["environment"], "encoder": {"name": "all-mpnet-base-v2"}}}
     assert plots.run_title(bundled) == plots.short_name(bundled)
     assert plots.run_title(other) == plots.short_name(other) + " [all-mpnet-base-v2]"
+
+
+def test_a_labelling_loop_draws_its_curves_and_says_what_suggest_saved(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1, 2):
+        for strategy, gain in (("random", 0.02), ("suggest", 0.04)):
+            for k in range(3):
+                history = [{"epoch": e, "seconds": 10.0, "val_accuracy": 0.5 + 0.05 * e} for e in (1, 2, 3)]
+                runs.append({"seed": seed, "strategy": strategy, "round": k, "labelled": 100 + 50 * k,
+                             "test_accuracy": 0.5 + (gain * k if k else 0) + 0.001 * seed,
+                             "val_accuracy": 0.65, "history": history})
+    continued = [{"seed": 0, "strategy": "suggest", "round": 2, "init_from_round": 1, "val_accuracy": 0.6,
+                  "test_accuracy": 0.58, "history": [{"epoch": 1, "seconds": 10.0, "val_accuracy": 0.6}]}]
+    path = tmp_path / "loop-intent.json"
+    path.write_text(json.dumps({"kind": "labelling_loop", "label": "intent", "per_intent": 8, "per_round": 50,
+                                "runs": runs, "continued": continued}))
+    assert plots.main([str(path), "--out-dir", str(tmp_path / "out")]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["loop-intent.md", "loop-intent.png"]
+    md = (tmp_path / "out" / "loop-intent.md").read_text()
+    # random ends at 0.54 after 100 labels; suggest, 0.04 a round of 50, gets there with 50
+    assert "| 2 | 200 | 54.10 ± 0.08 | 58.10 ± 0.08 | +4.00 |" in md
+    assert "Suggest reaches it with 50 added (50% of random's)" in md
+    assert "60.00 reached after 20 s of training from scratch, 10 s continued" in md
+    assert plots.labels_to_reach([0, 10], [0.1, 0.3], 0.2) == 5 and plots.labels_to_reach([0, 10], [0.1, 0.2], 0.3) is None
