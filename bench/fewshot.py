@@ -1,13 +1,14 @@
 """Few-shot: the default command on k training utterances per intent, beside SetFit on the same samples.
 
-    python bench/fewshot.py --data ../shared/data/massive/en-US.jsonl --per-intent 8 --samples 0,1,2 [--setfit]
+    python bench/fewshot.py --data ../shared/data/massive/en-US.jsonl --per-intent 8 --samples 0,1,2 [--setfit] [--slots]
 
 Each sample draws k training utterances per intent from MASSIVE's train partition (seeded; an intent with fewer
 keeps them all) and keeps the full validation and test partitions: a small data set like any other. On it runs
 `main.py --task baseline --label intent --data SAMPLE` with no other flag (the settings it chooses are recorded),
 and with --setfit SetFit (PyPI `setfit`) on the bundled encoder's body with its paper's setting: 20 pairs per
 utterance, 1 epoch, batch 16, a logistic-regression head. Both report test intent accuracy (ours: the checkpoint,
-the best validation epoch) and wall time. Results go to results/bench/fewshot-k<k>.json.
+the best validation epoch) and wall time; with --slots the default command is `--slots` too (joint intent and slots, no SetFit: it has no
+slots) and reports slot F1 and exact match. Results go to results/bench/fewshot-k<k>[-slots].json.
 """
 import argparse
 import json
@@ -36,10 +37,12 @@ def sample(rows, per_intent, seed):
     return kept + [r for r in rows if r["partition"] != "train"]
 
 
-def ours(path, folder):
-    """(test intent accuracy of the default command's checkpoint, seconds, the settings it chose)."""
+def ours(path, folder, slots=False):
+    """{test numbers of the default command's checkpoint (intent accuracy; with slots slot F1 and exact match),
+    seconds, the settings it chose}."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--label", "intent", "--data", path,
+    subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--label", "intent", *(["--slots"] if slots else []),
+                    "--data", path,
                     "--out-dir", os.path.join(folder, "results"), "--checkpoint-dir", os.path.join(folder, "ckpt"),
                     "--cache-dir", os.path.join(folder, "cache")], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -47,7 +50,10 @@ def ours(path, folder):
     (name,) = os.listdir(os.path.join(folder, "results"))
     with open(os.path.join(folder, "results", name)) as f:
         r = json.load(f)
-    return r["best_test_accuracy"], seconds, r.get("settings_chosen")
+    out = {"ours_accuracy": r["best_test_accuracy"], "ours_seconds": seconds, "ours_settings": r.get("settings_chosen")}
+    if slots:
+        out.update(ours_slot_f1=r["best_test_slot_f1"], ours_exact_match=r["best_test_exact_match"])
+    return out
 
 
 def setfit(rows, threads):
@@ -77,12 +83,14 @@ def main():
     p.add_argument("--per-intent", type=int, default=8)
     p.add_argument("--samples", default="0,1,2", help="the samples' seeds")
     p.add_argument("--setfit", action="store_true", help="SetFit beside ours on each sample (pip install setfit)")
+    p.add_argument("--slots", action="store_true", help="ours with --slots: slot F1 and exact match too")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     with open(args.data, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    out = args.out or os.path.join(ROOT, "results", "bench", f"fewshot-k{args.per_intent}.json")
-    report = {"cpu": cpu_model(), "per_intent": args.per_intent, "samples": []}
+    out = args.out or os.path.join(ROOT, "results", "bench",
+                                   f"fewshot-k{args.per_intent}{'-slots' if args.slots else ''}.json")
+    report = {"cpu": cpu_model(), "per_intent": args.per_intent, "slots": args.slots, "samples": []}
     for seed in map(int, args.samples.split(",")):
         kept = sample(rows, args.per_intent, seed)
         with tempfile.TemporaryDirectory() as folder:
@@ -90,7 +98,7 @@ def main():
             with open(path, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
             row = {"sample": seed, "train": sum(r["partition"] == "train" for r in kept)}
-            row["ours_accuracy"], row["ours_seconds"], row["ours_settings"] = ours(path, folder)
+            row.update(ours(path, folder, args.slots))
             if args.setfit:
                 row["setfit_accuracy"], row["setfit_seconds"] = setfit(kept, os.cpu_count())
         report["samples"].append(row)
