@@ -248,7 +248,7 @@ def parse_rasa(annotated):
 
 def parse_annotated(annotated):
     """parse_rasa or parse_massive, whichever bracket style the text uses: (text, spans, synonyms, notes)."""
-    if re.search(r"\]\s*[({\[]", annotated):
+    if re.search(r"\](?:\s*[({]|\[)", annotated):  # Rasa's list form follows its ] at once; MASSIVE's spans do not
         return parse_rasa(annotated)
     return (*parse_massive(annotated), {}, [])
 

@@ -14,7 +14,7 @@ from data import draw_split, load_dataset
 from fileio import UserError
 from formats import write_bio, write_csv, write_rasa
 from model import load_tokenizer
-from readers import Example, read, read_massive, source
+from readers import Example, parse_annotated, read, read_massive, source
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "assistant.yml")
@@ -173,6 +173,8 @@ def test_csv_with_bom_crlf_both_bracket_styles_and_splits(tmp_path):
     assert [(x.text, x.split) for x in data.examples] == [("wake me at five", "train"), ("fly to Rome", "validation"),
                                                           ("hello, you", "test")]
     assert spans_of(data.examples[0]) == [("five", "time")] and spans_of(data.examples[1]) == [("Rome", "city")]
+    assert parse_annotated("at [time : five] [date : today]")[:2] == ("at five today", ((3, 7, "time"), (8, 13, "date")))
+    assert parse_annotated("to [Rome][{\"entity\": \"city\"}]")[:2] == ("to Rome", ((3, 7, "city"),))
     assert data.examples[1].labels == {"intent": "book", "scenario": "travel"}
     tsv = tmp_path / "data.tsv"
     tsv.write_text("text\tintent\nplay jazz\tplay_music\n")
