@@ -240,8 +240,11 @@ class Resolver:
         slots = [s for s in slots if s["end"] - s["start"] <= WINDOW]  # a longer "value" is no value: unresolved
         if self.strategy == "utterance":
             dims = sorted({d for s in slots for d in self.dims_of(s["slot"])})
+            pieces = windows(len(text), slots)
             found = [{**e, "start": e["start"] + lo, "end": e["end"] + lo}
-                     for lo, hi in windows(len(text), slots) for e in parsed(duckling, text[lo:hi], ctx, dims)]
+                     for lo, hi in pieces for e in parsed(duckling, text[lo:hi], ctx, dims)]
+            # a slot no piece covers stays unresolved, without a parse of its own: the work stays bounded
+            slots = [s for s in slots if any(lo <= s["start"] and s["end"] <= hi for lo, hi in pieces)]
         for s in slots:
             dims = self.dims_of(s["slot"])
             if self.strategy == "utterance":

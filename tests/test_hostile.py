@@ -177,8 +177,8 @@ def test_a_long_text_is_resolved_in_bounded_pieces(monkeypatch):
 
     lengths = []
     real = resolver.parsed
-    monkeypatch.setattr(resolver, "parsed", lambda d, text, ctx, dims: lengths.append(len(text)) or real(d, text, ctx,
-                                                                                                        dims))
+    monkeypatch.setattr(resolver, "parsed", lambda d, text, ctx, dims, **kw: lengths.append(len(text)) or real(
+        d, text, ctx, dims, **kw))
     text = "remind me at five pm " * 5000  # 105,000 characters
     slots = [{"slot": "time", "value": "five pm", "start": i, "end": i + 7} for i in range(13, len(text), 21)]
     start = time.perf_counter()
