@@ -54,6 +54,9 @@ def main():
     p.add_argument("--data", required=True, help="MASSIVE release file (en-US.jsonl)")
     p.add_argument("--rate", type=float, default=0.05)
     p.add_argument("--flags", default="", help="main.py flags for every fold's run, e.g. \"--epochs 2\"")
+    p.add_argument("--probs", default=os.path.join(ROOT, "checkpoints", "labelerrors-probs.npz"),
+                   help="the out-of-fold probabilities: read where this file exists (the same flips), else trained "
+                        "and written, so that rankings can be compared without training again")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "bench", "labelerrors.json"))
     args = p.parse_args()
     with open(args.data, encoding="utf-8") as f:
@@ -61,7 +64,13 @@ def main():
     flips = plant(rows, args.rate)
     labels = [flips.get(i, r["intent"]) for i, r in enumerate(rows)]
     t = time.perf_counter()
-    names, probs = out_of_fold([r["utt"] for r in rows], labels, "intent", args.flags.split())
+    if os.path.exists(args.probs):
+        saved = np.load(args.probs)
+        names, probs = list(saved["names"]), saved["probs"]
+    else:
+        names, probs = out_of_fold([r["utt"] for r in rows], labels, "intent", args.flags.split())
+        os.makedirs(os.path.dirname(os.path.abspath(args.probs)), exist_ok=True)
+        np.savez(args.probs, names=np.array(names), probs=probs)
     seconds = time.perf_counter() - t
     given = np.array([names.index(y) for y in labels])
     ours, likely = label_issues(probs, given)
