@@ -7,8 +7,9 @@ epoch), with the settings small data gets. Then confident learning
 (Northcutt et al., 2021, as cleanlab's `confident_learning` filter): a label's
 threshold is the mean probability the models give it on the examples labelled
 so; an example is an issue when the label it is most probably, among those over
-their threshold, is not the one it has. Issues are ranked by how much more
-probable that label is than the given one. The few lines are written here
+their threshold, is not the one it has, and neither is its most probable label
+overall. Issues are ranked by the probability of their given label, lowest
+first (cleanlab's self-confidence). The few lines are written here
 rather than taken from cleanlab, which is AGPL-3.0; bench/labelerrors.py
 measures both on planted flips. Slot spans are not checked.
 """
@@ -79,9 +80,12 @@ def label_issues(probs, given):
                            for j in range(probs.shape[1])])
     confident = np.where(probs >= thresholds, probs, -1.0)  # each label's probability where it is over its threshold
     likely = confident.argmax(1)
-    issues = [i for i in range(len(given)) if confident[i, likely[i]] >= 0 and likely[i] != given[i]]
-    margin = {i: probs[i, likely[i]] - probs[i, given[i]] for i in issues}
-    ranked = sorted(issues, key=lambda i: -margin[i])
+    rows = np.arange(len(given))
+    # as cleanlab: an example whose most probable label overall is its own is no issue, whatever the thresholds say
+    issue = (confident[rows, likely] >= 0) & (likely != given) & (probs.argmax(1) != given)
+    # the least probable given label first (cleanlab's self-confidence): 64.4% of planted flips at N against 58.3%
+    # ranked by how much more probable the other label is (bench/labelerrors.py)
+    ranked = [int(i) for i in np.argsort(probs[rows, given], kind="stable") if issue[i]]
     return ranked, likely[ranked]
 
 

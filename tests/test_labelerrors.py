@@ -19,6 +19,18 @@ def test_confident_learning_ranks_a_planted_flip_first():
     assert ranked == [5] and likely.tolist() == [0]
 
 
+def test_issues_rank_the_least_probable_given_label_first_and_skip_an_overall_argmax():
+    probs = np.array([[0.8, 0.1, 0.1], [0.8, 0.1, 0.1],                      # labelled 0: threshold 0.8
+                      [0.1, 0.8, 0.1], [0.1, 0.8, 0.1],                      # labelled 1: threshold 0.415 with
+                      [0.95, 0.05, 0.0],                                     # this flip, 0.9 ahead of its label,
+                      [0.81, 0.01, 0.18],                                    # and this, 0.8 ahead but less probable
+                      [0.1, 0.1, 0.8],                                       # labelled 2: threshold 0.675, and
+                      [0.0, 0.45, 0.55]])                                    # 1 is over its threshold, yet 2 leads
+    given = np.array([0, 0, 1, 1, 1, 1, 2, 2])
+    ranked, likely = label_issues(probs, given)
+    assert ranked == [5, 4] and likely.tolist() == [0, 0]
+
+
 def test_folds_are_stratified_and_seeded():
     labels = ["a"] * 10 + ["b"] * 5
     fold = deal(labels, 5)
