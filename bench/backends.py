@@ -4,7 +4,8 @@
 
 Needs `--task export` first. Throughput is the test split in batches of 128
 (tokenization included, best of 2 passes after a warm-up pass); latency is the
-median of 200 single-utterance calls. Writes results/bench/backends-<run name>.json.
+median of 200 single-utterance calls. Writes results/bench/backends-<run name>.json
+(or --out).
 """
 import argparse
 import os
@@ -21,6 +22,7 @@ from data import read_rows  # noqa: E402
 from arguments import BACKENDS  # noqa: E402
 from inference import Predictor  # noqa: E402
 from fileio import write_json  # noqa: E402
+from utils import cpu_model  # noqa: E402
 
 
 def main():
@@ -29,6 +31,7 @@ def main():
     p.add_argument("--data", required=True, help="MASSIVE release file")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--single", type=int, default=200, help="single-utterance calls timed")
+    p.add_argument("--out", default=None, help="results JSON (default: results/bench/backends-<run name>.json)")
     args = p.parse_args()
     rows, name = [], None
     for backend in BACKENDS:
@@ -56,8 +59,8 @@ def main():
         r = rows[-1]
         print(f"{backend:10s} ({weights}): {r['utterances_per_second']:7.0f} utterances/s, one utterance "
               f"{r['single_ms_median']:5.1f} ms, test accuracy {100 * r['test_accuracy']:.2f}%")
-    out = os.path.join(ROOT, "results", "bench", f"backends-{name}.json")
-    write_json(out, {"run": name, "threads": args.threads, "cpus": os.cpu_count(), "rows": rows})
+    out = args.out or os.path.join(ROOT, "results", "bench", f"backends-{name}.json")
+    write_json(out, {"run": name, "cpu": cpu_model(), "threads": args.threads, "cpus": os.cpu_count(), "rows": rows})
     print(f"wrote {out}")
 
 

@@ -96,6 +96,12 @@ def test_export_writes_both_outputs_and_gates_the_slots(joint_server, monkeypatc
     report = cli.main(["--task", "export", "--checkpoint", run_dir, "--data", data])
     assert {"accuracy", "slot_f1", "exact_match"} == set(report["torch"])
     assert report["onnx"]["slot_f1"] == pytest.approx(report["torch"]["slot_f1"], abs=1e-9) and report["onnx-int8"]
+    # int8 is block-wise in the encoder, and the slot head, whose scores feed the CRF, stays fp32
+    import onnx
+
+    nodes = {n.name: n.op_type for n in onnx.load(os.path.join(predictor.path, "model.int8.onnx")).graph.node}
+    assert "MatMulNBits" in nodes.values() and "DynamicQuantizeLinear" not in nodes.values()
+    assert {op for name, op in nodes.items() if "slot_head" in name} == {"MatMul", "Add"}
     texts = ["wake me up at five am", "play some jazz", "will it snow tomorrow"]
     onnx, fp32 = Predictor(run_dir, "onnx").parse(texts), Predictor(run_dir, fp32=True).parse(texts)
     spans = [[{k: v for k, v in s.items() if k != "score"} for s in slots] for _, slots in fp32]
@@ -115,11 +121,26 @@ def test_quantization_bench_scores_each_choice_on_validation(joint_checkpoint, t
     subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quantization.py"), "--checkpoint", joint_checkpoint,
                     "--data", data, "--out", str(out)], check=True, capture_output=True)
     report = json.load(open(out))
-    rows = {r["choice"]: r for r in report["rows"]}
+    rows = {r["variant"]: r for r in report["rows"]}
     assert report["split"] == "validation" and set(report["fp32"]) == {"accuracy", "slot_f1", "exact_match"}
-    assert rows["all int8"]["fp32_weight_share"] == 0 and 0 < rows["slot head"]["fp32_weight_share"] < \
-        rows["export (layer 0 dense, slot head)"]["fp32_weight_share"] < 1
-    assert all(0 <= r["agreement"] <= 1 and abs(r["slot_f1_drop_points"]) <= 100 for r in rows.values())
+    assert rows["fp32 ONNX"]["agreement"] == 1 and len(rows) == 7
+    size = {k.split(",")[-1].strip(): r["megabytes"] for k, r in rows.items() if k.startswith("block-wise, 32")}
+    assert size["embeddings int8 too"] < size["32 rows (export)"] < rows["fp32 ONNX"]["megabytes"]
+    assert all(0 <= r["agreement"] <= 1 and abs(r["slot_f1_drop_points"]) <= 100 and r["utterances_per_second"] > 0
+               and r["single_ms_median"] > 0 for r in rows.values())
+
+
+def test_backends_bench_times_every_backend_of_an_exported_checkpoint(joint_checkpoint, tmp_path):
+    data = os.path.join(os.path.dirname(os.path.dirname(joint_checkpoint)), "en-US.jsonl")
+    cli.main(["--task", "export", "--checkpoint", joint_checkpoint, "--data", data])
+    out = tmp_path / "backends.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "backends.py"), "--checkpoint", joint_checkpoint,
+                    "--data", data, "--threads", "1", "--single", "3", "--out", str(out)], check=True,
+                   capture_output=True)
+    report = json.load(open(out))
+    assert [r["backend"] for r in report["rows"]] == ["torch", "onnx", "onnx-int8"] and report["cpu"]
+    assert all(r["utterances_per_second"] > 0 and r["single_ms_median"] > 0 and 0 <= r["test_accuracy"] <= 1
+               for r in report["rows"])
 
 
 def test_serve_load_bench_measures_the_server_against_the_model_alone(joint_checkpoint, tmp_path):
