@@ -63,9 +63,11 @@ SPLITS_DATA = (*TRAINING, "check")  # the tasks that split it; export and evalua
 BACKENDS = {"torch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what runs a model: its file
 # Small data: the study's lr 2e-5 and 10 epochs are tuned for MASSIVE's 11,514 training utterances and underfit a few
 # hundred (30% test intent accuracy at 8 per intent). Under SMALL_DATA training utterances, --task baseline without
-# --lr, --batch-size or --epochs takes SMALL_DATA_SETTINGS, chosen on validation (docs/fewshot.md).
+# --lr, --batch-size, --epochs or --pooling takes SMALL_DATA_SETTINGS, chosen on validation (docs/fewshot.md): the
+# mean over tokens is the sentence vector the bundled encoder was trained to give, and few examples cannot retrain
+# [CLS] into one.
 SMALL_DATA = 2000
-SMALL_DATA_SETTINGS = dict(lr=3e-4, batch_size=16, epochs=30)
+SMALL_DATA_SETTINGS = dict(lr=3e-4, batch_size=16, epochs=30, pooling="mean")
 
 
 def setting(default=None, help="", tasks=None, group=None, recorded=True, env=None, implied=None, positional=False,
@@ -138,8 +140,8 @@ class Config(Common):
                                      implied=("lora_rank", lambda rank: 2 * rank, "2 x rank"))
     lora_targets: str = setting("query-value", "encoder layers that get adapters", tasks=ADAPTER,
                                 choices=("query-value", "all-linear"))
-    pooling: str = setting("cls", "sentence vector: [CLS] (the study) or the mean over tokens", tasks=RECIPE,
-                           group=RECIPE_GROUP, choices=("cls", "mean"))
+    pooling: str = setting("cls", "sentence vector: [CLS] (the study) or the mean over tokens (small data's "
+                           "default)", tasks=("baseline", *RECIPE), choices=("cls", "mean"))
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", tasks=RECIPE, group=RECIPE_GROUP,
                                      type=float)
     rdrop: float = setting(0.0, "R-Drop weight: symmetric KL between two dropout passes", tasks=RECIPE,
@@ -390,6 +392,8 @@ def run_name(cfg):
                   f"kd{len(cfg.teachers or [])}x{cfg.distill_weight:g}t{cfg.distill_temperature:g}": cfg.teachers,
                   f"aug{cfg.augment:g}": cfg.augment}
         parts += [name for name, on in recipe.items() if on]
+    elif cfg.pooling == "mean":  # the baseline's, small data's default
+        parts.append("mean")
     if "contrastive" in task.phases:
         parts.append(f"t{cfg.temperature:g}-ce{cfg.contrastive_epochs}-clr{cfg.contrastive_lr:g}")
     if task.adapter:
@@ -454,7 +458,7 @@ def parse_args(argv=None):
         cfg.source = source_of(cfg)
     if cfg.label is None:
         cfg.label = default_label(cfg)
-    if name == "baseline" and not {"lr", "batch_size", "epochs"} & set(given):
+    if name == "baseline" and not set(SMALL_DATA_SETTINGS) & set(given):
         small_data(cfg)
     if task.trains:
         cfg.run_name = run_name(cfg)
@@ -473,7 +477,8 @@ def small_data(cfg):
         for key, value in SMALL_DATA_SETTINGS.items():
             setattr(cfg, key, value)
         cfg.chosen = (f"{n:,} training utterances, under {SMALL_DATA:,}: "
-                      + ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in SMALL_DATA_SETTINGS.items())
+                      + ", ".join(f"--{k.replace('_', '-')} {v if isinstance(v, str) else format(v, 'g')}"
+                                  for k, v in SMALL_DATA_SETTINGS.items())
                       + " instead of the study's (give any of them to choose yourself)")
 
 

@@ -84,13 +84,15 @@ def main():
     p.add_argument("--samples", default="0,1,2", help="the samples' seeds")
     p.add_argument("--setfit", action="store_true", help="SetFit beside ours on each sample (pip install setfit)")
     p.add_argument("--slots", action="store_true", help="ours with --slots: slot F1 and exact match too")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="SetFit's torch threads")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     with open(args.data, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     out = args.out or os.path.join(ROOT, "results", "bench",
                                    f"fewshot-k{args.per_intent}{'-slots' if args.slots else ''}.json")
-    report = {"cpu": cpu_model(), "per_intent": args.per_intent, "slots": args.slots, "samples": []}
+    report = {"cpu": cpu_model(), "per_intent": args.per_intent, "slots": args.slots, "threads": args.threads,
+              "samples": []}
     for seed in map(int, args.samples.split(",")):
         kept = sample(rows, args.per_intent, seed)
         with tempfile.TemporaryDirectory() as folder:
@@ -100,7 +102,7 @@ def main():
             row = {"sample": seed, "train": sum(r["partition"] == "train" for r in kept)}
             row.update(ours(path, folder, args.slots))
             if args.setfit:
-                row["setfit_accuracy"], row["setfit_seconds"] = setfit(kept, os.cpu_count())
+                row["setfit_accuracy"], row["setfit_seconds"] = setfit(kept, args.threads)
         report["samples"].append(row)
         print(json.dumps(row), flush=True)
         write_json(out, report)  # after every sample: a long bench keeps what it measured

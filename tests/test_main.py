@@ -115,7 +115,7 @@ def test_run_names_and_task_defaults():
     (["--task", "export"], "--task export needs --checkpoint DIR"),
     (["--port", "8000"], "--port applies only to --task serve"),
     (["--spelling"], "--spelling applies only to --task predict/serve"),
-    (["--pooling", "mean"], "--pooling applies only to --task custom"),
+    (["--task", "supcon", "--pooling", "mean"], "--pooling applies only to --task baseline/custom"),
     (["--task", "supcon", "--ema", "0.9"], "--ema applies only to --task custom"),
     (["--task", "custom", "--label-smoothing", "1"], "--label-smoothing and --ema must be in [0, 1)"),
     (["--task", "custom", "--augment", "1.5"], "--augment in [0, 1]"),
@@ -191,11 +191,13 @@ def test_small_data_gets_settings_that_train_it_and_says_so(tmp_path, tiny_model
     small = write_massive(tmp_path / "small.jsonl")  # 36 training utterances
     cfg = parse_args(["--data", str(small), "--label", "intent"])
     assert {k: getattr(cfg, k) for k in SMALL_DATA_SETTINGS} == SMALL_DATA_SETTINGS
-    assert cfg.chosen.startswith("36 training utterances, under 2,000: --lr 0.0003, --batch-size 16, --epochs 30")
-    assert cfg.run_name == "baseline-intent-small-minilm-lr0.0003-bs16-e30-s42"
-    for given in (["--epochs", "3"], ["--lr", "1e-4"], ["--batch-size", "8"]):  # a choice of the user's stands
+    assert cfg.chosen.startswith("36 training utterances, under 2,000: --lr 0.0003, --batch-size 16, --epochs 30, "
+                                 "--pooling mean")
+    assert cfg.run_name == "baseline-intent-small-minilm-lr0.0003-bs16-e30-mean-s42"
+    for given in (["--epochs", "3"], ["--lr", "1e-4"], ["--batch-size", "8"], ["--pooling", "cls"]):  # the user's
         mine = parse_args(["--data", str(small), *given])
-        assert mine.chosen is None and (mine.lr, mine.epochs) in ((2e-5, 3), (1e-4, 10), (2e-5, 10))
+        assert mine.chosen is None and mine.pooling == "cls" and (mine.lr, mine.epochs) in ((2e-5, 3), (1e-4, 10),
+                                                                                             (2e-5, 10))
     assert parse_args(["--task", "custom", "--data", str(small)]).chosen is None  # the study's tasks keep theirs
     large = write_massive(tmp_path / "large.jsonl", {"train": SMALL_DATA // 12 + 1, "dev": 1, "test": 1})
     assert parse_args(["--data", str(large)]).chosen is None  # MASSIVE-sized data keeps the study's settings

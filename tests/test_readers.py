@@ -344,4 +344,4 @@ def test_study_runs_over_seeds_on_a_data_folder(tmp_path, data_file, capsys):
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 2 and all(f"--data {folder}" in c and "--label" not in c for c in commands)
     # 36 training utterances: small data's settings
-    assert parse_args(["--data", folder]).run_name == "baseline-intent-bio-minilm-lr0.0003-bs16-e30-s42"
+    assert parse_args(["--data", folder]).run_name == "baseline-intent-bio-minilm-lr0.0003-bs16-e30-mean-s42"
