@@ -9,8 +9,9 @@ pointing at the mean of its own training examples (the head's hidden features
 of its utterances, the encoder's states at its words), scaled to the known
 rows' mean norm, as imprinting does for new classes: it starts near where the
 model already puts such utterances instead of at random. The checkpoint must
-come from the same encoder and tokenizer as the run (--model); a LoRA
-checkpoint holds only adapters and cannot be continued.
+come from the same encoder and tokenizer as the run (--model), and pool the
+same sentence vector (--pooling); a LoRA checkpoint holds only adapters and
+cannot be continued.
 """
 import logging
 
@@ -24,6 +25,7 @@ from model import load_checkpoint
 log = logging.getLogger("continuation")
 
 
+POOLING = {"cls": "[CLS] token", "mean": "mean over tokens"}
 ARCHITECTURE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "vocab_size", "max_position_embeddings")  # what must match for the weights to mean the same
 
@@ -92,6 +94,10 @@ def init_from(path, net, tokenizer, labels, slots, train):
     if not same:
         raise UserError(f"--init-from {path}: it was trained from another encoder or tokenizer than --model's; "
                         "continue with the encoder it started from")
+    pooling = meta["config"].get("pooling", "cls")
+    if pooling != net.pooling:  # its head learned on the other sentence vector
+        raise UserError(f"--init-from {path}: its sentence vector is the {POOLING[pooling]}, this run's the "
+                        f"{POOLING[net.pooling]}; give --pooling {pooling} to continue it")
     net.encoder.load_state_dict(old.encoder.state_dict())
     net.head[0].load_state_dict(old.head[0].state_dict())
     new = [n for n in labels if n not in meta["labels"]]

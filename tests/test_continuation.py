@@ -76,3 +76,12 @@ def test_a_checkpoint_of_another_encoder_is_one_line_and_writes_nothing(joint_ch
     assert not os.path.exists(tmp_path / "r") and not os.path.exists(tmp_path / "k")
     with pytest.raises(UserError, match="no checkpoint there"):
         parse_args(["--data", grown, "--init-from", str(tmp_path / "nothing")])
+
+
+def test_a_checkpoint_of_the_other_pooling_is_one_line_and_writes_nothing(joint_checkpoint, tmp_path, grown, tiny_model):
+    args = ["--data", grown, "--model", tiny_model, "--label", "intent", "--epochs", "1", "--pooling", "mean",
+            "--init-from", joint_checkpoint, "--cache-dir", str(tmp_path / "c"), "--out-dir", str(tmp_path / "r"),
+            "--checkpoint-dir", str(tmp_path / "k")]
+    with pytest.raises(UserError, match=r"\[CLS\] token, this run's the mean over tokens; give --pooling cls"):
+        cli.main(args)
+    assert not os.path.exists(tmp_path / "r") and not os.path.exists(tmp_path / "k")
