@@ -141,7 +141,7 @@ class Config(Common):
     lora_targets: str = setting("query-value", "encoder layers that get adapters", tasks=ADAPTER,
                                 choices=("query-value", "all-linear"))
     pooling: str = setting("cls", "sentence vector: [CLS] (the study) or the mean over tokens (small data's "
-                           "default)", tasks=("baseline", *RECIPE), choices=("cls", "mean"))
+                           "default)", tasks=("baseline", *RECIPE), group=RECIPE_GROUP, choices=("cls", "mean"))
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", tasks=RECIPE, group=RECIPE_GROUP,
                                      type=float)
     rdrop: float = setting(0.0, "R-Drop weight: symmetric KL between two dropout passes", tasks=RECIPE,
