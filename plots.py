@@ -586,12 +586,14 @@ def plot_evaluation(e, out_dir):
         plot_slot_f1(e["slot_f1_per_type"], os.path.join(out_dir, f"{name}-slots.png"), title)
 
 
-def loop_curves(report):
-    """{strategy: {round: {seed: (labelled, test accuracy)}}} of a labelling loop's runs."""
+LOOP_METRICS = {"test_accuracy": "intent accuracy", "test_slot_f1": "slot F1", "test_exact_match": "exact match"}
+
+
+def loop_curves(report, metric="test_accuracy"):
+    """{strategy: {round: {seed: (labelled, metric)}}} of a labelling loop's runs."""
     curves = {}
     for e in report["runs"]:
-        curves.setdefault(e["strategy"], {}).setdefault(e["round"], {})[e["seed"]] = (e["labelled"],
-                                                                                     e["test_accuracy"])
+        curves.setdefault(e["strategy"], {}).setdefault(e["round"], {})[e["seed"]] = (e["labelled"], e[metric])
     return curves
 
 
@@ -605,72 +607,79 @@ def labels_to_reach(xs, ys, target):
     return xs[-1] if ys and ys[-1] >= target else None
 
 
-def seconds_to(history, target):
-    """Training seconds (epochs summed) until validation accuracy first reaches target, or None."""
+def seconds_to(history, target, key="val_accuracy"):
+    """Training seconds (epochs summed) until the validation number key first reaches target, or None."""
     total = 0.0
     for h in history:
         total += h["seconds"]
-        if h["val_accuracy"] >= target:
+        if h[key] >= target:
             return total
     return None
 
 
 def plot_loop(report, out_dir):
-    """A labelling loop's (bench/loop.py) learning curves, test accuracy against labelled utterances per strategy
-    (mean over seeds, each seed faint), and its markdown: per round the paired difference over seeds, the labels
-    suggest needed to reach random's last round, and continued against from-scratch training."""
+    """A labelling loop's (bench/loop.py) learning curves, each test metric it has against labelled utterances per
+    strategy (mean over seeds, each seed faint), and its markdown: per metric and round the paired difference over
+    seeds and the labels suggest needed to reach random's last round; then continued against from-scratch training."""
     name = os.path.splitext(os.path.basename(report["_path"]))[0]
-    curves = loop_curves(report)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    means = {}
-    for strategy, color in (("random", "tab:gray"), ("suggest", "tab:blue")):
-        rounds = sorted(curves.get(strategy, {}))
-        seeds = sorted(set.intersection(*(set(curves[strategy][k]) for k in rounds))) if rounds else []
-        if not seeds:
-            continue
-        xs = [float(np.mean([curves[strategy][k][s][0] for s in seeds])) for k in rounds]
-        ys = [float(np.mean([curves[strategy][k][s][1] for s in seeds])) for k in rounds]
-        means[strategy] = (rounds, xs, ys, seeds)
-        for s in seeds:
-            ax.plot(xs, [100 * curves[strategy][k][s][1] for k in rounds], color=color, alpha=0.25, lw=1)
-        ax.plot(xs, [100 * y for y in ys], "o-", color=color, lw=2, label=f"{strategy} (mean of {len(seeds)} seeds)")
-    ax.set_xlabel("labelled training utterances")
-    ax.set_ylabel("test intent accuracy (%)" if report["label"] == "intent" else "test accuracy (%)")
-    ax.set_title(figure_text(f"MASSIVE {report['label']}: {report['per_intent']} per intent, then "
-                             f"+{report['per_round']} a round"))
-    ax.grid(alpha=0.3)
-    ax.legend()
+    metrics = [m for m in LOOP_METRICS if all(e.get(m) is not None for e in report["runs"])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.2), squeeze=False)
+    md = []
+    for metric, ax in zip(metrics, axes[0]):
+        curves = loop_curves(report, metric)
+        means = {}
+        for strategy, color in (("random", "tab:gray"), ("suggest", "tab:blue")):
+            rounds = sorted(curves.get(strategy, {}))
+            seeds = sorted(set.intersection(*(set(curves[strategy][k]) for k in rounds))) if rounds else []
+            if not seeds:
+                continue
+            xs = [float(np.mean([curves[strategy][k][s][0] for s in seeds])) for k in rounds]
+            ys = [float(np.mean([curves[strategy][k][s][1] for s in seeds])) for k in rounds]
+            means[strategy] = (xs, ys)
+            for s in seeds:
+                ax.plot(xs, [100 * curves[strategy][k][s][1] for k in rounds], color=color, alpha=0.25, lw=1)
+            ax.plot(xs, [100 * y for y in ys], "o-", color=color, lw=2,
+                    label=f"{strategy} (mean of {len(seeds)} seeds)")
+        ax.set_xlabel("labelled training utterances")
+        ax.set_ylabel(f"test {LOOP_METRICS[metric]} (%)")
+        ax.set_title(figure_text(f"MASSIVE {report['label']}: {report['per_intent']} per intent, then "
+                                 f"+{report['per_round']} a round"))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if len(metrics) > 1:
+            md += [f"**Test {LOOP_METRICS[metric]}**", ""]
+        md += ["| round | labelled | random | suggest | suggest - random | paired t p |", "|---|---|---|---|---|---|"]
+        for k in sorted(set(curves.get("random", {})) & set(curves.get("suggest", {}))):
+            seeds = sorted(set(curves["random"][k]) & set(curves["suggest"][k]))
+            r = [100 * curves["random"][k][s][1] for s in seeds]
+            g = [100 * curves["suggest"][k][s][1] for s in seeds]
+            p = paired_t(np.subtract(g, r)) if k else None
+            md.append(f"| {k} | {curves['suggest'][k][seeds[0]][0]:,} | {np.mean(r):.2f} ± {np.std(r):.2f} | "
+                      f"{np.mean(g):.2f} ± {np.std(g):.2f} | {np.mean(g) - np.mean(r):+.2f} | "
+                      f"{'' if p is None else f'{p:.3f}'} |")
+        if {"random", "suggest"} <= set(means):
+            (rx, ry), (gx, gy) = means["random"], means["suggest"]
+            need = labels_to_reach(gx, gy, ry[-1])
+            added = rx[-1] - rx[0]
+            md += ["", f"Random's last round: {100 * ry[-1]:.2f}% with {added:,.0f} labels added. Suggest reaches it "
+                       "with " + (f"{need - gx[0]:,.0f} added ({100 * (need - gx[0]) / added:.0f}% of random's)."
+                                  if need is not None else "no number of labels in these rounds.")]
+        md.append("")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
     plt.close(fig)
-    md = ["| round | labelled | random | suggest | suggest - random | paired t p |", "|---|---|---|---|---|---|"]
-    for k in sorted(set(curves.get("random", {})) & set(curves.get("suggest", {}))):
-        seeds = sorted(set(curves["random"][k]) & set(curves["suggest"][k]))
-        r = [100 * curves["random"][k][s][1] for s in seeds]
-        g = [100 * curves["suggest"][k][s][1] for s in seeds]
-        p = paired_t(np.subtract(g, r)) if k else None
-        md.append(f"| {k} | {curves['suggest'][k][seeds[0]][0]:,} | {np.mean(r):.2f} ± {np.std(r):.2f} | "
-                  f"{np.mean(g):.2f} ± {np.std(g):.2f} | {np.mean(g) - np.mean(r):+.2f} | "
-                  f"{'' if p is None else f'{p:.3f}'} |")
-    if {"random", "suggest"} <= set(means):
-        _, rx, ry, _ = means["random"]
-        _, gx, gy, _ = means["suggest"]
-        need = labels_to_reach(gx, gy, ry[-1])
-        added = rx[-1] - rx[0]
-        md.append("")
-        md.append(f"Random's last round: {100 * ry[-1]:.2f}% with {added:,.0f} labels added. Suggest reaches it with "
-                  + (f"{need - gx[0]:,.0f} added ({100 * (need - gx[0]) / added:.0f}% of random's)." if need is not
-                     None else "no number of labels in these rounds."))
     for c in report["continued"]:
         scratch = next(e for e in report["runs"] if (e["seed"], e["strategy"], e["round"]) ==
                        (c["seed"], c["strategy"], c["round"]))
-        target = min(scratch["val_accuracy"], c["val_accuracy"])
-        t_scratch, t_cont = seconds_to(scratch["history"], target), seconds_to(c["history"], target)
-        md.append(f"- seed {c['seed']}, round {c['round']}: from scratch best validation {100 * scratch['val_accuracy']:.2f}"
-                  f" (test {100 * scratch['test_accuracy']:.2f}), continued from round {c['init_from_round']} "
-                  f"{100 * c['val_accuracy']:.2f} (test {100 * c['test_accuracy']:.2f}); {100 * target:.2f} reached "
-                  f"after {t_scratch:.0f} s of training from scratch, {t_cont:.0f} s continued")
-    text = "\n".join(md)
+        key = "val_exact_match" if "val_exact_match" in c else "val_accuracy"  # what picked the best epoch
+        test = "test_exact_match" if key == "val_exact_match" else "test_accuracy"
+        target = min(scratch[key], c[key])
+        t_scratch, t_cont = seconds_to(scratch["history"], target, key), seconds_to(c["history"], target, key)
+        md.append(f"- seed {c['seed']}, round {c['round']}, {LOOP_METRICS[test]}: from scratch best validation "
+                  f"{100 * scratch[key]:.2f} (test {100 * scratch[test]:.2f}), continued from round "
+                  f"{c['init_from_round']} {100 * c[key]:.2f} (test {100 * c[test]:.2f}); {100 * target:.2f} "
+                  f"reached after {t_scratch:.0f} s of training from scratch, {t_cont:.0f} s continued")
+    text = "\n".join(md).strip()
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(text + "\n")
     print(f"\n{name}:\n{text}")

@@ -94,16 +94,23 @@ def picks(folder, strategy, pool, rows, checkpoint, count, seed):
 
 
 def curve(r):
-    return [{k: h[k] for k in ("epoch", "seconds", "val_accuracy")} for h in r["history"]]
+    """Each epoch's training seconds and the validation numbers that pick the best epoch (exact match with slots)."""
+    return [{k: h[k] for k in ("epoch", "seconds", "val_accuracy", "val_exact_match") if k in h} for h in r["history"]]
+
+
+def scores(r):
+    """The best epoch's validation and test numbers of a run's results."""
+    out = {"test_accuracy": r["best_test_accuracy"], "val_accuracy": r["best_val_accuracy"]}
+    if r.get("best_test_slot_f1") is not None:
+        out.update(test_slot_f1=r["best_test_slot_f1"], test_exact_match=r["best_test_exact_match"],
+                   val_exact_match=r["best_val_exact_match"])
+    return out
 
 
 def entry(r, seed, strategy, k, labelled, picked):
-    out = {"seed": seed, "strategy": strategy, "round": k, "labelled": labelled, "run_name": r["run_name"],
-           "test_accuracy": r["best_test_accuracy"], "val_accuracy": r["best_val_accuracy"],
-           "best_epoch": r["best_epoch"], "wall_seconds": r["wall_seconds"], "history": curve(r), "picked": picked}
-    if r.get("best_test_slot_f1") is not None:
-        out.update(test_slot_f1=r["best_test_slot_f1"], test_exact_match=r["best_test_exact_match"])
-    return out
+    return {"seed": seed, "strategy": strategy, "round": k, "labelled": labelled, "run_name": r["run_name"],
+            **scores(r), "best_epoch": r["best_epoch"], "wall_seconds": r["wall_seconds"], "history": curve(r),
+            "picked": picked}
 
 
 def main():
@@ -163,8 +170,7 @@ def main():
             r, _ = train(os.path.join(work, f"s{seed}", strategy, f"r{args.rounds}-continued"), labelled, flags,
                          init_from=before)
             record("continued", {"seed": seed, "strategy": strategy, "round": args.rounds, "init_from_round":
-                                 args.rounds - 1, "run_name": r["run_name"], "test_accuracy": r["best_test_accuracy"],
-                                 "val_accuracy": r["best_val_accuracy"], "best_epoch": r["best_epoch"],
+                                 args.rounds - 1, "run_name": r["run_name"], **scores(r), "best_epoch": r["best_epoch"],
                                  "wall_seconds": r["wall_seconds"], "history": curve(r)})
 
     with ThreadPoolExecutor(args.workers) as pool:

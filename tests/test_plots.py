@@ -250,3 +250,20 @@ def test_a_labelling_loop_draws_its_curves_and_says_what_suggest_saved(tmp_path,
     assert "Suggest reaches it with 50 added (50% of random's)" in md
     assert "60.00 reached after 20 s of training from scratch, 10 s continued" in md
     assert plots.labels_to_reach([0, 10], [0.1, 0.3], 0.2) == 5 and plots.labels_to_reach([0, 10], [0.1, 0.2], 0.3) is None
+
+
+def test_a_joint_labelling_loop_has_a_curve_and_a_table_per_metric(tmp_path):
+    runs = [{"seed": seed, "strategy": strategy, "round": k, "labelled": 100 + 50 * k, "val_accuracy": 0.6,
+             "test_accuracy": 0.5 + 0.01 * k, "test_slot_f1": 0.4 + 0.01 * k,
+             "test_exact_match": 0.3 + (0.02 if strategy == "suggest" else 0.01) * k, "history": []}
+            for seed in (0, 1) for strategy in ("random", "suggest") for k in range(3)]
+    path = tmp_path / "loop-joint.json"
+    path.write_text(json.dumps({"kind": "labelling_loop", "label": "joint", "per_intent": 8, "per_round": 50,
+                                "runs": runs, "continued": []}))
+    assert plots.main([str(path), "--out-dir", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "loop-joint.md").read_text()
+    assert [line for line in md.splitlines() if line.startswith("**")] == [
+        "**Test intent accuracy**", "**Test slot F1**", "**Test exact match**"]
+    # exact match: random ends at 0.32 after 100 labels, suggest gains 0.02 a round of 50
+    assert "| 2 | 200 | 32.00 ± 0.00 | 34.00 ± 0.00 | +2.00 |" in md
+    assert "Random's last round: 32.00% with 100 labels added. Suggest reaches it with 50 added (50% of random's)." in md

@@ -2,6 +2,9 @@
 a file the readers take back; the request log as its input; bad input as one line."""
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import pytest
 import main as cli
 from fileio import UserError
 from readers import read, source
+from conftest import ROOT
 from suggest import diverse, uncertainty
 
 
@@ -84,3 +88,28 @@ def test_suggest_bad_input_is_one_line(joint_checkpoint, tiny_model, tmp_path, p
     with pytest.raises(SystemExit):
         cli.main(["--task", "suggest", "--checkpoint", joint_checkpoint])  # no --input
     assert not list(tmp_path.glob("suggest-*"))
+
+
+def test_loop_bench_runs_both_chains_and_a_continued_joint_round(tiny_model, data_file, tmp_path):
+    rows = [json.loads(line) for line in open(data_file)]
+    for r in rows:  # each text once: suggest leaves out a text the labelled data holds
+        r["utt"], r["annot_utt"] = f"{r['utt']} {r['id']}", f"{r['annot_utt']} {r['id']}"
+    data_file = tmp_path / "unique.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "loop-joint.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "loop.py"), "--data", str(data_file), "--seeds", "0",
+                    "--per-intent", "2", "--per-round", "4", "--rounds", "1", "--slots", "--continued",
+                    "--main-flags", f"--model {tiny_model} --epochs 1", "--work", str(tmp_path / "work"),
+                    "--out", str(out)], check=True, cwd=ROOT, capture_output=True)
+    report = json.loads(out.read_text())
+    held = {s: set(json.loads((tmp_path / "work" / "joint" / "s0" / s / "r1" / "picks.json").read_text()))
+            for s in ("random", "suggest")}
+    assert [(e["strategy"], e["round"], e["labelled"]) for e in report["runs"]] == [
+        ("random", 0, 12), ("random", 1, 16), ("suggest", 0, 12), ("suggest", 1, 16)]
+    assert all(len(picked) == 4 for picked in held.values())
+    for e in report["runs"]:
+        assert set(e["picked"]) == (held[e["strategy"]] if e["round"] else set())
+    (continued,) = report["continued"]
+    assert continued["init_from_round"] == 0 and "-from-" in continued["run_name"]
+    assert {"test_slot_f1", "test_exact_match", "val_exact_match"} <= set(continued)
+    assert all("val_exact_match" in h for h in continued["history"])
