@@ -639,7 +639,7 @@ def plot_loop(report, out_dir):
             for s in seeds:
                 ax.plot(xs, [100 * curves[strategy][k][s][1] for k in rounds], color=color, alpha=0.25, lw=1)
             ax.plot(xs, [100 * y for y in ys], "o-", color=color, lw=2,
-                    label=f"{strategy} (mean of {len(seeds)} seeds)")
+                    label=f"{strategy} (mean of {len(seeds)} seed{'s' * (len(seeds) > 1)})")
         ax.set_xlabel("labelled training utterances")
         ax.set_ylabel(f"test {LOOP_METRICS[metric]} (%)")
         ax.set_title(figure_text(f"MASSIVE {report['label']}: {report['per_intent']} per intent, then "
