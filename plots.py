@@ -645,6 +645,14 @@ def plot_loop(report, out_dir):
         ax.set_title(figure_text(f"MASSIVE {report['label']}: {report['per_intent']} per intent, then "
                                  f"+{report['per_round']} a round"))
         ax.grid(alpha=0.3)
+        need = None
+        if {"random", "suggest"} <= set(means):
+            (rx, ry), (gx, gy) = means["random"], means["suggest"]
+            need, added = labels_to_reach(gx, gy, ry[-1]), rx[-1] - rx[0]
+            ax.axhline(100 * ry[-1], color="tab:gray", ls=":", lw=1)
+            if need is not None:
+                ax.plot([need], [100 * ry[-1]], "x", color="tab:blue", ms=9, mew=2,
+                        label=f"suggest at random's last: {need - gx[0]:,.0f} labels added, not {added:,.0f}")
         ax.legend()
         if len(metrics) > 1:
             md += [f"**Test {LOOP_METRICS[metric]}**", ""]
@@ -658,9 +666,6 @@ def plot_loop(report, out_dir):
                       f"{np.mean(g):.2f} ± {np.std(g):.2f} | {np.mean(g) - np.mean(r):+.2f} | "
                       f"{'' if p is None else f'{p:.3f}'} |")
         if {"random", "suggest"} <= set(means):
-            (rx, ry), (gx, gy) = means["random"], means["suggest"]
-            need = labels_to_reach(gx, gy, ry[-1])
-            added = rx[-1] - rx[0]
             md += ["", f"Random's last round: {100 * ry[-1]:.2f}% with {added:,.0f} labels added. Suggest reaches it "
                        "with " + (f"{need - gx[0]:,.0f} added ({100 * (need - gx[0]) / added:.0f}% of random's)."
                                   if need is not None else "no number of labels in these rounds.")]
