@@ -85,3 +85,16 @@ def test_a_checkpoint_of_the_other_pooling_is_one_line_and_writes_nothing(joint_
     with pytest.raises(UserError, match=r"\[CLS\] token, this run's the mean over tokens; give --pooling cls"):
         cli.main(args)
     assert not os.path.exists(tmp_path / "r") and not os.path.exists(tmp_path / "k")
+
+
+def test_small_data_continues_gently(joint_checkpoint, tiny_model, tmp_path):
+    from arguments import SMALL_DATA_CONTINUED
+
+    small = str(write_massive(tmp_path / "small.jsonl"))
+    cfg = parse_args(["--data", small, "--label", "intent", "--init-from", joint_checkpoint])
+    assert {k: getattr(cfg, k) for k in SMALL_DATA_CONTINUED} == dict(lr=3e-5, batch_size=16, epochs=10,
+                                                                      pooling="mean")
+    assert cfg.chosen.startswith("36 training utterances, under 2,000, continuing from a checkpoint: --lr 3e-05, "
+                                 "--batch-size 16, --epochs 10, --pooling mean")
+    assert parse_args(["--data", small, "--label", "intent", "--init-from", joint_checkpoint, "--epochs", "2"]
+                      ).chosen is None  # the user's choice
