@@ -608,12 +608,13 @@ def labels_to_reach(xs, ys, target):
 
 
 def seconds_to(history, target, key="val_accuracy"):
-    """Training seconds (epochs summed) until the validation number key first reaches target, or None."""
+    """(training seconds, epochs summed; the epoch) at which the validation number key first reaches target, or None.
+    Epochs count alike on a busy and a free machine, seconds do not."""
     total = 0.0
     for h in history:
         total += h["seconds"]
         if h[key] >= target:
-            return total
+            return total, h["epoch"]
     return None
 
 
@@ -683,7 +684,8 @@ def plot_loop(report, out_dir):
         md.append(f"- seed {c['seed']}, round {c['round']}, {LOOP_METRICS[test]}: from scratch best validation "
                   f"{100 * scratch[key]:.2f} (test {100 * scratch[test]:.2f}), continued from round "
                   f"{c['init_from_round']} {100 * c[key]:.2f} (test {100 * c[test]:.2f}); {100 * target:.2f} "
-                  f"reached after {t_scratch:.0f} s of training from scratch, {t_cont:.0f} s continued")
+                  f"reached at epoch {t_scratch[1]} ({t_scratch[0]:.0f} s of training) from scratch, epoch "
+                  f"{t_cont[1]} ({t_cont[0]:.0f} s) continued")
     text = "\n".join(md).strip()
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(text + "\n")

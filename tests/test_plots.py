@@ -248,7 +248,7 @@ def test_a_labelling_loop_draws_its_curves_and_says_what_suggest_saved(tmp_path,
     # random ends at 0.54 after 100 labels; suggest, 0.04 a round of 50, gets there with 50
     assert "| 2 | 200 | 54.10 ± 0.08 | 58.10 ± 0.08 | +4.00 |" in md
     assert "Suggest reaches it with 50 added (50% of random's)" in md
-    assert "60.00 reached after 20 s of training from scratch, 10 s continued" in md
+    assert "60.00 reached at epoch 2 (20 s of training) from scratch, epoch 1 (10 s) continued" in md
     assert plots.labels_to_reach([0, 10], [0.1, 0.3], 0.2) == 5 and plots.labels_to_reach([0, 10], [0.1, 0.2], 0.3) is None
 
 
