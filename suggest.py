@@ -5,10 +5,11 @@
 The utterances come from a text file (one per line) or serve's request log
 (--log-requests: JSON lines with a "text"; a broken line is named and
 skipped). Those the data already holds, blank ones and repeats are left out.
-Each is scored by how unsure the model is (uncertainty sampling): the margin
-between its two most probable intents after calibration, and with a slot head
-the probability of its least sure word's slot (the CRF's pick where there is
-one); the less sure of the two counts. Then, most unsure first, each is kept
+Each is scored by how unsure the model is (uncertainty sampling), after
+calibration: by the margin between its two most probable intents, or with a
+slot head by the probability that its whole parse is right (the best intent's
+probability times each word's slot probability; with a CRF each word's own at
+the CRF's pick). Then, most unsure first, each is kept
 unless it nearly repeats one already kept (cosine similarity of the encoder's
 mean-pooled sentence vectors above DUPLICATE): a batch of near-copies teaches
 one thing. The chosen ones are written with the model's intent and slots, for a
@@ -70,12 +71,16 @@ def candidates(texts, known):
 
 
 def uncertainty(probs, words):
-    """Per utterance (how unsure, 0..1; the intent margin; the least sure word's slot probability or None):
-    1 - the smaller of the margin between its two best intents and its least sure slot."""
+    """Per utterance (how unsure, 0..1; the intent margin; the probability of its slots, or None without a slot
+    head). Without slots: 1 - the margin between its two best intents. With slots: 1 - the probability that its
+    whole parse is right, the best intent's probability times each word's slot probability (least confidence on
+    the joint output), so an utterance unsure of its slots counts as much as one unsure of its intent."""
     top2 = -np.sort(-probs, axis=1)[:, :2]
     margin = top2[:, 0] - (top2[:, 1] if probs.shape[1] > 1 else 0)
-    slot = [min(scores) if scores else 1.0 for _, scores in words] if words is not None else [1.0] * len(probs)
-    return 1 - np.minimum(margin, slot), margin, slot
+    if words is None:
+        return 1 - margin, margin, None
+    slots = np.array([np.prod(scores) for _, scores in words])
+    return 1 - top2[:, 0] * slots, margin, slots
 
 
 def diverse(order, vectors, count, chunk=256):
@@ -158,7 +163,7 @@ def suggest(cfg):
         raise UserError(f"{cfg.input}: no utterance to suggest (empty, or all of them already in the data)")
     logits, words = predictor.outputs(pool, cfg.batch_size)
     probs = calibrated(logits, predictor.temperature)
-    unsure, margin, slot = uncertainty(probs, words)
+    unsure, margin, slots = uncertainty(probs, words)
     order = sorted(range(len(pool)), key=lambda i: -unsure[i])
     kept = diverse(order, lambda ids: predictor.embeddings([pool[i] for i in ids], cfg.batch_size), cfg.count)
     parsed = predictor.postprocess([pool[i] for i in kept], probs[kept], words and [words[i] for i in kept], k=2)
@@ -167,7 +172,7 @@ def suggest(cfg):
         why = (f"intent margin {margin[i]:.3f} ({top[0]['label']} over {top[1]['label']})" if len(top) > 1
                else f"intent {top[0]['label']}")
         if words is not None:
-            why += f"; least sure slot {slot[i]:.3f}"
+            why += f"; parse {1 - unsure[i]:.3f} (intent {probs[i].max():.3f} x slots {slots[i]:.3f})"
         chosen.append({"text": pool[i], "intent": top[0]["label"], "uncertainty": float(unsure[i]),
                        "slots": [{k: s[k] for k in ("slot", "start", "end")} for s in found], "why": why})
     stem = os.path.join(cfg.out_dir, f"suggest-{predictor.name}")
