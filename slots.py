@@ -11,7 +11,9 @@ The data's slot scheme, "names" or "bio" (data.word_labels), says which of
 the two a model's labels are: recorded in its checkpoint, never guessed.
 """
 import numpy as np
+import torch
 
+from loss import crf_log_marginals
 from readers import word_offsets
 
 OUTSIDE = "Other"
@@ -49,19 +51,39 @@ def viterbi(emissions, scores):
     return np.array(path[::-1])
 
 
-def word_predictions(token_logits, positions, names, crf=None):
-    """Each word's predicted slot name and its probability: read at the word's first sub-token, by argmax or, with
-    a CRF, by Viterbi over the words; "Other" (probability 1) for a word without one (cut by truncation).
+def word_emissions(token_logits, positions):
+    """(W, S) float64 slot scores of the words that kept a sub-token, read at each word's first one.
 
-    token_logits: (T, S) slot scores of one utterance; positions: first_subtokens' positions (-1: none);
-    crf: the CRF's (S + 2, S) scores or None. The probability is the softmax of the word's own scores at the
-    chosen slot.
+    token_logits: (T, S) slot scores of one utterance; positions: first_subtokens' positions (-1: none).
     """
-    at = [p for p in positions if p >= 0]
-    emissions = np.asarray(token_logits, dtype=np.float64)[at]  # (W, S), the words that kept a sub-token
-    probs = np.exp(emissions - emissions.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    ids = viterbi(emissions, crf) if crf is not None else probs.argmax(-1)
+    return np.asarray(token_logits, dtype=np.float64)[[p for p in positions if p >= 0]]
+
+
+def best_slots(emissions, crf=None):
+    """The (W,) predicted slot ids of the words: argmax per word, or with a CRF ((S + 2, S) scores) Viterbi."""
+    return viterbi(emissions, crf) if crf is not None else emissions.argmax(-1)
+
+
+def word_slots(token_logits, positions, names, crf=None):
+    """Each word's predicted slot name, "Other" for a word without a sub-token (cut by truncation): what scoring
+    reads; word_predictions adds each one's probability."""
+    ids = iter(best_slots(word_emissions(token_logits, positions), crf))
+    return [names[next(ids)] if p >= 0 else OUTSIDE for p in positions]
+
+
+def word_predictions(token_logits, positions, names, crf=None):
+    """Each word's predicted slot name (as word_slots) and the probability of it: the softmax of the word's own
+    scores, or with a CRF its marginal p(y_w = slot | x) by forward-backward (loss.crf_log_marginals), the CRF's
+    own belief in that word; 1 for a word without a sub-token."""
+    emissions = word_emissions(token_logits, positions)
+    ids = best_slots(emissions, crf)
+    if crf is None:
+        probs = np.exp(emissions - emissions.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+    else:
+        mask = torch.ones(1, len(ids), dtype=torch.bool)
+        probs = crf_log_marginals(torch.from_numpy(emissions)[None], mask,
+                                  torch.as_tensor(crf, dtype=torch.float64))[0].exp().numpy()
     chosen = iter(zip(ids, probs[np.arange(len(ids)), ids]))
     words = [next(chosen) if p >= 0 else None for p in positions]
     return ([names[w[0]] if w else OUTSIDE for w in words], [float(w[1]) if w else 1.0 for w in words])

@@ -171,8 +171,8 @@ def suggest(cfg):
     for i, (top, found) in zip(kept, parsed):
         why = (f"intent margin {margin[i]:.3f} ({top[0]['label']} over {top[1]['label']})" if len(top) > 1
                else f"intent {top[0]['label']}")
-        if words is not None:
-            why += f"; parse {1 - unsure[i]:.3f} (intent {probs[i].max():.3f} x slots {slots[i]:.3f})"
+        if words is not None:  # what ranked it first: the probability that the whole parse is right
+            why = f"parse {1 - unsure[i]:.3f} = intent {probs[i].max():.3f} x slots {slots[i]:.3f}; {why}"
         chosen.append({"text": pool[i], "intent": top[0]["label"], "uncertainty": float(unsure[i]),
                        "slots": [{k: s[k] for k in ("slot", "start", "end")} for s in found], "why": why})
     stem = os.path.join(cfg.out_dir, f"suggest-{predictor.name}")

@@ -45,7 +45,7 @@ from model import (HEADS, LR_SCALES, apply_lora, build_model, count_parameters, 
                    resolve_model, save_checkpoint, weights_sha256)
 from recipe import other_labels, scenario_from_intent, teacher_probabilities
 from metrics import score
-from slots import word_predictions
+from slots import word_slots
 from spelling import word_counts
 from stats import ece, fit_temperature, nll
 from optim import build_optimizer, build_param_groups
@@ -165,7 +165,7 @@ def evaluate(model, loader, device, amp, accel=None):
     Returns loss, accuracy and macro-F1 (numbers) and per utterance its
     prediction (a list) and logits (an array); with a slot head also slot F1,
     exact match and per-slot F1, and per utterance its word slots (read as
-    slots.word_predictions does, by Viterbi with a CRF) and exact-match
+    slots.word_slots does, by Viterbi with a CRF) and exact-match
     correctness (slots.slot_metrics). With several processes
     (accel: the Accelerator of a data-parallel run), each evaluates its share
     of every batch and all of them get every prediction exactly once
@@ -199,7 +199,7 @@ def evaluate(model, loader, device, amp, accel=None):
         width = max(s.shape[1] for s in all_slots)
         token_logits = in_order(torch.cat([F.pad(s, (0, 0, 0, width - s.shape[1])) for s in all_slots]), order)
         crf = crf.float().cpu().numpy() if crf is not None else None
-        words = (data.slot_words, [word_predictions(t, pos, data.slot_names, crf)[0]
+        words = (data.slot_words, [word_slots(t, pos, data.slot_names, crf)
                                    for t, pos in zip(token_logits.numpy(), data.slot_positions)])
     scores = score(preds, data.labels, logits.shape[-1], words, data.slot_scheme)
     return {"loss": loss.item() / len(data.labels), "accuracy": scores.pop("accuracy"),

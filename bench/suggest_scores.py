@@ -1,18 +1,21 @@
 """Which uncertainty score finds a checkpoint's own mistakes: how suggest's ranking was chosen, on validation only.
 
-    python bench/suggest_scores.py --data ../shared/data/massive/en-US.jsonl --checkpoints checkpoints/loop/*/s*/r0/ckpt/*
+    python bench/suggest_scores.py --data ../shared/data/massive/en-US.jsonl \
+        --checkpoints checkpoints/loop/*/s*/r0/ckpt/* checkpoints/baseline-intent-minilm-lr0.0001-bs32-e10-slots4-crf-s4?
 
 Each checkpoint parses the data's validation split. An utterance counts as a mistake when its intent, or with a
 slot head any word's slot, differs from the gold one (exact match). Each score ranks the utterances most unsure
 first; reported are its AUROC for telling mistakes from the rest and how many mistakes (and of them how many in
-the slots) are among its first --top (one loop round's picks). `suggest` is the score suggest.py ranks by; the
-others are the alternatives it was chosen over. Results go to --out (results/bench/suggest-scores.json).
+the slots) are among its first --top (one loop round's picks). `suggest` is the score suggest.py ranks by, with a
+CRF from each word's marginal; the others are the alternatives it was chosen over, among them, with a CRF, each
+word's own softmax at the CRF's pick. Results go to --out (results/bench/suggest-scores.json).
 """
 import argparse
 import os
 import sys
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -20,23 +23,22 @@ from data import word_labels  # noqa: E402
 from fileio import write_json  # noqa: E402
 from inference import Predictor, calibrated  # noqa: E402
 from readers import read, source  # noqa: E402
+from slots import best_slots, word_emissions  # noqa: E402
 from suggest import uncertainty  # noqa: E402
 
 
 def auroc(score, wrong):
-    """P(a mistake scores above a right one), ties counted half: the Mann-Whitney U over both counts."""
-    ranks = np.empty(len(score))
-    order = np.argsort(score, kind="stable")
-    ranks[order] = np.arange(1, len(score) + 1)
-    for value in np.unique(score):  # tied scores share their mean rank
-        tied = score == value
-        ranks[tied] = ranks[tied].mean()
+    """P(a mistake scores above a right one), ties counted half: the Mann-Whitney U over both counts (scipy).
+    None where every utterance, or none, is a mistake (nothing to tell apart)."""
     pos, neg = wrong.sum(), (~wrong).sum()
-    return float((ranks[wrong].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    if not pos or not neg:
+        return None
+    return float(mannwhitneyu(score[wrong], score[~wrong]).statistic / (pos * neg))
 
 
-def candidates(probs, words):
-    """{name: (N,) uncertainty, higher = less sure} for the alternatives, suggest's own among them."""
+def candidates(probs, words, own=None):
+    """{name: (N,) uncertainty, higher = less sure} for the alternatives, suggest's own among them. own: with a CRF,
+    each utterance's product of its words' own softmax at the CRF's pick (what suggest took before the marginals)."""
     top2 = -np.sort(-probs, axis=1)[:, :2]
     margin = top2[:, 0] - top2[:, 1]
     out = {"suggest": uncertainty(probs, words)[0], "1 - intent margin": 1 - margin,
@@ -47,7 +49,20 @@ def candidates(probs, words):
         slots = np.array([np.prod(s) for _, s in words])
         out.update({"1 - min(intent margin, least sure slot)": 1 - np.minimum(margin, least),
                     "1 - intent margin x slots": 1 - margin * slots, "1 - slots": 1 - slots})
+    if own is not None:
+        out["1 - best intent probability x slots by each word's own softmax"] = 1 - top2[:, 0] * own
     return out
+
+
+def own_softmax(token_logits, positions, crf):
+    """Per utterance the product over its words of the softmax of the word's own scores at the CRF's pick."""
+    out = []
+    for t, pos in zip(token_logits, positions):
+        e = word_emissions(t, pos)
+        ids = best_slots(e, crf)
+        p = np.exp(e - e.max(-1, keepdims=True))
+        out.append(np.prod((p / p.sum(-1, keepdims=True))[np.arange(len(ids)), ids]))
+    return np.array(out)
 
 
 def main():
@@ -63,6 +78,10 @@ def main():
     for ckpt in args.checkpoints:
         predictor = Predictor(ckpt)
         logits, words = predictor.outputs([x.text for x in val])
+        own = None
+        if predictor.crf is not None:
+            _, (token_logits, positions) = predictor.forward_texts([x.text for x in val])
+            own = own_softmax(token_logits, positions, predictor.crf)
         probs = calibrated(logits, predictor.temperature)
         intent_wrong = np.array([predictor.labels[i] != x.labels["intent"] for i, x in zip(probs.argmax(1), val)])
         slot_wrong = (np.zeros(len(val), bool) if words is None else
@@ -70,9 +89,10 @@ def main():
                                 for w, x in zip(words, val)]))
         wrong = intent_wrong | slot_wrong
         scores = {}
-        for name, score in candidates(probs, words).items():
+        for name, score in candidates(probs, words, own).items():
             top = np.argsort(-score, kind="stable")[:args.top]
-            scores[name] = {"auroc": round(auroc(score, wrong), 4), "mistakes_in_top": int(wrong[top].sum()),
+            area = auroc(score, wrong)
+            scores[name] = {"auroc": area if area is None else round(area, 4), "mistakes_in_top": int(wrong[top].sum()),
                             "slot_mistakes_in_top": int(slot_wrong[top].sum())}
         entry = {"checkpoint": os.path.relpath(os.path.abspath(ckpt), ROOT), "slots": words is not None,
                  "mistakes": int(wrong.sum()), "intent_mistakes": int(intent_wrong.sum()),
@@ -80,7 +100,8 @@ def main():
         report["checkpoints"].append(entry)
         print(f"{entry['checkpoint']}: {entry['mistakes']} of {len(val)} wrong")
         for name, s in scores.items():
-            print(f"  {name:42s} AUROC {s['auroc']:.3f}  mistakes in the first {args.top}: {s['mistakes_in_top']}"
+            area = "n/a" if s["auroc"] is None else f"{s['auroc']:.3f}"
+            print(f"  {name:64s} AUROC {area}  mistakes in the first {args.top}: {s['mistakes_in_top']}"
                   f" ({s['slot_mistakes_in_top']} in the slots)")
     write_json(args.out, report)
     print(f"wrote {args.out}")

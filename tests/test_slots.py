@@ -16,11 +16,11 @@ from tiny import ANNOTATED, plain
 from data import first_subtokens, load_features, slot_labels, word_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError
-from loss import token_cross_entropy
+from loss import crf_log_marginals, token_cross_entropy
 from model import load_tokenizer
 from metrics import score
 from readers import massive_spans, parse_massive
-from slots import spans, to_bio, word_predictions
+from slots import spans, to_bio, word_predictions, word_slots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,7 +152,12 @@ def test_words_without_a_first_subtoken_are_predicted_other():
     # a CRF whose transitions forbid time after date moves the last word elsewhere, the Viterbi way
     crf = torch.zeros(5, 3)
     crf[1 + 2, 1] = -100.0  # row 1 + i: transitions from slot i; date -> time
-    assert word_predictions(logits, [-1, 1, 3], names, crf.numpy())[0] == ["Other", "date", "date"]
+    words, scores = word_predictions(logits, [-1, 1, 3], names, crf.numpy())
+    assert words == ["Other", "date", "date"] and word_slots(logits, [-1, 1, 3], names, crf.numpy()) == words
+    # its probability is the CRF's marginal, which knows time cannot follow date: well above the word's own softmax
+    marginals = crf_log_marginals(logits[[1, 3]][None].double(), torch.ones(1, 2, dtype=torch.bool), crf.double())
+    assert scores[1:] == pytest.approx(marginals[0].exp()[[0, 1], [2, 2]].tolist())
+    assert scores[2] > 0.5 > torch.softmax(logits[3], 0)[2].item()
 
 
 def test_spans_slice_the_text_as_typed():

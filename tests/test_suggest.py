@@ -128,17 +128,27 @@ def test_auroc_counts_ties_half():
     assert auroc(np.array([0.9, 0.1, 0.5, 0.7]), wrong) == 1.0  # every mistake above every right one
     assert auroc(np.array([0.1, 0.9, 0.5, 0.7]), wrong) == 0.25
     assert auroc(np.full(4, 0.3), wrong) == 0.5
+    assert auroc(np.array([0.1, 0.2]), np.array([True, True])) is None  # nothing to tell apart
 
 
-def test_suggest_scores_bench_judges_each_score_on_validation(joint_checkpoint, data_file, tmp_path):
+def test_suggest_scores_bench_judges_each_score_on_validation(joint_checkpoint, run_args, data_file, tmp_path):
+    from arguments import parse_args
+
+    crf_args = run_args + ["--label", "intent", "--slots", "--crf", "--epochs", "1"]
+    cli.main(crf_args)
     out = tmp_path / "scores.json"
     subprocess.run([sys.executable, os.path.join(ROOT, "bench", "suggest_scores.py"), "--data", data_file,
-                    "--checkpoints", joint_checkpoint, "--top", "3", "--out", str(out)], check=True, cwd=ROOT,
-                   capture_output=True)
+                    "--checkpoints", joint_checkpoint, parse_args(crf_args).run_dir, "--top", "3", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True)
     report = json.loads(out.read_text())
-    (entry,) = report["checkpoints"]
-    assert report["split"] == "validation" and report["utterances"] > 0 and entry["slots"]
-    assert max(entry["intent_mistakes"], entry["slot_mistakes"]) <= entry["mistakes"] <= report["utterances"]
-    assert {"suggest", "1 - intent margin", "1 - min(intent margin, least sure slot)"} <= set(entry["scores"])
-    for s in entry["scores"].values():
-        assert 0 <= s["auroc"] <= 1 and s["slot_mistakes_in_top"] <= s["mistakes_in_top"] <= 3
+    plain, crf = report["checkpoints"]
+    assert report["split"] == "validation" and report["utterances"] > 0 and plain["slots"] and crf["slots"]
+    own = "1 - best intent probability x slots by each word's own softmax"
+    assert own in crf["scores"] and own not in plain["scores"]  # the CRF's alternative: each word's own softmax
+    for entry in report["checkpoints"]:
+        assert max(entry["intent_mistakes"], entry["slot_mistakes"]) <= entry["mistakes"] <= report["utterances"]
+        assert {"suggest", "1 - intent margin", "1 - min(intent margin, least sure slot)"} <= set(entry["scores"])
+        for s in entry["scores"].values():  # no AUROC where every utterance, or none, is a mistake
+            assert (s["auroc"] is None) == (entry["mistakes"] in (0, report["utterances"]))
+            assert s["auroc"] is None or 0 <= s["auroc"] <= 1
+            assert s["slot_mistakes_in_top"] <= s["mistakes_in_top"] <= 3
