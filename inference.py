@@ -199,7 +199,7 @@ class Predictor:
         out, (token_logits, positions) = self.forward_texts(texts, batch_size, slots)
         if positions is None:
             return out, None
-        return out, [word_predictions(t, p, self.slots, self.crf) for t, p in zip(token_logits, positions)]
+        return out, word_predictions(token_logits, positions, self.slots, self.crf)
 
     def embeddings(self, texts, batch_size=128):
         """L2-normalised sentence vectors (N, H) of raw utterances: the encoder's mean over tokens, the pooling

@@ -146,18 +146,31 @@ def test_words_without_a_first_subtoken_are_predicted_other():
     names = ["Other", "time", "date"]
     logits = torch.tensor([[5.0, 0, 0], [0, 0, 5], [0, 5, 0], [0, 3, 1]])  # best: Other, date, time, time
     # a first word cut by truncation (position -1) is Other, whatever the tokens say; later pieces never count
-    words, scores = word_predictions(logits, [-1, 1, 3], names)
+    (words, scores), = word_predictions([logits], [[-1, 1, 3]], names)
     assert words == ["Other", "date", "time"]
     assert scores[0] == 1.0 and scores[1] == pytest.approx(torch.softmax(logits[1], 0)[2].item())
     # a CRF whose transitions forbid time after date moves the last word elsewhere, the Viterbi way
     crf = torch.zeros(5, 3)
     crf[1 + 2, 1] = -100.0  # row 1 + i: transitions from slot i; date -> time
-    words, scores = word_predictions(logits, [-1, 1, 3], names, crf.numpy())
+    (words, scores), = word_predictions([logits], [[-1, 1, 3]], names, crf.numpy())
     assert words == ["Other", "date", "date"] and word_slots(logits, [-1, 1, 3], names, crf.numpy()) == words
     # its probability is the CRF's marginal, which knows time cannot follow date: well above the word's own softmax
     marginals = crf_log_marginals(logits[[1, 3]][None].double(), torch.ones(1, 2, dtype=torch.bool), crf.double())
     assert scores[1:] == pytest.approx(marginals[0].exp()[[0, 1], [2, 2]].tolist())
     assert scores[2] > 0.5 > torch.softmax(logits[3], 0)[2].item()
+
+
+def test_word_probabilities_of_a_batch_are_each_utterances_own():
+    torch.manual_seed(0)
+    names, crf = ["Other", "time", "date"], torch.randn(5, 3).numpy()
+    logits = [torch.randn(6, 3).numpy() for _ in range(4)]
+    positions = [[1, 2, 4], [-1, 3], [-1], [0, 1, 2, 3, 4, 5]]  # padded to 6 words; one without any
+    alone = [word_predictions([t], [p], names, crf)[0] for t, p in zip(logits, positions)]
+    for chunk in (32, 3):  # padded to the longest of one block, or of two
+        batch = word_predictions(logits, positions, names, crf, chunk=chunk)
+        assert [w for w, _ in batch] == [w for w, _ in alone]
+        assert [p for _, p in batch] == [pytest.approx(p) for _, p in alone]
+    assert alone[2] == (["Other"], [1.0])
 
 
 def test_spans_slice_the_text_as_typed():
