@@ -8,11 +8,10 @@ skipped). Those the data already holds, blank ones and repeats are left out.
 Each is scored by how unsure the model is (uncertainty sampling), after
 calibration: by the margin between its two most probable intents, or with a
 slot head by the probability that its whole parse is right (the best intent's
-probability times each word's slot probability; with a CRF each word's own at
-the CRF's pick). Then, most unsure first, each is kept
-unless it nearly repeats one already kept (cosine similarity of the encoder's
-mean-pooled sentence vectors above DUPLICATE): a batch of near-copies teaches
-one thing. The chosen ones are written with the model's intent and slots, for a
+probability times each word's slot probability; with a CRF its marginal).
+Then, most unsure first, each is kept unless it nearly repeats one already
+kept (cosine similarity of the encoder's mean-pooled sentence vectors above
+DUPLICATE): a batch of near-copies teaches one thing. The chosen ones are written with the model's intent and slots, for a
 person to correct and append: Rasa YAML (examples with metadata saying why),
 CSV (text, intent, annotation) or MASSIVE JSON lines, as the data is; and a
 report with every score, suggest-<run>.json, under --out-dir.
