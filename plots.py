@@ -667,9 +667,9 @@ def plot_loop(report, out_dir):
                       f"{np.mean(g):.2f} ± {np.std(g):.2f} | {np.mean(g) - np.mean(r):+.2f} | "
                       f"{'' if p is None else f'{p:.3f}'} |")
         if {"random", "suggest"} <= set(means):
-            md += ["", f"Random's last round: {100 * ry[-1]:.2f}% with {added:,.0f} labels added. Suggest reaches it "
-                       "with " + (f"{need - gx[0]:,.0f} added ({100 * (need - gx[0]) / added:.0f}% of random's)."
-                                  if need is not None else "no number of labels in these rounds.")]
+            md += ["", f"Random's last round: {100 * ry[-1]:.2f}% with {added:,.0f} labels added. Suggest " +
+                   (f"reaches it with {need - gx[0]:,.0f} added ({100 * (need - gx[0]) / added:.0f}% of random's)."
+                    if need is not None else "does not reach it in these rounds.")]
         md.append("")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=120)
