@@ -1,7 +1,10 @@
 """Losses beyond plain cross-entropy: contrastive (supcon, simclr), R-Drop and distillation (custom), and the
-token-level cross-entropy, CRF likelihood, CRF marginals and distillation of slot filling. Pure functions."""
+token-level cross-entropy, CRF likelihood and distillation of slot filling (the CRF's marginals, which parsing needs
+too, are slots.py's). Pure functions."""
 import torch
 import torch.nn.functional as F
+
+from slots import crf_log_marginals
 
 
 def supcon_loss(features, labels=None, temperature=0.07, anchors=None):
@@ -118,35 +121,6 @@ def crf_nll(emissions, tags, mask, scores):
         alpha = torch.where(mask[:, t].unsqueeze(1), step, alpha)
     log_z = torch.logsumexp(alpha + end, dim=1)
     return (log_z - path) * (lengths > 0)
-
-
-def crf_log_marginals(emissions, mask, scores):
-    """Each word's log marginal probability of each slot under a linear-chain CRF: log p(y_w = j | x) by the
-    forward-backward algorithm, differentiable.
-
-    emissions: (B, W, S); mask: (B, W) bool, True on each row's words, which come
-    first; scores: (S + 2, S), all as crf_nll takes them. Returns (B, W, S):
-    alpha_w[j] + beta_w[j] - log Z(x), where alpha_w sums the scores of every
-    prefix ending in slot j at word w and beta_w those of every suffix after
-    it; each row of a word sums to 1 in probability. Zero where mask is False.
-    """
-    b, w, s = emissions.shape
-    if mask.shape != (b, w) or scores.shape != (s + 2, s):
-        raise ValueError(f"emissions (B, W, S), mask (B, W) and scores (S + 2, S) expected, got "
-                         f"{tuple(emissions.shape)}, {tuple(mask.shape)}, {tuple(scores.shape)}")
-    if w == 0:
-        return emissions * 0.0
-    start, transitions, end = scores[0], scores[1:-1], scores[-1]
-    alphas = [start + emissions[:, 0]]  # (B, S) each
-    for t in range(1, w):
-        alphas.append(torch.logsumexp(alphas[-1].unsqueeze(2) + transitions, dim=1) + emissions[:, t])
-    betas = [end.expand(b, s)]  # beta of the last word; a row that ends earlier takes `end` where its words end
-    for t in range(w - 2, -1, -1):
-        step = torch.logsumexp(transitions + (emissions[:, t + 1] + betas[-1]).unsqueeze(1), dim=2)
-        betas.append(torch.where(mask[:, t + 1].unsqueeze(1), step, end.expand(b, s)))
-    alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)  # (B, W, S)
-    log_z = torch.logsumexp(alpha[:, 0] + beta[:, 0], dim=1)  # (B,)
-    return (alpha + beta - log_z[:, None, None]).masked_fill(~mask.unsqueeze(2), 0.0)
 
 
 def word_sequences(logits, labels, ignore_index=-100):

@@ -14,9 +14,8 @@ from scipy.special import softmax
 from data import label_ids, load_cache
 from fileio import UserError, atomic_write
 from inference import Predictor, checkpoint_folder
-from loss import crf_log_marginals
 from model import HEADS
-from slots import OUTSIDE
+from slots import OUTSIDE, crf_log_marginals
 
 log = logging.getLogger("recipe")
 
@@ -99,7 +98,7 @@ def teachers_on(cfg, folders, train, slots):
 
 def word_distributions(teacher, token_logits, positions, temperature=1.0):
     """For each utterance of a teacher's slot scores (W, S) (Predictor.forward_texts): each word's probability of
-    each slot at the temperature, the CRF's marginals where there is one (loss.crf_log_marginals), else the softmax
+    each slot at the temperature, the CRF's marginals where there is one (slots.crf_log_marginals), else the softmax
     of the word's scores; a word without a first sub-token is Other for certain, as predictions have it."""
     crf = None if teacher.crf is None else torch.from_numpy(teacher.crf).float() / temperature
     other = np.eye(len(teacher.slots), dtype=np.float32)[teacher.slots.index(OUTSIDE)]

@@ -1,5 +1,5 @@
-"""Slot filling's conventions, as MASSIVE's official code fixes them: word slot labels to BIO, Viterbi, and word
-predictions to spans of the text as typed (the metrics are metrics.py's).
+"""Slot filling's conventions, as MASSIVE's official code fixes them: word slot labels to BIO, Viterbi and the CRF's
+marginals, and word predictions to spans of the text as typed (the metrics are metrics.py's).
 
 Words are `text.split()`; each has one label. MASSIVE's data labels a word
 with its slot name, "Other" outside spans, and consecutive words with the same
@@ -13,7 +13,6 @@ the two a model's labels are: recorded in its checkpoint, never guessed.
 import numpy as np
 import torch
 
-from loss import crf_log_marginals
 from readers import word_offsets
 
 OUTSIDE = "Other"
@@ -51,6 +50,35 @@ def viterbi(emissions, scores):
     return np.array(path[::-1])
 
 
+def crf_log_marginals(emissions, mask, scores):
+    """Each word's log marginal probability of each slot under a linear-chain CRF: log p(y_w = j | x) by the
+    forward-backward algorithm, differentiable.
+
+    emissions: (B, W, S); mask: (B, W) bool, True on each row's words, which come
+    first; scores: (S + 2, S), all as crf_nll takes them. Returns (B, W, S):
+    alpha_w[j] + beta_w[j] - log Z(x), where alpha_w sums the scores of every
+    prefix ending in slot j at word w and beta_w those of every suffix after
+    it; each row of a word sums to 1 in probability. Zero where mask is False.
+    """
+    b, w, s = emissions.shape
+    if mask.shape != (b, w) or scores.shape != (s + 2, s):
+        raise ValueError(f"emissions (B, W, S), mask (B, W) and scores (S + 2, S) expected, got "
+                         f"{tuple(emissions.shape)}, {tuple(mask.shape)}, {tuple(scores.shape)}")
+    if w == 0:
+        return emissions * 0.0
+    start, transitions, end = scores[0], scores[1:-1], scores[-1]
+    alphas = [start + emissions[:, 0]]  # (B, S) each
+    for t in range(1, w):
+        alphas.append(torch.logsumexp(alphas[-1].unsqueeze(2) + transitions, dim=1) + emissions[:, t])
+    betas = [end.expand(b, s)]  # beta of the last word; a row that ends earlier takes `end` where its words end
+    for t in range(w - 2, -1, -1):
+        step = torch.logsumexp(transitions + (emissions[:, t + 1] + betas[-1]).unsqueeze(1), dim=2)
+        betas.append(torch.where(mask[:, t + 1].unsqueeze(1), step, end.expand(b, s)))
+    alpha, beta = torch.stack(alphas, 1), torch.stack(betas[::-1], 1)  # (B, W, S)
+    log_z = torch.logsumexp(alpha[:, 0] + beta[:, 0], dim=1)  # (B,)
+    return (alpha + beta - log_z[:, None, None]).masked_fill(~mask.unsqueeze(2), 0.0)
+
+
 def word_emissions(token_logits, positions):
     """(W, S) float64 slot scores of the words that kept a sub-token, read at each word's first one.
 
@@ -74,7 +102,7 @@ def word_slots(token_logits, positions, names, crf=None):
 def word_predictions(token_logits, positions, names, crf=None, chunk=32):
     """For a batch of utterances, each one's (word slot names as word_slots, the probability of each): the softmax
     of the word's own scores, or with a CRF its marginal p(y_w = slot | x) by forward-backward
-    (loss.crf_log_marginals, over chunk utterances of about one length at once: 0.1-0.2 ms an utterance more than
+    (crf_log_marginals, over chunk utterances of about one length at once: 0.1-0.2 ms an utterance more than
     the softmax on one AMD EPYC thread), the CRF's own belief in that word; 1 for a word without a sub-token.
 
     token_logits, positions: per utterance, as word_emissions takes them.

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 import itertools
 
-from loss import (crf_log_marginals, crf_nll, crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl,
+from loss import (crf_nll, crf_token_loss, distill_loss, slot_distill_loss, supcon_loss, symmetric_kl,
                   token_cross_entropy, word_sequences)
-from slots import viterbi
+from slots import crf_log_marginals, viterbi
 
 
 def reference(features, labels, t):

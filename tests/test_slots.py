@@ -16,11 +16,11 @@ from tiny import ANNOTATED, plain
 from data import first_subtokens, load_features, slot_labels, word_labels
 from dataloader import make_loader, token_slot_labels
 from fileio import UserError
-from loss import crf_log_marginals, token_cross_entropy
+from loss import token_cross_entropy
 from model import load_tokenizer
 from metrics import score
 from readers import massive_spans, parse_massive
-from slots import spans, to_bio, word_predictions, word_slots
+from slots import crf_log_marginals, spans, to_bio, word_predictions, word_slots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
